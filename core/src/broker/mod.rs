@@ -1,0 +1,71 @@
+//! Broker access behind a trait, so roles never depend on a particular broker.
+//!
+//! RabbitMQ (`rabbitmq.rs`) is the production backend; the embedded dev mode supplies an
+//! in-memory one behind the same trait.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+pub mod rabbitmq;
+
+pub use rabbitmq::RabbitBroker;
+
+/// What went wrong talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Not connected, or the connection broke: the caller may retry later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused this message (nack, unroutable).
+    #[error("broker refused the message: {0}")]
+    Refused(String),
+    #[error("broker did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// An event ready to publish: its routing key (the event type) and the envelope JSON.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    /// The webhook-registry version ingest saw; a dispatcher with an older cache refreshes
+    /// before matching, so a webhook created before an event was accepted always sees it.
+    pub registry_version: u64,
+}
+
+/// Settles one delivery. Implemented by each backend.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(&self) -> Result<(), BrokerError>;
+    /// Hand the message back to the queue for another consumer.
+    async fn requeue(&self) -> Result<(), BrokerError>;
+    /// Send the message to the dead-letter queue (it can never be processed).
+    async fn dead_letter(&self) -> Result<(), BrokerError>;
+}
+
+/// One message handed to a consumer.
+pub struct Delivery {
+    pub body: Vec<u8>,
+    /// Set when the broker handed this message out before (a consumer died holding it).
+    pub redelivered: bool,
+    pub registry_version: u64,
+    pub acker: Box<dyn Acker>,
+}
+
+/// A stream of deliveries; it ends (or yields an error) when the connection is lost.
+pub type DeliveryStream = BoxStream<'static, Result<Delivery, BrokerError>>;
+
+/// The broker, as the roles see it.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publish one persistent message; resolves only once the broker confirmed it.
+    /// Many publishes may be in flight at once.
+    async fn publish(&self, msg: &OutboundMessage) -> Result<(), BrokerError>;
+
+    /// Start consuming first-attempt deliveries with at most `prefetch` unacknowledged.
+    async fn consume(&self, consumer_tag: &str, prefetch: u16)
+        -> Result<DeliveryStream, BrokerError>;
+
+    /// Readiness: can we publish right now?
+    async fn ready(&self) -> Result<(), BrokerError>;
+}

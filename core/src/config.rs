@@ -1,0 +1,394 @@
+//! Typed configuration, layered: defaults, then `KIVIHOOK_*` environment variables, then the
+//! optional TOML file (`--config`), then command-line flags; the later source wins.
+//!
+//! Every setting has one row in `SETTINGS`, so its environment name, file key and flag can
+//! never drift apart, and every error names the setting in the form its source used.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A secret string that cannot be printed by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// The validated configuration every role starts from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub bind: SocketAddr,
+    pub prefix: String,
+    pub admin_token: Secret,
+    pub ingest_token: Secret,
+    /// Whether the tokens were generated at start (and must be shown once).
+    pub generated_tokens: bool,
+    pub prefetch: u16,
+    pub delivery_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub dedup_window: Duration,
+    pub log_format: LogFormat,
+}
+
+/// One configuration problem: which setting, from which source, and why.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {setting}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+/// A setting's three names.
+struct Setting {
+    key: &'static str,
+    env: &'static str,
+    flag: &'static str,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting { key: "amqp_url", env: "KIVIHOOK_AMQP_URL", flag: "--amqp-url" },
+    Setting { key: "redis_url", env: "KIVIHOOK_REDIS_URL", flag: "--redis-url" },
+    Setting { key: "bind", env: "KIVIHOOK_BIND", flag: "--bind" },
+    Setting { key: "prefix", env: "KIVIHOOK_PREFIX", flag: "--prefix" },
+    Setting { key: "admin_token", env: "KIVIHOOK_ADMIN_TOKEN", flag: "--admin-token" },
+    Setting { key: "ingest_token", env: "KIVIHOOK_INGEST_TOKEN", flag: "--ingest-token" },
+    Setting { key: "prefetch", env: "KIVIHOOK_PREFETCH", flag: "--prefetch" },
+    Setting { key: "delivery_timeout", env: "KIVIHOOK_DELIVERY_TIMEOUT", flag: "--delivery-timeout" },
+    Setting { key: "max_body_bytes", env: "KIVIHOOK_MAX_BODY_BYTES", flag: "--max-body-bytes" },
+    Setting { key: "dedup_window", env: "KIVIHOOK_DEDUP_WINDOW", flag: "--dedup-window" },
+    Setting { key: "log_format", env: "KIVIHOOK_LOG_FORMAT", flag: "--log-format" },
+];
+
+/// Raw values by setting key, as given on the command line (flags without their `--`).
+pub type Overrides = BTreeMap<String, String>;
+
+/// Where a raw value came from, to name it in errors.
+#[derive(Clone, Copy)]
+enum Source {
+    Env,
+    File,
+    Flag,
+}
+
+impl Config {
+    /// Build from the process environment, an optional TOML file and flag overrides.
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let file_values = match file {
+            Some(path) => read_file(path)?,
+            None => BTreeMap::new(),
+        };
+        Self::from_sources(&env, &file_values, flags)
+    }
+
+    /// Build from explicit sources (the environment is passed in, so tests need not touch
+    /// the process's own).
+    pub fn from_sources(
+        env: &BTreeMap<String, String>,
+        file: &BTreeMap<String, String>,
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        if let Some(key) = flags.keys().find(|k| !SETTINGS.iter().any(|s| s.key == *k)) {
+            return Err(ConfigError {
+                setting: format!("--{}", key.replace('_', "-")),
+                message: "is not a setting".into(),
+            });
+        }
+        let raw = |key: &str| -> Option<(String, String)> {
+            let s = SETTINGS.iter().find(|s| s.key == key)?;
+            let pick = |src: Source| -> Option<(String, String)> {
+                let (map, name) = match src {
+                    Source::Flag => (flags, s.flag.to_owned()),
+                    Source::File => (file, format!("{} (config file)", s.key)),
+                    Source::Env => (env, s.env.to_owned()),
+                };
+                let lookup = if matches!(src, Source::Env) { s.env } else { s.key };
+                map.get(lookup).map(|v| (name, v.clone()))
+            };
+            pick(Source::Flag)
+                .or_else(|| pick(Source::File))
+                .or_else(|| pick(Source::Env))
+        };
+        let err = |setting: &str, message: String| ConfigError {
+            setting: setting.to_owned(),
+            message,
+        };
+
+        let amqp_url = match raw("amqp_url") {
+            Some((name, v)) => {
+                if !(v.starts_with("amqp://") || v.starts_with("amqps://")) {
+                    return Err(err(&name, "must be an amqp:// or amqps:// URL".into()));
+                }
+                url::Url::parse(&v)
+                    .map_err(|e| err(&name, format!("is not a URL ({e})")))?;
+                v
+            }
+            None => "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+        };
+        let redis_url = match raw("redis_url") {
+            Some((name, v)) => {
+                if !(v.starts_with("redis://")
+                    || v.starts_with("rediss://")
+                    || v.starts_with("redis+unix://")
+                    || v.starts_with("unix://"))
+                {
+                    return Err(err(&name, "must be a redis:// or rediss:// URL".into()));
+                }
+                redis::Client::open(v.as_str())
+                    .map_err(|e| err(&name, format!("is not a Redis URL ({e})")))?;
+                v
+            }
+            None => "redis://127.0.0.1:6379".into(),
+        };
+        let bind = match raw("bind") {
+            Some((name, v)) => v.parse::<SocketAddr>().map_err(|_| {
+                err(&name, format!("must be an address like 0.0.0.0:8080 (got {v:?})"))
+            })?,
+            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+        };
+        let prefix = match raw("prefix") {
+            Some((name, v)) => {
+                let ok = !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !ok {
+                    return Err(err(
+                        &name,
+                        "must be 1 to 64 letters, digits, '-' or '_'".into(),
+                    ));
+                }
+                v
+            }
+            None => "kivihook".into(),
+        };
+        let token = |key: &str| -> Result<Option<Secret>, ConfigError> {
+            match raw(key) {
+                Some((name, v)) => {
+                    if v.len() < 16 || v.bytes().any(|b| !b.is_ascii_graphic()) {
+                        Err(err(
+                            &name,
+                            "must be at least 16 printable characters without spaces".into(),
+                        ))
+                    } else {
+                        Ok(Some(Secret::new(v)))
+                    }
+                }
+                None => Ok(None),
+            }
+        };
+        let admin_token = token("admin_token")?;
+        let ingest_token = token("ingest_token")?;
+        let generated_tokens = admin_token.is_none() || ingest_token.is_none();
+        let prefetch = match raw("prefetch") {
+            Some((name, v)) => v
+                .parse::<u16>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| err(&name, format!("must be an integer from 1 to 65535 (got {v:?})")))?,
+            None => 256,
+        };
+        let seconds = |key: &str, default: f64, max: f64| -> Result<Duration, ConfigError> {
+            match raw(key) {
+                Some((name, v)) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= max)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| {
+                        err(&name, format!("must be a number of seconds above 0 and at most {max} (got {v:?})"))
+                    }),
+                None => Ok(Duration::from_secs_f64(default)),
+            }
+        };
+        let delivery_timeout = seconds("delivery_timeout", 15.0, 300.0)?;
+        let dedup_window = seconds("dedup_window", 86_400.0, 30.0 * 86_400.0)?;
+        let max_body_bytes = match raw("max_body_bytes") {
+            Some((name, v)) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
+                .ok_or_else(|| err(&name, format!("must be a byte count from 1024 to 67108864 (got {v:?})")))?,
+            None => 256 * 1024,
+        };
+        let log_format = match raw("log_format") {
+            Some((name, v)) => match v.as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                _ => return Err(err(&name, format!("must be json or text (got {v:?})"))),
+            },
+            None => LogFormat::Json,
+        };
+
+        Ok(Self {
+            amqp_url,
+            redis_url,
+            bind,
+            prefix,
+            admin_token: admin_token.unwrap_or_else(random_token),
+            ingest_token: ingest_token.unwrap_or_else(random_token),
+            generated_tokens,
+            prefetch,
+            delivery_timeout,
+            max_body_bytes,
+            dedup_window,
+            log_format,
+        })
+    }
+}
+
+fn random_token() -> Secret {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    Secret::new(format!(
+        "kh_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let setting = format!("--config {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        setting: setting.clone(),
+        message: format!("cannot be read ({e})"),
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+        setting: setting.clone(),
+        message: format!("is not valid TOML ({})", e.message()),
+    })?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        if !SETTINGS.iter().any(|s| s.key == key) {
+            return Err(ConfigError {
+                setting: format!("{key} (config file)"),
+                message: "is not a setting".into(),
+            });
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                return Err(ConfigError {
+                    setting: format!("{key} (config file)"),
+                    message: "must be a string or a number".into(),
+                })
+            }
+        };
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_work_against_local_services() {
+        let c = Config::from_sources(&map(&[]), &map(&[]), &map(&[])).unwrap();
+        assert_eq!(c.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.bind.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.prefix, "kivihook");
+        assert!(c.generated_tokens);
+        assert_ne!(c.admin_token, c.ingest_token);
+        assert_eq!(c.max_body_bytes, 256 * 1024);
+        assert_eq!(c.dedup_window, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_the_environment() {
+        let env = map(&[("KIVIHOOK_PREFETCH", "10"), ("KIVIHOOK_PREFIX", "env")]);
+        let file = map(&[("prefetch", "20"), ("prefix", "file")]);
+        let flags = map(&[("prefetch", "30")]);
+        let c = Config::from_sources(&env, &file, &flags).unwrap();
+        assert_eq!(c.prefetch, 30);
+        assert_eq!(c.prefix, "file");
+        let c = Config::from_sources(&env, &map(&[]), &map(&[])).unwrap();
+        assert_eq!(c.prefetch, 10);
+        assert_eq!(c.prefix, "env");
+    }
+
+    #[test]
+    fn errors_name_the_setting_as_its_source_spells_it() {
+        let e = Config::from_sources(&map(&[("KIVIHOOK_PREFETCH", "abc")]), &map(&[]), &map(&[]))
+            .unwrap_err();
+        assert_eq!(e.setting, "KIVIHOOK_PREFETCH");
+        let e = Config::from_sources(&map(&[]), &map(&[]), &map(&[("prefetch", "0")])).unwrap_err();
+        assert_eq!(e.setting, "--prefetch");
+        let e = Config::from_sources(&map(&[]), &map(&[("bind", "nowhere")]), &map(&[]))
+            .unwrap_err();
+        assert_eq!(e.setting, "bind (config file)");
+        for (k, v) in [
+            ("KIVIHOOK_AMQP_URL", "http://x"),
+            ("KIVIHOOK_REDIS_URL", "mysql://x"),
+            ("KIVIHOOK_PREFIX", "a b"),
+            ("KIVIHOOK_ADMIN_TOKEN", "short"),
+            ("KIVIHOOK_DELIVERY_TIMEOUT", "-1"),
+            ("KIVIHOOK_MAX_BODY_BYTES", "12"),
+            ("KIVIHOOK_LOG_FORMAT", "xml"),
+        ] {
+            let e = Config::from_sources(&map(&[(k, v)]), &map(&[]), &map(&[])).unwrap_err();
+            assert_eq!(e.setting, k);
+            assert!(e.to_string().starts_with(&format!("invalid configuration: {k}: ")));
+        }
+    }
+
+    #[test]
+    fn a_config_file_with_an_unknown_key_is_refused() {
+        let dir = std::env::temp_dir().join(format!("kh-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k.toml");
+        std::fs::write(&path, "prefetch = 64\nprefix = \"from-file\"\n").unwrap();
+        let c = Config::load(Some(&path), &map(&[])).unwrap();
+        assert_eq!(c.prefetch, 64);
+        std::fs::write(&path, "prefech = 64\n").unwrap();
+        let e = Config::load(Some(&path), &map(&[])).unwrap_err();
+        assert_eq!(e.setting, "prefech (config file)");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::from_sources(
+            &map(&[("KIVIHOOK_ADMIN_TOKEN", "super-secret-admin-token")]),
+            &map(&[]),
+            &map(&[]),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("super-secret"));
+    }
+}

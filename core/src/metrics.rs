@@ -1,0 +1,194 @@
+//! The Prometheus metrics of every role, registered in one place.
+//!
+//! Names are prefixed `kivihook_`, in base units, counters end in `_total`, and every label
+//! has a bounded set of values (event types are the catalogue plus `custom`; no ids, no URLs).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Handles to every metric; cheap to clone (each is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Events by type and outcome (accepted, duplicate, in_progress, unavailable).
+    pub events_ingested: IntCounterVec,
+    /// Requests refused as invalid, by error code.
+    pub ingest_rejected: IntCounterVec,
+    /// From publish to broker confirm.
+    pub publish_duration: Histogram,
+    /// Delivery attempts by outcome (success, failed).
+    pub deliveries: IntCounterVec,
+    /// One HTTP request to a receiver, by outcome.
+    pub delivery_duration: HistogramVec,
+    /// From ingest accepting an event to its successful delivery.
+    pub event_to_delivery: Histogram,
+    pub deliveries_in_flight: IntGauge,
+    /// Targets skipped because a redelivered event had already reached them.
+    pub redelivery_skips: IntCounter,
+    /// Messages that could not be parsed, sent to the dead-letter queue.
+    pub poison_messages: IntCounter,
+    /// Dead-letter entries written.
+    pub dead_letters: IntCounter,
+    pub amqp_reconnects: IntCounterVec,
+    pub amqp_errors: IntCounterVec,
+    pub redis_errors: IntCounterVec,
+    /// Webhooks in the registry cache, by state (enabled, disabled).
+    pub webhooks: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Only reachable with a malformed name or a duplicate registration: programmer errors
+    // caught by the unit test below, never by input.
+    r.expect("metric definitions are static and valid")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                must(registry.register(Box::new(m.clone())));
+                m
+            }};
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            must(IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        let role = &["role"];
+
+        let metrics = Self {
+            events_ingested: reg!(counter_vec(
+                "kivihook_events_ingested_total",
+                "Events received by ingest, by event type and outcome.",
+                &["type", "outcome"],
+            )),
+            ingest_rejected: reg!(counter_vec(
+                "kivihook_ingest_rejected_total",
+                "Ingest requests refused as invalid, by error code.",
+                &["code"],
+            )),
+            publish_duration: reg!(must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "kivihook_ingest_publish_duration_seconds",
+                    "Time from publishing an event to RabbitMQ's confirm.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            ))),
+            deliveries: reg!(counter_vec(
+                "kivihook_deliveries_total",
+                "Delivery attempts, by outcome.",
+                &["outcome"],
+            )),
+            delivery_duration: reg!(must(HistogramVec::new(
+                HistogramOpts::new(
+                    "kivihook_delivery_duration_seconds",
+                    "Duration of one HTTP request to a receiver, by outcome.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["outcome"],
+            ))),
+            event_to_delivery: reg!(must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "kivihook_event_to_delivery_seconds",
+                    "Time from ingest accepting an event to its successful delivery.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            ))),
+            deliveries_in_flight: reg!(must(IntGauge::new(
+                "kivihook_deliveries_in_flight",
+                "HTTP deliveries currently in progress.",
+            ))),
+            redelivery_skips: reg!(must(IntCounter::new(
+                "kivihook_redelivery_skips_total",
+                "Targets skipped because a redelivered event had already reached them.",
+            ))),
+            poison_messages: reg!(must(IntCounter::new(
+                "kivihook_poison_messages_total",
+                "Messages that could not be parsed and went to the dead-letter queue.",
+            ))),
+            dead_letters: reg!(must(IntCounter::new(
+                "kivihook_dead_letters_total",
+                "Dead-letter entries written for deliveries that could not be made.",
+            ))),
+            amqp_reconnects: reg!(counter_vec(
+                "kivihook_amqp_reconnects_total",
+                "Connections to RabbitMQ re-established after a loss, by role.",
+                role,
+            )),
+            amqp_errors: reg!(counter_vec(
+                "kivihook_amqp_errors_total",
+                "Failed attempts to connect to or use RabbitMQ, by role.",
+                role,
+            )),
+            redis_errors: reg!(counter_vec(
+                "kivihook_redis_errors_total",
+                "Failed Redis operations, by role.",
+                role,
+            )),
+            webhooks: reg!(must(IntGaugeVec::new(
+                Opts::new(
+                    "kivihook_webhooks",
+                    "Webhooks in the registry, by state.",
+                ),
+                &["state"],
+            ))),
+            registry,
+        };
+        let build = must(IntGaugeVec::new(
+            Opts::new("kivihook_build_info", "Build information; the value is always 1."),
+            &["version"],
+        ));
+        build.with_label_values(&[crate::VERSION]).set(1);
+        must(metrics.registry.register(Box::new(build)));
+        #[cfg(target_os = "linux")]
+        must(metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )));
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_prefixed_and_documented() {
+        let m = Metrics::new();
+        m.events_ingested
+            .with_label_values(&["appointment.booked", "accepted"])
+            .inc();
+        let text = m.render();
+        for line in text.lines().filter(|l| l.starts_with("# HELP")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                name.starts_with("kivihook_") || name.starts_with("process_"),
+                "{name}"
+            );
+        }
+        assert!(text.contains("kivihook_build_info{version="));
+    }
+}

@@ -1,0 +1,565 @@
+//! Webhooks (subscriptions): the stored model, event patterns, the clinic filter, and the
+//! parsing of what the management API receives.
+//!
+//! Parse, don't validate: `WebhookSpec::from_json` is the only way from user JSON to a
+//! webhook, and every rule about URLs, headers and patterns lives there.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::event::{EventType, FAMILIES};
+
+/// HTTP methods a webhook may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Post,
+    Put,
+    Patch,
+    Get,
+    Delete,
+}
+
+impl Method {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "POST" => Self::Post,
+            "PUT" => Self::Put,
+            "PATCH" => Self::Patch,
+            "GET" => Self::Get,
+            "DELETE" => Self::Delete,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Patch => "PATCH",
+            Self::Get => "GET",
+            Self::Delete => "DELETE",
+        }
+    }
+}
+
+/// An event pattern: `*`, `<family>.*`, or one event type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    All,
+    Family(String),
+    Exact(String),
+}
+
+impl Pattern {
+    /// Parse a pattern; KiviCare action names are accepted and stored canonically.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "*" {
+            return Ok(Self::All);
+        }
+        if let Some(family) = s.strip_suffix(".*") {
+            return if FAMILIES.contains(&family) {
+                Ok(Self::Family(format!("{family}.")))
+            } else {
+                Err(format!(
+                    "`{s}` names no event family; families are {}",
+                    FAMILIES.join(", ")
+                ))
+            };
+        }
+        EventType::parse(s)
+            .map(|t| Self::Exact(t.as_str().to_owned()))
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Family(prefix) => event_type.starts_with(prefix.as_str()),
+            Self::Exact(t) => t == event_type,
+        }
+    }
+
+    /// The canonical text form, as stored and shown.
+    pub fn as_string(&self) -> String {
+        match self {
+            Self::All => "*".to_owned(),
+            Self::Family(prefix) => format!("{prefix}*"),
+            Self::Exact(t) => t.clone(),
+        }
+    }
+}
+
+/// A stored webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Webhook {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub method: Method,
+    /// Canonical patterns (`*`, `appointment.*`, `patient.created`).
+    pub events: Vec<String>,
+    /// Empty means every clinic.
+    pub clinic_ids: Vec<String>,
+    pub headers: BTreeMap<String, String>,
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// `whsec_…`; shown once on create, masked everywhere else.
+    pub secret: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A webhook with its patterns parsed once, for matching on the per-event path.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub webhook: std::sync::Arc<Webhook>,
+    patterns: Vec<Pattern>,
+}
+
+impl Subscription {
+    pub fn new(webhook: Webhook) -> Self {
+        let patterns = webhook
+            .events
+            .iter()
+            .filter_map(|p| Pattern::parse(p).ok())
+            .collect();
+        Self {
+            webhook: std::sync::Arc::new(webhook),
+            patterns,
+        }
+    }
+
+    /// Whether this webhook wants an event of this type from this clinic.
+    pub fn matches(&self, event_type: &str, clinic_id: Option<&str>) -> bool {
+        let w = &self.webhook;
+        if !w.enabled {
+            return false;
+        }
+        let clinic_ok = w.clinic_ids.is_empty()
+            || clinic_id.is_some_and(|c| w.clinic_ids.iter().any(|id| id == c));
+        clinic_ok && self.patterns.iter().any(|p| p.matches(event_type))
+    }
+}
+
+impl Webhook {
+
+    /// The API view: everything but the secret, which is masked.
+    pub fn to_public_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("secret".into(), Value::String(mask(&self.secret)));
+        }
+        v
+    }
+}
+
+/// `whsec_abc…xyz` → `whsec_…xyz`: enough to tell secrets apart, useless to an attacker.
+pub fn mask(secret: &str) -> String {
+    let tail: String = secret
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("whsec_…{tail}")
+}
+
+/// A field of a webhook definition that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidField {
+    InvalidField {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The user-settable part of a webhook, parsed and valid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSpec {
+    pub name: String,
+    pub url: String,
+    pub method: Method,
+    pub events: Vec<String>,
+    pub clinic_ids: Vec<String>,
+    pub headers: BTreeMap<String, String>,
+    pub enabled: bool,
+}
+
+const FIELDS: &[&str] = &[
+    "name",
+    "url",
+    "method",
+    "events",
+    "clinic_ids",
+    "headers",
+    "enabled",
+];
+
+/// Headers KiviHook sets itself; a webhook may not override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+];
+
+impl WebhookSpec {
+    /// Parse a create request (`POST /v1/webhooks`).
+    pub fn from_json(body: &Value) -> Result<Self, InvalidField> {
+        let obj = as_object(body)?;
+        check_fields(obj)?;
+        let name = obj
+            .get("name")
+            .ok_or_else(|| invalid("name", "is required"))?;
+        let url = obj.get("url").ok_or_else(|| invalid("url", "is required"))?;
+        let events = obj
+            .get("events")
+            .ok_or_else(|| invalid("events", "is required"))?;
+        Ok(Self {
+            name: parse_name(name)?,
+            url: parse_url(url)?,
+            method: obj.get("method").map(parse_method).transpose()?.unwrap_or_default(),
+            events: parse_events(events)?,
+            clinic_ids: obj
+                .get("clinic_ids")
+                .map(parse_clinic_ids)
+                .transpose()?
+                .unwrap_or_default(),
+            headers: obj
+                .get("headers")
+                .map(parse_headers)
+                .transpose()?
+                .unwrap_or_default(),
+            enabled: obj
+                .get("enabled")
+                .map(|v| parse_bool("enabled", v))
+                .transpose()?
+                .unwrap_or(true),
+        })
+    }
+
+    /// Apply a partial update (`PATCH /v1/webhooks/{id}`) to an existing definition.
+    pub fn patched(mut self, body: &Value) -> Result<Self, InvalidField> {
+        let obj = as_object(body)?;
+        check_fields(obj)?;
+        for (key, value) in obj {
+            match key.as_str() {
+                "name" => self.name = parse_name(value)?,
+                "url" => self.url = parse_url(value)?,
+                "method" => self.method = parse_method(value)?,
+                "events" => self.events = parse_events(value)?,
+                "clinic_ids" => self.clinic_ids = parse_clinic_ids(value)?,
+                "headers" => self.headers = parse_headers(value)?,
+                "enabled" => self.enabled = parse_bool("enabled", value)?,
+                _ => unreachable!("check_fields admits only known fields"),
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn of(webhook: &Webhook) -> Self {
+        Self {
+            name: webhook.name.clone(),
+            url: webhook.url.clone(),
+            method: webhook.method,
+            events: webhook.events.clone(),
+            clinic_ids: webhook.clinic_ids.clone(),
+            headers: webhook.headers.clone(),
+            enabled: webhook.enabled,
+        }
+    }
+}
+
+fn as_object(body: &Value) -> Result<&Map<String, Value>, InvalidField> {
+    body.as_object()
+        .ok_or_else(|| invalid("", "the body must be a JSON object"))
+}
+
+fn check_fields(obj: &Map<String, Value>) -> Result<(), InvalidField> {
+    if let Some(key) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        let hint = if matches!(key.as_str(), "id" | "secret" | "created_at" | "updated_at") {
+            "is set by KiviHook and cannot be written".to_owned()
+        } else {
+            format!("is not a webhook field; fields are {}", FIELDS.join(", "))
+        };
+        return Err(invalid(key.as_str(), hint));
+    }
+    Ok(())
+}
+
+fn parse_name(v: &Value) -> Result<String, InvalidField> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| invalid("name", "must be a string"))?
+        .trim();
+    if s.is_empty() || s.chars().count() > 200 {
+        return Err(invalid("name", "must be 1 to 200 characters"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(invalid("name", "must not contain control characters"));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_url(v: &Value) -> Result<String, InvalidField> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| invalid("url", "must be a string"))?;
+    if s.len() > 2048 {
+        return Err(invalid("url", "must be at most 2048 characters"));
+    }
+    let url = url::Url::parse(s).map_err(|e| invalid("url", format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("url", "must be an http:// or https:// URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "url",
+            "must not carry credentials; use the webhook's headers instead",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("url", "must name a host"));
+    }
+    if url.fragment().is_some() {
+        return Err(invalid("url", "must not have a #fragment"));
+    }
+    Ok(url.to_string())
+}
+
+fn parse_method(v: &Value) -> Result<Method, InvalidField> {
+    v.as_str()
+        .and_then(Method::parse)
+        .ok_or_else(|| invalid("method", "must be one of POST, PUT, PATCH, GET, DELETE"))
+}
+
+fn parse_events(v: &Value) -> Result<Vec<String>, InvalidField> {
+    let items = v
+        .as_array()
+        .ok_or_else(|| invalid("events", "must be an array of event patterns"))?;
+    if items.is_empty() || items.len() > 100 {
+        return Err(invalid("events", "must hold 1 to 100 patterns"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("events[{i}]");
+        let s = item
+            .as_str()
+            .ok_or_else(|| invalid(field.as_str(), "must be a string"))?;
+        let p = Pattern::parse(s).map_err(|m| invalid(field.as_str(), m))?;
+        let canonical = p.as_string();
+        if !out.contains(&canonical) {
+            out.push(canonical);
+        }
+    }
+    Ok(out)
+}
+
+/// Clinic ids are strings; KiviCare's numeric ids are accepted and stored as text.
+pub fn clinic_id_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() && s.len() <= 100 && !s.chars().any(char::is_control) => {
+            Some(s.clone())
+        }
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_clinic_ids(v: &Value) -> Result<Vec<String>, InvalidField> {
+    let items = v
+        .as_array()
+        .ok_or_else(|| invalid("clinic_ids", "must be an array of clinic ids"))?;
+    if items.len() > 10_000 {
+        return Err(invalid("clinic_ids", "must hold at most 10000 ids"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let id = clinic_id_of(item).ok_or_else(|| {
+            invalid(
+                format!("clinic_ids[{i}]"),
+                "must be a non-empty string or an integer",
+            )
+        })?;
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("headers", "must be an object of header names to values"))?;
+    if obj.len() > 50 {
+        return Err(invalid("headers", "must hold at most 50 headers"));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in obj {
+        let field = format!("headers.{name}");
+        let token = !name.is_empty()
+            && name.len() <= 256
+            && name.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+            });
+        if !token {
+            return Err(invalid(field, "is not a valid HTTP header name"));
+        }
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(invalid(field, "is set by KiviHook and cannot be overridden"));
+        }
+        let value = value
+            .as_str()
+            .ok_or_else(|| invalid(field.as_str(), "must be a string"))?;
+        if value.len() > 8192 || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(invalid(
+                field,
+                "must be at most 8192 characters without CR, LF or NUL",
+            ));
+        }
+        out.insert(name.clone(), value.to_owned());
+    }
+    Ok(out)
+}
+
+fn parse_bool(field: &str, v: &Value) -> Result<bool, InvalidField> {
+    v.as_bool()
+        .ok_or_else(|| invalid(field, "must be true or false"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sub(events: &[&str], clinics: &[&str]) -> Subscription {
+        Subscription::new(hook(events, clinics))
+    }
+
+    fn hook(events: &[&str], clinics: &[&str]) -> Webhook {
+        let spec = WebhookSpec::from_json(&json!({
+            "name": "t", "url": "https://example.com/h", "events": events, "clinic_ids": clinics
+        }))
+        .unwrap();
+        Webhook {
+            id: "wh_1".into(),
+            name: spec.name,
+            url: spec.url,
+            method: spec.method,
+            events: spec.events,
+            clinic_ids: spec.clinic_ids,
+            headers: spec.headers,
+            enabled: true,
+            disabled_reason: None,
+            secret: crate::signing::generate_secret(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn patterns_match_exact_family_and_everything() {
+        assert!(sub(&["appointment.booked"], &[]).matches("appointment.booked", None));
+        assert!(!sub(&["appointment.booked"], &[]).matches("appointment.updated", None));
+        assert!(sub(&["appointment.*"], &[]).matches("appointment.updated", Some("1")));
+        assert!(!sub(&["appointment.*"], &[]).matches("patient.created", None));
+        assert!(sub(&["*"], &[]).matches("custom.x", None));
+        assert!(sub(&["custom.*"], &[]).matches("custom.lab.ready", None));
+    }
+
+    #[test]
+    fn kivicare_aliases_in_patterns_are_stored_canonically() {
+        let h = hook(&["kc_patient_save", "patient.created"], &[]);
+        assert_eq!(h.events, vec!["patient.created"]);
+    }
+
+    #[test]
+    fn clinic_filter_limits_to_listed_clinics() {
+        let h = sub(&["*"], &["12", "13"]);
+        assert!(h.matches("patient.created", Some("12")));
+        assert!(!h.matches("patient.created", Some("14")));
+        assert!(!h.matches("patient.created", None));
+    }
+
+    #[test]
+    fn disabled_webhooks_match_nothing() {
+        let mut h = hook(&["*"], &[]);
+        h.enabled = false;
+        assert!(!Subscription::new(h).matches("patient.created", None));
+    }
+
+    fn err_field(v: Value) -> String {
+        WebhookSpec::from_json(&v).unwrap_err().field
+    }
+
+    #[test]
+    fn bad_definitions_name_the_field() {
+        let base = json!({"name": "n", "url": "https://x.example/h", "events": ["*"]});
+        let with = |k: &str, v: Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        assert_eq!(err_field(with("url", json!("ftp://x.example/"))), "url");
+        assert_eq!(err_field(with("url", json!("https://u:p@x.example/"))), "url");
+        assert_eq!(err_field(with("url", json!("not a url"))), "url");
+        assert_eq!(err_field(with("method", json!("TRACE"))), "method");
+        assert_eq!(err_field(with("events", json!([]))), "events");
+        assert_eq!(err_field(with("events", json!(["nope.*"]))), "events[0]");
+        assert_eq!(
+            err_field(with("headers", json!({"X-A": "a\r\nInjected: 1"}))),
+            "headers.X-A"
+        );
+        assert_eq!(
+            err_field(with("headers", json!({"Bad Name": "v"}))),
+            "headers.Bad Name"
+        );
+        assert_eq!(
+            err_field(with("headers", json!({"webhook-signature": "v"}))),
+            "headers.webhook-signature"
+        );
+        assert_eq!(err_field(with("colour", json!("blue"))), "colour");
+        assert_eq!(err_field(with("secret", json!("whsec_x"))), "secret");
+        assert_eq!(err_field(json!({"url": "https://x.example", "events": ["*"]})), "name");
+    }
+
+    #[test]
+    fn patch_changes_only_the_given_fields() {
+        let h = hook(&["*"], &[]);
+        let spec = WebhookSpec::of(&h)
+            .patched(&json!({"enabled": false, "clinic_ids": [7]}))
+            .unwrap();
+        assert!(!spec.enabled);
+        assert_eq!(spec.clinic_ids, vec!["7"]);
+        assert_eq!(spec.url, h.url);
+    }
+
+    #[test]
+    fn public_json_masks_the_secret() {
+        let h = hook(&["*"], &[]);
+        let v = h.to_public_json();
+        let shown = v["secret"].as_str().unwrap();
+        assert!(shown.starts_with("whsec_…"));
+        assert_ne!(shown, h.secret);
+        assert!(shown.chars().count() < 12);
+    }
+}
