@@ -1,1 +1,228 @@
-fn main() {}
+//! `kivihook`: one binary, one subcommand per role.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use kivihook_core::broker::RabbitBroker;
+use kivihook_core::config::Overrides;
+use kivihook_core::ops::{self, OpsState};
+use kivihook_core::shutdown::{self, Shutdown};
+use kivihook_core::store::RedisStore;
+use kivihook_core::{Broker, Config, Metrics, Store};
+use kivihook_dispatcher::Dispatcher;
+use kivihook_ingest::AppState;
+
+#[derive(Parser)]
+#[command(name = "kivihook", version, about = "Reliable, signed webhook delivery for clinic events")]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// HTTP API: event intake and webhook management.
+    Ingest,
+    /// Consume events and deliver them to webhooks.
+    Dispatcher,
+    /// Move due retries back into RabbitMQ.
+    Scheduler,
+    /// All three roles in one process.
+    All,
+}
+
+impl Command {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ingest => "ingest",
+            Self::Dispatcher => "dispatcher",
+            Self::Scheduler => "scheduler",
+            Self::All => "all",
+        }
+    }
+}
+
+/// Flags override the config file, which overrides `KIVIHOOK_*` environment variables.
+#[derive(Args)]
+struct Settings {
+    /// TOML configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// RabbitMQ URL [env: KIVIHOOK_AMQP_URL].
+    #[arg(long, global = true)]
+    amqp_url: Option<String>,
+    /// Redis URL [env: KIVIHOOK_REDIS_URL].
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    /// HTTP listen address [env: KIVIHOOK_BIND].
+    #[arg(long, global = true)]
+    bind: Option<String>,
+    /// Namespace of every Redis key and AMQP name [env: KIVIHOOK_PREFIX].
+    #[arg(long, global = true)]
+    prefix: Option<String>,
+    /// Admin bearer token [env: KIVIHOOK_ADMIN_TOKEN].
+    #[arg(long, global = true)]
+    admin_token: Option<String>,
+    /// Ingest bearer token [env: KIVIHOOK_INGEST_TOKEN].
+    #[arg(long, global = true)]
+    ingest_token: Option<String>,
+    /// Unacknowledged messages per dispatcher [env: KIVIHOOK_PREFETCH].
+    #[arg(long, global = true)]
+    prefetch: Option<String>,
+    /// Seconds before a delivery attempt times out [env: KIVIHOOK_DELIVERY_TIMEOUT].
+    #[arg(long, global = true)]
+    delivery_timeout: Option<String>,
+    /// Largest accepted request body in bytes [env: KIVIHOOK_MAX_BODY_BYTES].
+    #[arg(long, global = true)]
+    max_body_bytes: Option<String>,
+    /// Seconds an event id is remembered for de-duplication [env: KIVIHOOK_DEDUP_WINDOW].
+    #[arg(long, global = true)]
+    dedup_window: Option<String>,
+    /// Log format, json or text [env: KIVIHOOK_LOG_FORMAT].
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+}
+
+impl Settings {
+    fn overrides(&self) -> Overrides {
+        [
+            ("amqp_url", &self.amqp_url),
+            ("redis_url", &self.redis_url),
+            ("bind", &self.bind),
+            ("prefix", &self.prefix),
+            ("admin_token", &self.admin_token),
+            ("ingest_token", &self.ingest_token),
+            ("prefetch", &self.prefetch),
+            ("delivery_timeout", &self.delivery_timeout),
+            ("max_body_bytes", &self.max_body_bytes),
+            ("dedup_window", &self.dedup_window),
+            ("log_format", &self.log_format),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
+        .collect()
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.settings.config.as_deref(), &cli.settings.overrides()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kivihook: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    kivihook_core::telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kivihook: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "kivihook stopped with an error");
+            eprintln!("kivihook: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::os_signal().await;
+        tracing::info!("shutdown requested");
+        trigger.trigger();
+    });
+
+    if config.generated_tokens && matches!(command, Command::Ingest | Command::All) {
+        // Shown once, on stderr and not in the log stream.
+        eprintln!(
+            "kivihook: no tokens configured; generated for this run:\n  KIVIHOOK_ADMIN_TOKEN={}\n  KIVIHOOK_INGEST_TOKEN={}",
+            config.admin_token.expose(),
+            config.ingest_token.expose()
+        );
+    }
+
+    let metrics = Metrics::new();
+    let Some(store) = connect_store(&config, shutdown.clone()).await else {
+        return Ok(());
+    };
+    let broker: Arc<dyn Broker> = Arc::new(RabbitBroker::new(
+        &config.amqp_url,
+        &config.prefix,
+        metrics.clone(),
+        command.name(),
+    ));
+    let store: Arc<dyn Store> = store;
+
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} (KIVIHOOK_BIND)", config.bind))?;
+    let addr = listener.local_addr()?;
+
+    let router = match command {
+        Command::Ingest | Command::All => kivihook_ingest::router(AppState::new(
+            &config,
+            broker.clone(),
+            store.clone(),
+            metrics.clone(),
+        )),
+        Command::Dispatcher | Command::Scheduler => ops::router(OpsState {
+            metrics: metrics.clone(),
+            broker: broker.clone(),
+            store: store.clone(),
+        }),
+    };
+
+    let mut roles = tokio::task::JoinSet::new();
+    if matches!(command, Command::Dispatcher | Command::All) {
+        let d = Arc::new(Dispatcher::new(&config, broker.clone(), store.clone(), metrics.clone()));
+        roles.spawn(d.run(shutdown.clone()));
+    }
+    if matches!(command, Command::Scheduler | Command::All) {
+        roles.spawn(kivihook_scheduler::run(shutdown.clone()));
+    }
+
+    tracing::info!(role = command.name(), addr = %addr, prefix = %config.prefix, version = kivihook_core::VERSION, "listening");
+    let mut serve_shutdown = shutdown.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { serve_shutdown.wait().await })
+        .await
+        .context("HTTP server failed")?;
+    while roles.join_next().await.is_some() {}
+    tracing::info!(role = command.name(), "stopped");
+    Ok(())
+}
+
+/// Connect to Redis, retrying with backoff until it answers or shutdown is requested.
+async fn connect_store(config: &Config, mut shutdown: Shutdown) -> Option<Arc<RedisStore>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match RedisStore::connect(&config.redis_url, &config.prefix).await {
+            Ok(store) => {
+                store.check_durability().await;
+                return Some(Arc::new(store));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to Redis (KIVIHOOK_REDIS_URL)");
+                tokio::select! {
+                    _ = shutdown.wait() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -107,17 +107,22 @@ impl EventType {
 
     /// A bounded label for metrics: the type itself, or `custom` for every custom type.
     pub fn metric_label(&self) -> &str {
-        if self.0.starts_with(CUSTOM_PREFIX) {
-            "custom"
-        } else {
-            &self.0
-        }
+        metric_label(&self.0)
     }
 }
 
 impl std::fmt::Display for EventType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A bounded metrics label for a canonical event type: `custom` stands for every custom type.
+pub fn metric_label(event_type: &str) -> &str {
+    if event_type.starts_with(CUSTOM_PREFIX) {
+        "custom"
+    } else {
+        event_type
     }
 }
 

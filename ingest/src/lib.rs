@@ -1,0 +1,80 @@
+//! kivihook-ingest: the HTTP front door — event intake, webhook management, the catalogue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use kivihook_core::config::Secret;
+use kivihook_core::event::CATALOGUE;
+use kivihook_core::ops::{self, OpsState};
+use kivihook_core::{Broker, Config, Metrics, Store};
+
+pub mod error;
+pub mod events;
+pub mod request;
+pub mod webhooks;
+
+use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<dyn Broker>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    pub admin_token: Secret,
+    pub ingest_token: Secret,
+    pub max_body_bytes: usize,
+    pub dedup_window: Duration,
+}
+
+impl AppState {
+    pub fn new(config: &Config, broker: Arc<dyn Broker>, store: Arc<dyn Store>, metrics: Metrics) -> Self {
+        Self {
+            broker,
+            store,
+            metrics,
+            admin_token: config.admin_token.clone(),
+            ingest_token: config.ingest_token.clone(),
+            max_body_bytes: config.max_body_bytes,
+            dedup_window: config.dedup_window,
+        }
+    }
+}
+
+/// Every route ingest serves, including the operational ones.
+pub fn router(state: AppState) -> Router {
+    let ops = ops::router(OpsState {
+        metrics: state.metrics.clone(),
+        broker: state.broker.clone(),
+        store: state.store.clone(),
+    });
+    Router::new()
+        .route("/v1/events", post(events::post_event))
+        .route("/v1/events/batch", post(events::post_batch))
+        .route("/v1/event-types", get(event_types))
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_one)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Handlers read bodies themselves, with the configured limit and a JSON error.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+        .merge(ops)
+}
+
+async fn event_types() -> Json<serde_json::Value> {
+    Json(json!({
+        "event_types": CATALOGUE,
+        "custom": "custom.<name>: lowercase letters, digits, '_', '-' and '.'; any clinic-defined event",
+    }))
+}

@@ -1,0 +1,332 @@
+//! Event intake: `POST /v1/events` and `POST /v1/events/batch`.
+//!
+//! An event is answered `202 accepted` only after RabbitMQ confirmed the persistent message.
+//! The id is claimed in Redis first (`SET NX`), so the same id within the dedup window is a
+//! `200 duplicate` and is not published again; if publishing fails, the claim is released so
+//! the client's retry is not mistaken for a duplicate.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use kivihook_core::broker::OutboundMessage;
+use kivihook_core::event::{generate_event_id, metric_label, valid_event_id, Event, EventType};
+use kivihook_core::store::Claim;
+use kivihook_core::webhook::clinic_id_of;
+
+use crate::error::ApiError;
+use crate::request::{authorize, json_body, Scope};
+use crate::AppState;
+
+/// The most events one batch may carry.
+pub const MAX_BATCH: usize = 500;
+
+const EVENT_FIELDS: &[&str] = &["id", "type", "clinic_id", "occurred_at", "data"];
+
+/// What happened to one event of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Accepted,
+    Duplicate,
+    InProgress,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::InProgress => "in_progress",
+        }
+    }
+}
+
+pub async fn post_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let result = async {
+        authorize(&state, &headers, Scope::Ingest)?;
+        let value = json_body(&headers, body, state.max_body_bytes).await?;
+        let idempotency_key = match headers.get("idempotency-key") {
+            Some(v) => {
+                let key = v.to_str().ok().filter(|k| valid_event_id(k)).ok_or_else(|| {
+                    ApiError::invalid(
+                        "invalid_header",
+                        "Idempotency-Key",
+                        "must be 1 to 200 printable characters without spaces",
+                    )
+                })?;
+                Some(key.to_owned())
+            }
+            None => None,
+        };
+        let event = parse_event(&value, "", idempotency_key)?;
+        let id = event.id.clone();
+        let statuses = accept(&state, vec![event]).await?;
+        Ok::<_, ApiError>(match statuses[0] {
+            Status::Accepted => {
+                (StatusCode::ACCEPTED, Json(json!({"id": id, "status": "accepted"}))).into_response()
+            }
+            Status::Duplicate => {
+                (StatusCode::OK, Json(json!({"id": id, "status": "duplicate"}))).into_response()
+            }
+            Status::InProgress => return Err(ApiError::InProgress(id)),
+        })
+    }
+    .await;
+    count_rejection(&state, &result);
+    result
+}
+
+pub async fn post_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let result = async {
+        authorize(&state, &headers, Scope::Ingest)?;
+        let value = json_body(&headers, body, state.max_body_bytes).await?;
+        let items = match &value {
+            Value::Array(items) => items,
+            Value::Object(obj) => {
+                if let Some(k) = obj.keys().find(|k| k.as_str() != "events") {
+                    return Err(ApiError::invalid(
+                        "unknown_field",
+                        k.as_str(),
+                        "a batch is {\"events\": [...]} or a JSON array of events",
+                    ));
+                }
+                obj.get("events").and_then(Value::as_array).ok_or_else(|| {
+                    ApiError::invalid("invalid_field", "events", "must be an array of events")
+                })?
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "invalid_field",
+                    "events",
+                    "a batch is {\"events\": [...]} or a JSON array of events",
+                ))
+            }
+        };
+        if items.is_empty() {
+            return Err(ApiError::invalid("invalid_field", "events", "must hold at least one event"));
+        }
+        if items.len() > MAX_BATCH {
+            return Err(ApiError::invalid(
+                "batch_too_large",
+                "events",
+                format!("holds {} events; a batch holds at most {MAX_BATCH}", items.len()),
+            ));
+        }
+        // Every event is checked before any is claimed or published: a bad batch changes nothing.
+        let events = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse_event(item, &format!("events[{i}]."), None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let statuses = accept(&state, events).await?;
+        let accepted = statuses.iter().filter(|s| **s == Status::Accepted).count();
+        let results: Vec<Value> = ids
+            .iter()
+            .zip(&statuses)
+            .map(|(id, s)| json!({"id": id, "status": s.as_str()}))
+            .collect();
+        let code = if accepted > 0 { StatusCode::ACCEPTED } else { StatusCode::OK };
+        Ok((
+            code,
+            Json(json!({
+                "accepted": accepted,
+                "duplicates": statuses.iter().filter(|s| **s == Status::Duplicate).count(),
+                "results": results,
+            })),
+        )
+            .into_response())
+    }
+    .await;
+    count_rejection(&state, &result);
+    result
+}
+
+fn count_rejection(state: &AppState, result: &Result<Response, ApiError>) {
+    if let Err(e) = result {
+        state.metrics.ingest_rejected.with_label_values(&[e.code()]).inc();
+    }
+}
+
+/// Parse one event; `at` prefixes field names (`events[3].`) inside a batch.
+fn parse_event(value: &Value, at: &str, idempotency_key: Option<String>) -> Result<Event, ApiError> {
+    let field = |name: &str| format!("{at}{name}");
+    let obj: &Map<String, Value> = value.as_object().ok_or_else(|| {
+        ApiError::invalid("invalid_field", at.trim_end_matches('.'), "an event must be a JSON object")
+    })?;
+    if let Some(k) = obj.keys().find(|k| !EVENT_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            "unknown_field",
+            field(k),
+            format!("is not an event field; fields are {}", EVENT_FIELDS.join(", ")),
+        ));
+    }
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => idempotency_key.unwrap_or_else(generate_event_id),
+        Some(Value::String(s)) if valid_event_id(s) => s.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                field("id"),
+                "must be a string of 1 to 200 printable characters without spaces",
+            ))
+        }
+    };
+    let event_type = match obj.get("type") {
+        Some(Value::String(s)) => EventType::parse(s)
+            .map_err(|e| ApiError::invalid("unknown_event_type", field("type"), e.to_string()))?,
+        Some(_) => return Err(ApiError::invalid("invalid_field", field("type"), "must be a string")),
+        None => return Err(ApiError::invalid("missing_field", field("type"), "is required")),
+    };
+    let clinic_id = match obj.get("clinic_id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(clinic_id_of(v).ok_or_else(|| {
+            ApiError::invalid("invalid_field", field("clinic_id"), "must be a non-empty string or an integer")
+        })?),
+    };
+    let now = Utc::now();
+    let occurred_at = match obj.get("occurred_at") {
+        None | Some(Value::Null) => now,
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                ApiError::invalid(
+                    "invalid_field",
+                    field("occurred_at"),
+                    "must be an RFC 3339 time such as 2026-11-27T09:00:00Z",
+                )
+            })?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                field("occurred_at"),
+                "must be an RFC 3339 time such as 2026-11-27T09:00:00Z",
+            ))
+        }
+    };
+    let data = match obj.get("data") {
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => return Err(ApiError::invalid("invalid_field", field("data"), "must be a JSON object")),
+        None => return Err(ApiError::invalid("missing_field", field("data"), "is required")),
+    };
+    Ok(Event {
+        id,
+        event_type: event_type.as_str().to_owned(),
+        clinic_id,
+        occurred_at,
+        received_at: now,
+        data,
+    })
+}
+
+/// Claim, publish with confirms, then settle the claims. Returns one status per event.
+async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, ApiError> {
+    // An id repeated inside one request is published once; later copies are duplicates.
+    let mut seen = HashSet::with_capacity(events.len());
+    let first: Vec<bool> = events.iter().map(|e| seen.insert(e.id.clone())).collect();
+    let unique: Vec<String> = events
+        .iter()
+        .zip(&first)
+        .filter(|(_, f)| **f)
+        .map(|(e, _)| e.id.clone())
+        .collect();
+
+    let (claims, registry_version) = state.store.claim_events(&unique).await?;
+    let mut claim_of = unique.iter().zip(claims).collect::<std::collections::HashMap<_, _>>();
+
+    let mut statuses = Vec::with_capacity(events.len());
+    let mut to_publish = Vec::new();
+    for (i, (event, is_first)) in events.iter().zip(&first).enumerate() {
+        let status = if !is_first {
+            Status::Duplicate
+        } else {
+            match claim_of.remove(&event.id).unwrap_or(Claim::Duplicate) {
+                Claim::New => {
+                    to_publish.push(i);
+                    Status::Accepted
+                }
+                Claim::InProgress => Status::InProgress,
+                Claim::Duplicate => Status::Duplicate,
+            }
+        };
+        statuses.push(status);
+    }
+
+    let started = Instant::now();
+    let publishes = to_publish.iter().map(|&i| {
+        let event = &events[i];
+        let msg = serde_json::to_vec(event).map(|body| OutboundMessage {
+            routing_key: event.event_type.clone(),
+            body,
+            registry_version,
+        });
+        async move {
+            match msg {
+                Ok(msg) => state.broker.publish(&msg).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    });
+    let results = futures::future::join_all(publishes).await;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let mut confirmed = Vec::new();
+    let mut failed = HashSet::new();
+    let mut first_error = None;
+    for (&i, result) in to_publish.iter().zip(results) {
+        match result {
+            Ok(()) => {
+                state.metrics.publish_duration.observe(elapsed);
+                confirmed.push(events[i].id.clone());
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+                failed.insert(events[i].id.clone());
+            }
+        }
+    }
+    if let Err(e) = state.store.confirm_events(&confirmed, state.dedup_window).await {
+        // The events are durable in RabbitMQ, so they are accepted; only the dedup window
+        // shrinks to the claim's lifetime.
+        tracing::warn!(error = %e, count = confirmed.len(), "could not extend dedup keys of confirmed events");
+    }
+    for (event, status) in events.iter().zip(&statuses) {
+        let outcome = if failed.contains(&event.id) && *status == Status::Accepted {
+            "unavailable"
+        } else {
+            status.as_str()
+        };
+        state
+            .metrics
+            .events_ingested
+            .with_label_values(&[metric_label(&event.event_type), outcome])
+            .inc();
+    }
+    if !failed.is_empty() {
+        let failed: Vec<String> = failed.into_iter().collect();
+        if let Err(e) = state.store.release_events(&failed).await {
+            tracing::warn!(error = %e, count = failed.len(), "could not release dedup claims; they expire by themselves");
+        }
+        let error = first_error.unwrap_or_default();
+        tracing::warn!(error = %error, failed = failed.len(), "publishing to RabbitMQ failed; answering 503");
+        return Err(ApiError::Unavailable(format!(
+            "the message broker is unavailable ({error}); nothing was accepted that was not confirmed; retry shortly"
+        )));
+    }
+    Ok(statuses)
+}
