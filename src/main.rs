@@ -166,6 +166,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         command.name(),
     ));
     let store: Arc<dyn Store> = store;
+    // Connect (and declare the topology) now rather than on the first event; a failure here
+    // is not fatal, the broker handle keeps reconnecting on use.
+    let warm = broker.clone();
+    tokio::spawn(async move {
+        let _ = warm.ready().await;
+    });
 
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

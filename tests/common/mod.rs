@@ -1,0 +1,329 @@
+//! Test harness: the real `kivihook` binary as a child process, real HTTP receivers, and
+//! cleanup of each test's own RabbitMQ names and Redis keys.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Router;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+pub const INGEST: &str = "test-ingest-token-0123456789";
+
+/// A prefix of its own for every test, so tests share RabbitMQ and Redis safely.
+pub fn unique_prefix() -> String {
+    format!("kt-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A running `kivihook` process; killed when dropped.
+pub struct Kivihook {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Kivihook {
+    /// Start `kivihook <role>` with this prefix and extra environment, and wait until it
+    /// listens.
+    pub fn start(role: &str, prefix: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kivihook"));
+        cmd.arg(role)
+            .env("KIVIHOOK_BIND", "127.0.0.1:0")
+            .env("KIVIHOOK_PREFIX", prefix)
+            .env("KIVIHOOK_ADMIN_TOKEN", ADMIN)
+            .env("KIVIHOOK_INGEST_TOKEN", INGEST)
+            .env("KIVIHOOK_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kivihook");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "listening" {
+                        if let (Some(tx), Some(addr)) = (tx.take(), v["addr"].as_str()) {
+                            let _ = tx.send(addr.parse::<SocketAddr>().expect("addr"));
+                        }
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("kivihook {role} did not start listening"));
+        Self { child, addr, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no graceful shutdown, no chance to ack anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Kivihook {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An API client with the test tokens.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Api {
+    pub fn new(k: &Kivihook) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", k.addr),
+        }
+    }
+
+    pub async fn create_webhook(&self, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/v1/webhooks", self.base))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .expect("create webhook");
+        assert_eq!(r.status(), 201, "create webhook");
+        r.json().await.expect("webhook json")
+    }
+
+    pub async fn post_event(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/events", self.base))
+            .bearer_auth(INGEST)
+            .json(body)
+            .send()
+            .await
+            .expect("post event")
+    }
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("json body")
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    got: Arc<Mutex<Vec<Received>>>,
+    status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
+}
+
+/// A real HTTP receiver on a port of its own that records every request.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: ReceiverState,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state = ReceiverState {
+            got: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+        };
+        async fn record(
+            State(s): State<ReceiverState>,
+            method: axum::http::Method,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> StatusCode {
+            let delay = s.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let headers = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            s.got.lock().unwrap().push(Received {
+                method: method.to_string(),
+                headers,
+                body,
+            });
+            StatusCode::from_u16(s.status.load(Ordering::Relaxed)).unwrap()
+        }
+        let app = Router::new().fallback(record).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn respond_with(&self, status: u16) {
+        self.state.status.store(status, Ordering::Relaxed);
+    }
+
+    pub fn delay(&self, d: Duration) {
+        self.state.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.got.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.got.lock().unwrap().len()
+    }
+}
+
+/// Wait until `cond` holds, or fail after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Verify a Standard Webhooks signature independently of KiviHook's own signer.
+pub fn verify_signature(secret: &str, r: &Received) -> bool {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").expect("whsec_"))
+        .expect("base64 secret");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(r.header("webhook-id").as_bytes());
+    mac.update(b".");
+    mac.update(r.header("webhook-timestamp").as_bytes());
+    mac.update(b".");
+    mac.update(&r.body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    r.header("webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
+}
+
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis")
+}
+
+/// Messages waiting in a queue, from a passive declare.
+pub async fn queue_depth(queue: &str) -> u32 {
+    let conn = lapin::Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("amqp");
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            queue,
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("queue exists");
+    let _ = conn.close(200, "done").await;
+    q.message_count()
+}
+
+/// Remove this test's queues, exchanges and keys.
+pub async fn cleanup(prefix: &str) {
+    let names = kivihook_core::amqp::Names::new(prefix);
+    if let Ok(conn) = lapin::Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    {
+        if let Ok(ch) = conn.create_channel().await {
+            for q in names.queues() {
+                let _ = ch
+                    .queue_delete(q, lapin::options::QueueDeleteOptions::default())
+                    .await;
+            }
+            for x in names.exchanges() {
+                let _ = ch
+                    .exchange_delete(x, lapin::options::ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = conn.close(200, "cleanup").await;
+    }
+    let mut r = redis().await;
+    for pattern in kivihook_core::keys::Keys::new(prefix).all_pattern() {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut r)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut r).await;
+        }
+    }
+}
+
+/// A sample event body.
+pub fn event(id: &str, event_type: &str, clinic: Option<&str>) -> Value {
+    let mut v = json!({
+        "id": id,
+        "type": event_type,
+        "data": {"patient_name": "Ada", "appointment_id": id},
+    });
+    if let Some(c) = clinic {
+        v["clinic_id"] = json!(c);
+    }
+    v
+}

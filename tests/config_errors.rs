@@ -1,0 +1,42 @@
+//! Invalid configuration stops the binary at start with one clear line and exit code 2.
+
+use std::process::Command;
+
+fn run_with(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kivihook"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run kivihook");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn invalid_environment_setting_exits_2_naming_it() {
+    let (code, stderr) = run_with(&[("KIVIHOOK_PREFETCH", "lots")], &["all"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("KIVIHOOK_PREFETCH"), "{stderr}");
+}
+
+#[test]
+fn invalid_flag_exits_2_naming_it() {
+    let (code, stderr) = run_with(&[], &["dispatcher", "--delivery-timeout=-3"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--delivery-timeout"), "{stderr}");
+}
+
+#[test]
+fn invalid_amqp_url_exits_2_naming_it() {
+    let (code, stderr) = run_with(&[("KIVIHOOK_AMQP_URL", "http://localhost")], &["ingest"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("KIVIHOOK_AMQP_URL"), "{stderr}");
+}
+
+#[test]
+fn unreadable_config_file_exits_2_naming_it() {
+    let (code, stderr) = run_with(&[], &["ingest", "--config", "/nonexistent/kivihook.toml"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--config"), "{stderr}");
+}
