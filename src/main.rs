@@ -18,7 +18,11 @@ use kivihook_dispatcher::Dispatcher;
 use kivihook_ingest::AppState;
 
 #[derive(Parser)]
-#[command(name = "kivihook", version, about = "Reliable, signed webhook delivery for clinic events")]
+#[command(
+    name = "kivihook",
+    version,
+    about = "Reliable, signed webhook delivery for clinic events"
+)]
 struct Cli {
     #[command(flatten)]
     settings: Settings,
@@ -121,7 +125,10 @@ fn main() -> ExitCode {
         }
     };
     kivihook_core::telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kivihook: cannot start the async runtime: {e}");
@@ -194,7 +201,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 
     let mut roles = tokio::task::JoinSet::new();
     if matches!(command, Command::Dispatcher | Command::All) {
-        let d = Arc::new(Dispatcher::new(&config, broker.clone(), store.clone(), metrics.clone()));
+        let d = Arc::new(Dispatcher::new(
+            &config,
+            broker.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
         roles.spawn(d.run(shutdown.clone()));
     }
     if matches!(command, Command::Scheduler | Command::All) {

@@ -12,7 +12,12 @@ async fn expect_error(r: reqwest::Response, status: u16, code: &str, field: Opti
     assert_eq!(r.status().as_u16(), status, "status");
     let body: Value = r.json().await.expect("error body is JSON");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     if let Some(f) = field {
         assert_eq!(body["error"]["field"], f, "{body}");
     }
@@ -24,13 +29,23 @@ async fn events_are_accepted_once_and_duplicates_are_answered_200() {
     let k = Kivihook::start("ingest", &prefix, &[]);
     let api = Api::new(&k);
 
-    let r = api.post_event(&event("evt_dup_1", "appointment.booked", Some("1"))).await;
+    let r = api
+        .post_event(&event("evt_dup_1", "appointment.booked", Some("1")))
+        .await;
     assert_eq!(r.status(), 202);
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"id": "evt_dup_1", "status": "accepted"}));
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"id": "evt_dup_1", "status": "accepted"})
+    );
 
-    let r = api.post_event(&event("evt_dup_1", "appointment.booked", Some("1"))).await;
+    let r = api
+        .post_event(&event("evt_dup_1", "appointment.booked", Some("1")))
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"id": "evt_dup_1", "status": "duplicate"}));
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"id": "evt_dup_1", "status": "duplicate"})
+    );
 
     // The Idempotency-Key header is the id when the body has none.
     let body = json!({"type": "kc_patient_save", "data": {}});
@@ -48,9 +63,14 @@ async fn events_are_accepted_once_and_duplicates_are_answered_200() {
     assert_eq!(send().await.unwrap().status(), 200);
 
     // Without either, an id is generated.
-    let r = api.post_event(&json!({"type": "patient.created", "data": {}})).await;
+    let r = api
+        .post_event(&json!({"type": "patient.created", "data": {}}))
+        .await;
     assert_eq!(r.status(), 202);
-    assert!(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().starts_with("evt_"));
+    assert!(r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("evt_"));
 
     // Exactly the accepted events reached the queue.
     let depth = queue_depth(&format!("{prefix}.deliveries")).await;
@@ -138,11 +158,23 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
     expect_error(r, 413, "payload_too_large", None).await;
 
     // Unknown event type, missing type, bad fields.
-    let r = post("/v1/events").json(&json!({"type": "appointment.exploded", "data": {}})).send().await.unwrap();
+    let r = post("/v1/events")
+        .json(&json!({"type": "appointment.exploded", "data": {}}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 422, "unknown_event_type", Some("type")).await;
-    let r = post("/v1/events").json(&json!({"data": {}})).send().await.unwrap();
+    let r = post("/v1/events")
+        .json(&json!({"data": {}}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 422, "missing_field", Some("type")).await;
-    let r = post("/v1/events").json(&json!({"type": "patient.created", "data": []})).send().await.unwrap();
+    let r = post("/v1/events")
+        .json(&json!({"type": "patient.created", "data": []}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 422, "invalid_field", Some("data")).await;
     let r = post("/v1/events")
         .json(&json!({"type": "patient.created", "data": {}, "occurred_at": "yesterday"}))
@@ -162,11 +194,20 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
         .await
         .unwrap();
     expect_error(r, 422, "invalid_field", Some("id")).await;
-    let r = post("/v1/events").json(&json!([1, 2])).send().await.unwrap();
+    let r = post("/v1/events")
+        .json(&json!([1, 2]))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 422, "invalid_field", None).await;
 
     // Missing and wrong tokens.
-    let r = http.post(k.url("/v1/events")).json(&event("x", "patient.created", None)).send().await.unwrap();
+    let r = http
+        .post(k.url("/v1/events"))
+        .json(&event("x", "patient.created", None))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     expect_error(r, 401, "unauthorized", None).await;
     let r = http
@@ -179,7 +220,9 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
     expect_error(r, 401, "unauthorized", None).await;
 
     // Batches: over 500, and one bad event names its index.
-    let many: Vec<Value> = (0..501).map(|i| event(&format!("m{i}"), "patient.created", None)).collect();
+    let many: Vec<Value> = (0..501)
+        .map(|i| event(&format!("m{i}"), "patient.created", None))
+        .collect();
     let r = http
         .post(k.url("/v1/events/batch"))
         .bearer_auth(INGEST)
@@ -209,7 +252,10 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
     expect_error(r, 422, "unknown_event_type", Some("events[1].type")).await;
 
     // None of the refused requests published anything; the bad batch claimed nothing.
-    assert_eq!(http.get(k2.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(k2.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
     assert_eq!(queue_depth(&format!("{prefix}.deliveries")).await, 0);
     let r = http
         .post(k2.url("/v1/events"))
@@ -218,7 +264,11 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 202, "the id of an event in a refused batch is still free");
+    assert_eq!(
+        r.status(),
+        202,
+        "the id of an event in a refused batch is still free"
+    );
 
     // Unknown routes and methods are JSON errors too.
     let r = http.get(k2.url("/v1/nothing")).send().await.unwrap();
@@ -245,8 +295,14 @@ async fn webhooks_are_managed_and_bad_definitions_refused_without_damage() {
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let secret = created["secret"].as_str().unwrap().to_owned();
-    assert!(secret.starts_with("whsec_") && secret.len() >= 6 + 32, "{secret}");
-    assert_eq!(created["events"], json!(["appointment.*", "patient.created"]));
+    assert!(
+        secret.starts_with("whsec_") && secret.len() >= 6 + 32,
+        "{secret}"
+    );
+    assert_eq!(
+        created["events"],
+        json!(["appointment.*", "patient.created"])
+    );
     assert_eq!(created["clinic_ids"], json!(["12", "13"]));
     assert_eq!(created["method"], "POST");
     assert_eq!(created["enabled"], true);
@@ -263,12 +319,25 @@ async fn webhooks_are_managed_and_bad_definitions_refused_without_damage() {
         .unwrap();
     assert_ne!(got["secret"], secret.as_str());
     assert!(!got.to_string().contains(&secret));
-    let list: Value = http.get(k.url("/v1/webhooks")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let list: Value = http
+        .get(k.url("/v1/webhooks"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["webhooks"].as_array().unwrap().len(), 1);
     assert!(!list.to_string().contains(&secret));
 
     // The ingest token cannot manage webhooks.
-    let r = http.get(k.url("/v1/webhooks")).bearer_auth(INGEST).send().await.unwrap();
+    let r = http
+        .get(k.url("/v1/webhooks"))
+        .bearer_auth(INGEST)
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 403, "forbidden", None).await;
 
     // Bad definitions: each refused with the field, on create and on patch.
@@ -277,8 +346,16 @@ async fn webhooks_are_managed_and_bad_definitions_refused_without_damage() {
         ("url", json!("ftp://x.example/h"), "url"),
         ("url", json!("https://user:pass@x.example/h"), "url"),
         ("url", json!("javascript:alert(1)"), "url"),
-        ("headers", json!({"X-Evil": "a\r\nSet-Cookie: x"}), "headers.X-Evil"),
-        ("headers", json!({"X-Evil\r\nB": "a"}), "headers.X-Evil\r\nB"),
+        (
+            "headers",
+            json!({"X-Evil": "a\r\nSet-Cookie: x"}),
+            "headers.X-Evil",
+        ),
+        (
+            "headers",
+            json!({"X-Evil\r\nB": "a"}),
+            "headers.X-Evil\r\nB",
+        ),
         ("events", json!(["appointment.nope"]), "events[0]"),
         ("method", json!("TRACE"), "method"),
         ("enabled", json!("yes"), "enabled"),
@@ -288,7 +365,13 @@ async fn webhooks_are_managed_and_bad_definitions_refused_without_damage() {
     for (key, value, field) in &cases {
         let mut body = base.clone();
         body[*key] = value.clone();
-        let r = http.post(k.url("/v1/webhooks")).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+        let r = http
+            .post(k.url("/v1/webhooks"))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         expect_error(r, 422, "invalid_field", Some(field)).await;
         let r = http
             .patch(k.url(&format!("/v1/webhooks/{id}")))
@@ -310,8 +393,20 @@ async fn webhooks_are_managed_and_bad_definitions_refused_without_damage() {
         .await
         .unwrap();
     assert_eq!(after, got);
-    let list: Value = http.get(k.url("/v1/webhooks")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
-    assert_eq!(list["webhooks"].as_array().unwrap().len(), 1, "no refused create was stored");
+    let list: Value = http
+        .get(k.url("/v1/webhooks"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["webhooks"].as_array().unwrap().len(),
+        1,
+        "no refused create was stored"
+    );
 
     // A valid patch changes only what it names.
     let patched: Value = http
@@ -329,11 +424,26 @@ async fn webhooks_are_managed_and_bad_definitions_refused_without_damage() {
     assert_eq!(patched["url"], got["url"]);
 
     // Delete, then it is gone.
-    let r = http.delete(k.url(&format!("/v1/webhooks/{id}"))).bearer_auth(ADMIN).send().await.unwrap();
+    let r = http
+        .delete(k.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    let r = http.get(k.url(&format!("/v1/webhooks/{id}"))).bearer_auth(ADMIN).send().await.unwrap();
+    let r = http
+        .get(k.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 404, "not_found", None).await;
-    let r = http.delete(k.url(&format!("/v1/webhooks/{id}"))).bearer_auth(ADMIN).send().await.unwrap();
+    let r = http
+        .delete(k.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 404, "not_found", None).await;
     drop(k);
     cleanup(&prefix).await;
@@ -344,16 +454,36 @@ async fn catalogue_and_operational_endpoints_answer() {
     let prefix = unique_prefix();
     let k = Kivihook::start("all", &prefix, &[]);
     let http = reqwest::Client::new();
-    let types: Value = http.get(k.url("/v1/event-types")).send().await.unwrap().json().await.unwrap();
+    let types: Value = http
+        .get(k.url("/v1/event-types"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let list = types["event_types"].as_array().unwrap();
     assert!(list.iter().any(|t| t["type"] == "appointment.booked"
         && t["kivicare_actions"] == json!(["kc_appointment_book"])));
     assert_eq!(list.len(), 25);
-    assert_eq!(http.get(k.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(k.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
     let ready = http.get(k.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    assert_eq!(ready.json::<Value>().await.unwrap()["checks"], json!({"rabbitmq": "ok", "redis": "ok"}));
-    let metrics = http.get(k.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["checks"],
+        json!({"rabbitmq": "ok", "redis": "ok"})
+    );
+    let metrics = http
+        .get(k.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("kivihook_build_info"));
     assert!(metrics.contains("# HELP kivihook_deliveries_in_flight"));
     drop(k);

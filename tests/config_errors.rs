@@ -9,7 +9,10 @@ fn run_with(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run kivihook");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

@@ -99,11 +99,7 @@ pub async fn declare_topology(channel: &Channel, names: &Names) -> Result<(), la
         )
         .await?;
     channel
-        .queue_declare(
-            &names.dead_letter_queue,
-            durable_queue(),
-            quorum_args(None),
-        )
+        .queue_declare(&names.dead_letter_queue, durable_queue(), quorum_args(None))
         .await?;
     channel
         .queue_bind(

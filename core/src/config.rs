@@ -69,17 +69,61 @@ struct Setting {
 }
 
 const SETTINGS: &[Setting] = &[
-    Setting { key: "amqp_url", env: "KIVIHOOK_AMQP_URL", flag: "--amqp-url" },
-    Setting { key: "redis_url", env: "KIVIHOOK_REDIS_URL", flag: "--redis-url" },
-    Setting { key: "bind", env: "KIVIHOOK_BIND", flag: "--bind" },
-    Setting { key: "prefix", env: "KIVIHOOK_PREFIX", flag: "--prefix" },
-    Setting { key: "admin_token", env: "KIVIHOOK_ADMIN_TOKEN", flag: "--admin-token" },
-    Setting { key: "ingest_token", env: "KIVIHOOK_INGEST_TOKEN", flag: "--ingest-token" },
-    Setting { key: "prefetch", env: "KIVIHOOK_PREFETCH", flag: "--prefetch" },
-    Setting { key: "delivery_timeout", env: "KIVIHOOK_DELIVERY_TIMEOUT", flag: "--delivery-timeout" },
-    Setting { key: "max_body_bytes", env: "KIVIHOOK_MAX_BODY_BYTES", flag: "--max-body-bytes" },
-    Setting { key: "dedup_window", env: "KIVIHOOK_DEDUP_WINDOW", flag: "--dedup-window" },
-    Setting { key: "log_format", env: "KIVIHOOK_LOG_FORMAT", flag: "--log-format" },
+    Setting {
+        key: "amqp_url",
+        env: "KIVIHOOK_AMQP_URL",
+        flag: "--amqp-url",
+    },
+    Setting {
+        key: "redis_url",
+        env: "KIVIHOOK_REDIS_URL",
+        flag: "--redis-url",
+    },
+    Setting {
+        key: "bind",
+        env: "KIVIHOOK_BIND",
+        flag: "--bind",
+    },
+    Setting {
+        key: "prefix",
+        env: "KIVIHOOK_PREFIX",
+        flag: "--prefix",
+    },
+    Setting {
+        key: "admin_token",
+        env: "KIVIHOOK_ADMIN_TOKEN",
+        flag: "--admin-token",
+    },
+    Setting {
+        key: "ingest_token",
+        env: "KIVIHOOK_INGEST_TOKEN",
+        flag: "--ingest-token",
+    },
+    Setting {
+        key: "prefetch",
+        env: "KIVIHOOK_PREFETCH",
+        flag: "--prefetch",
+    },
+    Setting {
+        key: "delivery_timeout",
+        env: "KIVIHOOK_DELIVERY_TIMEOUT",
+        flag: "--delivery-timeout",
+    },
+    Setting {
+        key: "max_body_bytes",
+        env: "KIVIHOOK_MAX_BODY_BYTES",
+        flag: "--max-body-bytes",
+    },
+    Setting {
+        key: "dedup_window",
+        env: "KIVIHOOK_DEDUP_WINDOW",
+        flag: "--dedup-window",
+    },
+    Setting {
+        key: "log_format",
+        env: "KIVIHOOK_LOG_FORMAT",
+        flag: "--log-format",
+    },
 ];
 
 /// Raw values by setting key, as given on the command line (flags without their `--`).
@@ -125,7 +169,11 @@ impl Config {
                     Source::File => (file, format!("{} (config file)", s.key)),
                     Source::Env => (env, s.env.to_owned()),
                 };
-                let lookup = if matches!(src, Source::Env) { s.env } else { s.key };
+                let lookup = if matches!(src, Source::Env) {
+                    s.env
+                } else {
+                    s.key
+                };
                 map.get(lookup).map(|v| (name, v.clone()))
             };
             pick(Source::Flag)
@@ -142,8 +190,7 @@ impl Config {
                 if !(v.starts_with("amqp://") || v.starts_with("amqps://")) {
                     return Err(err(&name, "must be an amqp:// or amqps:// URL".into()));
                 }
-                url::Url::parse(&v)
-                    .map_err(|e| err(&name, format!("is not a URL ({e})")))?;
+                url::Url::parse(&v).map_err(|e| err(&name, format!("is not a URL ({e})")))?;
                 v
             }
             None => "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
@@ -165,7 +212,10 @@ impl Config {
         };
         let bind = match raw("bind") {
             Some((name, v)) => v.parse::<SocketAddr>().map_err(|_| {
-                err(&name, format!("must be an address like 0.0.0.0:8080 (got {v:?})"))
+                err(
+                    &name,
+                    format!("must be an address like 0.0.0.0:8080 (got {v:?})"),
+                )
             })?,
             None => SocketAddr::from(([0, 0, 0, 0], 8080)),
         };
@@ -204,11 +254,12 @@ impl Config {
         let ingest_token = token("ingest_token")?;
         let generated_tokens = admin_token.is_none() || ingest_token.is_none();
         let prefetch = match raw("prefetch") {
-            Some((name, v)) => v
-                .parse::<u16>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| err(&name, format!("must be an integer from 1 to 65535 (got {v:?})")))?,
+            Some((name, v)) => v.parse::<u16>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                err(
+                    &name,
+                    format!("must be an integer from 1 to 65535 (got {v:?})"),
+                )
+            })?,
             None => 256,
         };
         let seconds = |key: &str, default: f64, max: f64| -> Result<Duration, ConfigError> {
@@ -219,7 +270,12 @@ impl Config {
                     .filter(|s| s.is_finite() && *s > 0.0 && *s <= max)
                     .map(Duration::from_secs_f64)
                     .ok_or_else(|| {
-                        err(&name, format!("must be a number of seconds above 0 and at most {max} (got {v:?})"))
+                        err(
+                            &name,
+                            format!(
+                                "must be a number of seconds above 0 and at most {max} (got {v:?})"
+                            ),
+                        )
                     }),
                 None => Ok(Duration::from_secs_f64(default)),
             }
@@ -231,7 +287,12 @@ impl Config {
                 .parse::<usize>()
                 .ok()
                 .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
-                .ok_or_else(|| err(&name, format!("must be a byte count from 1024 to 67108864 (got {v:?})")))?,
+                .ok_or_else(|| {
+                    err(
+                        &name,
+                        format!("must be a byte count from 1024 to 67108864 (got {v:?})"),
+                    )
+                })?,
             None => 256 * 1024,
         };
         let log_format = match raw("log_format") {
@@ -349,8 +410,8 @@ mod tests {
         assert_eq!(e.setting, "KIVIHOOK_PREFETCH");
         let e = Config::from_sources(&map(&[]), &map(&[]), &map(&[("prefetch", "0")])).unwrap_err();
         assert_eq!(e.setting, "--prefetch");
-        let e = Config::from_sources(&map(&[]), &map(&[("bind", "nowhere")]), &map(&[]))
-            .unwrap_err();
+        let e =
+            Config::from_sources(&map(&[]), &map(&[("bind", "nowhere")]), &map(&[])).unwrap_err();
         assert_eq!(e.setting, "bind (config file)");
         for (k, v) in [
             ("KIVIHOOK_AMQP_URL", "http://x"),
@@ -363,7 +424,9 @@ mod tests {
         ] {
             let e = Config::from_sources(&map(&[(k, v)]), &map(&[]), &map(&[])).unwrap_err();
             assert_eq!(e.setting, k);
-            assert!(e.to_string().starts_with(&format!("invalid configuration: {k}: ")));
+            assert!(e
+                .to_string()
+                .starts_with(&format!("invalid configuration: {k}: ")));
         }
     }
 

@@ -151,9 +151,7 @@ pub fn generate_event_id() -> String {
 /// Whether a client-chosen event id (or `Idempotency-Key`) is acceptable: 1–200 printable
 /// characters without spaces, so it is safe in Redis keys, logs and headers.
 pub fn valid_event_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 200
-        && id.bytes().all(|b| b.is_ascii_graphic())
+    !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]
@@ -194,14 +192,26 @@ mod tests {
     fn custom_types_are_accepted_and_share_one_metric_label() {
         let t = EventType::parse("custom.lab_result.ready").unwrap();
         assert_eq!(t.metric_label(), "custom");
-        for bad in ["custom.", "custom..x", "custom.X", "custom.a b", "custom.x."] {
+        for bad in [
+            "custom.",
+            "custom..x",
+            "custom.X",
+            "custom.a b",
+            "custom.x.",
+        ] {
             assert!(EventType::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn unknown_types_are_refused() {
-        for bad in ["appointment.exploded", "", "kc_nothing", "APPOINTMENT.BOOKED", "*"] {
+        for bad in [
+            "appointment.exploded",
+            "",
+            "kc_nothing",
+            "APPOINTMENT.BOOKED",
+            "*",
+        ] {
             assert!(EventType::parse(bad).is_err(), "{bad}");
         }
     }

@@ -133,16 +133,16 @@ impl Metrics {
                 role,
             )),
             webhooks: reg!(must(IntGaugeVec::new(
-                Opts::new(
-                    "kivihook_webhooks",
-                    "Webhooks in the registry, by state.",
-                ),
+                Opts::new("kivihook_webhooks", "Webhooks in the registry, by state.",),
                 &["state"],
             ))),
             registry,
         };
         let build = must(IntGaugeVec::new(
-            Opts::new("kivihook_build_info", "Build information; the value is always 1."),
+            Opts::new(
+                "kivihook_build_info",
+                "Build information; the value is always 1.",
+            ),
             &["version"],
         ));
         build.with_label_values(&[crate::VERSION]).set(1);

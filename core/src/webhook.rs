@@ -148,7 +148,6 @@ impl Subscription {
 }
 
 impl Webhook {
-
     /// The API view: everything but the secret, which is masked.
     pub fn to_public_json(&self) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
@@ -228,14 +227,20 @@ impl WebhookSpec {
         let name = obj
             .get("name")
             .ok_or_else(|| invalid("name", "is required"))?;
-        let url = obj.get("url").ok_or_else(|| invalid("url", "is required"))?;
+        let url = obj
+            .get("url")
+            .ok_or_else(|| invalid("url", "is required"))?;
         let events = obj
             .get("events")
             .ok_or_else(|| invalid("events", "is required"))?;
         Ok(Self {
             name: parse_name(name)?,
             url: parse_url(url)?,
-            method: obj.get("method").map(parse_method).transpose()?.unwrap_or_default(),
+            method: obj
+                .get("method")
+                .map(parse_method)
+                .transpose()?
+                .unwrap_or_default(),
             events: parse_events(events)?,
             clinic_ids: obj
                 .get("clinic_ids")
@@ -417,15 +422,18 @@ fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
         let field = format!("headers.{name}");
         let token = !name.is_empty()
             && name.len() <= 256
-            && name.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-            });
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token {
             return Err(invalid(field, "is not a valid HTTP header name"));
         }
         let lower = name.to_ascii_lowercase();
         if RESERVED_HEADERS.contains(&lower.as_str()) {
-            return Err(invalid(field, "is set by KiviHook and cannot be overridden"));
+            return Err(invalid(
+                field,
+                "is set by KiviHook and cannot be overridden",
+            ));
         }
         let value = value
             .as_str()
@@ -520,7 +528,10 @@ mod tests {
             b
         };
         assert_eq!(err_field(with("url", json!("ftp://x.example/"))), "url");
-        assert_eq!(err_field(with("url", json!("https://u:p@x.example/"))), "url");
+        assert_eq!(
+            err_field(with("url", json!("https://u:p@x.example/"))),
+            "url"
+        );
         assert_eq!(err_field(with("url", json!("not a url"))), "url");
         assert_eq!(err_field(with("method", json!("TRACE"))), "method");
         assert_eq!(err_field(with("events", json!([]))), "events");
@@ -539,7 +550,10 @@ mod tests {
         );
         assert_eq!(err_field(with("colour", json!("blue"))), "colour");
         assert_eq!(err_field(with("secret", json!("whsec_x"))), "secret");
-        assert_eq!(err_field(json!({"url": "https://x.example", "events": ["*"]})), "name");
+        assert_eq!(
+            err_field(json!({"url": "https://x.example", "events": ["*"]})),
+            "name"
+        );
     }
 
     #[test]

@@ -20,7 +20,10 @@ pub async fn run(d: Arc<Dispatcher>, mut shutdown: Shutdown) {
         match d.broker.consume(&d.consumer_tag, d.prefetch).await {
             Ok(stream) => {
                 if connected_before {
-                    d.metrics.amqp_reconnects.with_label_values(&["dispatcher"]).inc();
+                    d.metrics
+                        .amqp_reconnects
+                        .with_label_values(&["dispatcher"])
+                        .inc();
                 }
                 connected_before = true;
                 backoff = Duration::from_millis(100);
@@ -31,7 +34,10 @@ pub async fn run(d: Arc<Dispatcher>, mut shutdown: Shutdown) {
                 }
             }
             Err(e) => {
-                d.metrics.amqp_errors.with_label_values(&["dispatcher"]).inc();
+                d.metrics
+                    .amqp_errors
+                    .with_label_values(&["dispatcher"])
+                    .inc();
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot consume from RabbitMQ");
                 tokio::select! {
                     _ = shutdown.wait() => break,
@@ -66,12 +72,13 @@ async fn consume(d: &Arc<Dispatcher>, mut stream: DeliveryStream, shutdown: Shut
     // Let in-flight deliveries finish and ack on the still-open connection; whatever was
     // prefetched but not started goes back to the queue when the stream is dropped.
     let grace = d.delivery_timeout + Duration::from_secs(5);
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(left = tasks.len(), "in-flight deliveries did not finish in time; they will be redelivered");
+        tracing::warn!(
+            left = tasks.len(),
+            "in-flight deliveries did not finish in time; they will be redelivered"
+        );
         tasks.abort_all();
     }
     drop(stream);
@@ -140,7 +147,11 @@ fn observe(
     webhook: &kivihook_core::Webhook,
     attempt: &send::Attempt,
 ) {
-    let outcome = if attempt.succeeded() { "success" } else { "failed" };
+    let outcome = if attempt.succeeded() {
+        "success"
+    } else {
+        "failed"
+    };
     d.metrics.deliveries.with_label_values(&[outcome]).inc();
     d.metrics
         .delivery_duration

@@ -29,7 +29,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, broker: Arc<dyn Broker>, store: Arc<dyn Store>, metrics: Metrics) -> Self {
+    pub fn new(
+        config: &Config,
+        broker: Arc<dyn Broker>,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
             client: send::client(config.delivery_timeout),

@@ -55,7 +55,10 @@ where
         match op().await {
             Ok(v) => return Some(v),
             Err(e) => {
-                d.metrics.redis_errors.with_label_values(&["dispatcher"]).inc();
+                d.metrics
+                    .redis_errors
+                    .with_label_values(&["dispatcher"])
+                    .inc();
                 tracing::warn!(error = %e, what, retry_in_ms = backoff.as_millis() as u64, "store operation failed; retrying");
             }
         }

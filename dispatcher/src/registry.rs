@@ -71,7 +71,10 @@ impl Registry {
     pub async fn load(&self) -> Result<(), StoreError> {
         let (version, hooks) = self.store.list_webhooks().await?;
         let enabled = hooks.iter().filter(|w| w.enabled).count() as i64;
-        self.metrics.webhooks.with_label_values(&["enabled"]).set(enabled);
+        self.metrics
+            .webhooks
+            .with_label_values(&["enabled"])
+            .set(enabled);
         self.metrics
             .webhooks
             .with_label_values(&["disabled"])
@@ -102,7 +105,10 @@ impl Registry {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.metrics.redis_errors.with_label_values(&["dispatcher"]).inc();
+                    self.metrics
+                        .redis_errors
+                        .with_label_values(&["dispatcher"])
+                        .inc();
                     tracing::warn!(error = %e, "could not read the webhook registry version");
                 }
             }

@@ -58,13 +58,17 @@ pub async fn post_event(
         let value = json_body(&headers, body, state.max_body_bytes).await?;
         let idempotency_key = match headers.get("idempotency-key") {
             Some(v) => {
-                let key = v.to_str().ok().filter(|k| valid_event_id(k)).ok_or_else(|| {
-                    ApiError::invalid(
-                        "invalid_header",
-                        "Idempotency-Key",
-                        "must be 1 to 200 printable characters without spaces",
-                    )
-                })?;
+                let key = v
+                    .to_str()
+                    .ok()
+                    .filter(|k| valid_event_id(k))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "invalid_header",
+                            "Idempotency-Key",
+                            "must be 1 to 200 printable characters without spaces",
+                        )
+                    })?;
                 Some(key.to_owned())
             }
             None => None,
@@ -73,12 +77,16 @@ pub async fn post_event(
         let id = event.id.clone();
         let statuses = accept(&state, vec![event]).await?;
         Ok::<_, ApiError>(match statuses[0] {
-            Status::Accepted => {
-                (StatusCode::ACCEPTED, Json(json!({"id": id, "status": "accepted"}))).into_response()
-            }
-            Status::Duplicate => {
-                (StatusCode::OK, Json(json!({"id": id, "status": "duplicate"}))).into_response()
-            }
+            Status::Accepted => (
+                StatusCode::ACCEPTED,
+                Json(json!({"id": id, "status": "accepted"})),
+            )
+                .into_response(),
+            Status::Duplicate => (
+                StatusCode::OK,
+                Json(json!({"id": id, "status": "duplicate"})),
+            )
+                .into_response(),
             Status::InProgress => return Err(ApiError::InProgress(id)),
         })
     }
@@ -118,13 +126,20 @@ pub async fn post_batch(
             }
         };
         if items.is_empty() {
-            return Err(ApiError::invalid("invalid_field", "events", "must hold at least one event"));
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "events",
+                "must hold at least one event",
+            ));
         }
         if items.len() > MAX_BATCH {
             return Err(ApiError::invalid(
                 "batch_too_large",
                 "events",
-                format!("holds {} events; a batch holds at most {MAX_BATCH}", items.len()),
+                format!(
+                    "holds {} events; a batch holds at most {MAX_BATCH}",
+                    items.len()
+                ),
             ));
         }
         // Every event is checked before any is claimed or published: a bad batch changes nothing.
@@ -141,7 +156,11 @@ pub async fn post_batch(
             .zip(&statuses)
             .map(|(id, s)| json!({"id": id, "status": s.as_str()}))
             .collect();
-        let code = if accepted > 0 { StatusCode::ACCEPTED } else { StatusCode::OK };
+        let code = if accepted > 0 {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
         Ok((
             code,
             Json(json!({
@@ -159,21 +178,36 @@ pub async fn post_batch(
 
 fn count_rejection(state: &AppState, result: &Result<Response, ApiError>) {
     if let Err(e) = result {
-        state.metrics.ingest_rejected.with_label_values(&[e.code()]).inc();
+        state
+            .metrics
+            .ingest_rejected
+            .with_label_values(&[e.code()])
+            .inc();
     }
 }
 
 /// Parse one event; `at` prefixes field names (`events[3].`) inside a batch.
-fn parse_event(value: &Value, at: &str, idempotency_key: Option<String>) -> Result<Event, ApiError> {
+fn parse_event(
+    value: &Value,
+    at: &str,
+    idempotency_key: Option<String>,
+) -> Result<Event, ApiError> {
     let field = |name: &str| format!("{at}{name}");
     let obj: &Map<String, Value> = value.as_object().ok_or_else(|| {
-        ApiError::invalid("invalid_field", at.trim_end_matches('.'), "an event must be a JSON object")
+        ApiError::invalid(
+            "invalid_field",
+            at.trim_end_matches('.'),
+            "an event must be a JSON object",
+        )
     })?;
     if let Some(k) = obj.keys().find(|k| !EVENT_FIELDS.contains(&k.as_str())) {
         return Err(ApiError::invalid(
             "unknown_field",
             field(k),
-            format!("is not an event field; fields are {}", EVENT_FIELDS.join(", ")),
+            format!(
+                "is not an event field; fields are {}",
+                EVENT_FIELDS.join(", ")
+            ),
         ));
     }
     let id = match obj.get("id") {
@@ -190,13 +224,29 @@ fn parse_event(value: &Value, at: &str, idempotency_key: Option<String>) -> Resu
     let event_type = match obj.get("type") {
         Some(Value::String(s)) => EventType::parse(s)
             .map_err(|e| ApiError::invalid("unknown_event_type", field("type"), e.to_string()))?,
-        Some(_) => return Err(ApiError::invalid("invalid_field", field("type"), "must be a string")),
-        None => return Err(ApiError::invalid("missing_field", field("type"), "is required")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                field("type"),
+                "must be a string",
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "missing_field",
+                field("type"),
+                "is required",
+            ))
+        }
     };
     let clinic_id = match obj.get("clinic_id") {
         None | Some(Value::Null) => None,
         Some(v) => Some(clinic_id_of(v).ok_or_else(|| {
-            ApiError::invalid("invalid_field", field("clinic_id"), "must be a non-empty string or an integer")
+            ApiError::invalid(
+                "invalid_field",
+                field("clinic_id"),
+                "must be a non-empty string or an integer",
+            )
         })?),
     };
     let now = Utc::now();
@@ -221,8 +271,20 @@ fn parse_event(value: &Value, at: &str, idempotency_key: Option<String>) -> Resu
     };
     let data = match obj.get("data") {
         Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => return Err(ApiError::invalid("invalid_field", field("data"), "must be a JSON object")),
-        None => return Err(ApiError::invalid("missing_field", field("data"), "is required")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                field("data"),
+                "must be a JSON object",
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "missing_field",
+                field("data"),
+                "is required",
+            ))
+        }
     };
     Ok(Event {
         id,
@@ -247,7 +309,10 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
         .collect();
 
     let (claims, registry_version) = state.store.claim_events(&unique).await?;
-    let mut claim_of = unique.iter().zip(claims).collect::<std::collections::HashMap<_, _>>();
+    let mut claim_of = unique
+        .iter()
+        .zip(claims)
+        .collect::<std::collections::HashMap<_, _>>();
 
     let mut statuses = Vec::with_capacity(events.len());
     let mut to_publish = Vec::new();
@@ -300,7 +365,11 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
             }
         }
     }
-    if let Err(e) = state.store.confirm_events(&confirmed, state.dedup_window).await {
+    if let Err(e) = state
+        .store
+        .confirm_events(&confirmed, state.dedup_window)
+        .await
+    {
         // The events are durable in RabbitMQ, so they are accepted; only the dedup window
         // shrinks to the claim's lifetime.
         tracing::warn!(error = %e, count = confirmed.len(), "could not extend dedup keys of confirmed events");

@@ -33,7 +33,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: &Config, broker: Arc<dyn Broker>, store: Arc<dyn Store>, metrics: Metrics) -> Self {
+    pub fn new(
+        config: &Config,
+        broker: Arc<dyn Broker>,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             broker,
             store,

@@ -24,7 +24,10 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .ok_or(ApiError::Unauthorized)?;
     let admin = same(token.as_bytes(), state.admin_token.expose().as_bytes());

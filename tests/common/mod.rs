@@ -206,7 +206,9 @@ impl Receiver {
     }
 
     pub fn delay(&self, d: Duration) {
-        self.state.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -63,8 +63,11 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, msg: &OutboundMessage) -> Result<(), BrokerError>;
 
     /// Start consuming first-attempt deliveries with at most `prefetch` unacknowledged.
-    async fn consume(&self, consumer_tag: &str, prefetch: u16)
-        -> Result<DeliveryStream, BrokerError>;
+    async fn consume(
+        &self,
+        consumer_tag: &str,
+        prefetch: u16,
+    ) -> Result<DeliveryStream, BrokerError>;
 
     /// Readiness: can we publish right now?
     async fn ready(&self) -> Result<(), BrokerError>;

@@ -121,14 +121,20 @@ impl RabbitBroker {
                     .replace(p.clone())
                     .is_some();
                 if had_one {
-                    self.metrics.amqp_reconnects.with_label_values(&[self.role]).inc();
+                    self.metrics
+                        .amqp_reconnects
+                        .with_label_values(&[self.role])
+                        .inc();
                     tracing::info!(role = self.role, "reconnected to RabbitMQ");
                 }
                 Ok(p)
             }
             Err(e) => {
                 *retry_at = Some(Instant::now() + RECONNECT_BACKOFF);
-                self.metrics.amqp_errors.with_label_values(&[self.role]).inc();
+                self.metrics
+                    .amqp_errors
+                    .with_label_values(&[self.role])
+                    .inc();
                 tracing::warn!(role = self.role, error = %e, "cannot connect to RabbitMQ");
                 Err(e)
             }

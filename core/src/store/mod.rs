@@ -89,7 +89,8 @@ pub trait Store: Send + Sync + 'static {
         webhook_ids: &[&str],
     ) -> Result<Vec<bool>, StoreError>;
     /// Make every target's outcome durable, all at once.
-    async fn record_outcomes(&self, event_id: &str, outcomes: &[Outcome]) -> Result<(), StoreError>;
+    async fn record_outcomes(&self, event_id: &str, outcomes: &[Outcome])
+        -> Result<(), StoreError>;
 
     /// Dead letters, newest first.
     async fn list_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;

@@ -184,7 +184,9 @@ impl Store for RedisStore {
         for (id, json) in raw {
             match serde_json::from_str::<Webhook>(&json) {
                 Ok(w) => hooks.push(w),
-                Err(e) => tracing::error!(webhook_id = %id, error = %e, "skipping a corrupt webhook record"),
+                Err(e) => {
+                    tracing::error!(webhook_id = %id, error = %e, "skipping a corrupt webhook record")
+                }
             }
         }
         hooks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -200,14 +202,15 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         raw.map(|json| {
-            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("webhook {id}: {e}")))
+            serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("webhook {id}: {e}")))
         })
         .transpose()
     }
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
-        let json = serde_json::to_string(webhook)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json =
+            serde_json::to_string(webhook).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut c = self.conn();
         let (version,): (u64,) = redis::pipe()
             .atomic()
@@ -257,7 +260,11 @@ impl Store for RedisStore {
         Ok(done.into_iter().map(|d| d.is_some()).collect())
     }
 
-    async fn record_outcomes(&self, event_id: &str, outcomes: &[Outcome]) -> Result<(), StoreError> {
+    async fn record_outcomes(
+        &self,
+        event_id: &str,
+        outcomes: &[Outcome],
+    ) -> Result<(), StoreError> {
         if outcomes.is_empty() {
             return Ok(());
         }
