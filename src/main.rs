@@ -16,6 +16,7 @@ use kivihook_core::store::RedisStore;
 use kivihook_core::{Broker, Config, Metrics, Store};
 use kivihook_dispatcher::Dispatcher;
 use kivihook_ingest::AppState;
+use kivihook_scheduler::Scheduler;
 
 #[derive(Parser)]
 #[command(
@@ -92,6 +93,30 @@ struct Settings {
     /// Log format, json or text [env: KIVIHOOK_LOG_FORMAT].
     #[arg(long, global = true)]
     log_format: Option<String>,
+    /// Seconds between attempts, comma-separated [env: KIVIHOOK_RETRY_SCHEDULE].
+    #[arg(long, global = true)]
+    retry_schedule: Option<String>,
+    /// Unacknowledged retry messages per dispatcher [env: KIVIHOOK_RETRY_PREFETCH].
+    #[arg(long, global = true)]
+    retry_prefetch: Option<String>,
+    /// Seconds a scheduler holds claimed jobs [env: KIVIHOOK_RETRY_LEASE].
+    #[arg(long, global = true)]
+    retry_lease: Option<String>,
+    /// Seconds between schedule polls [env: KIVIHOOK_SCHEDULER_INTERVAL].
+    #[arg(long, global = true)]
+    scheduler_interval: Option<String>,
+    /// Consecutive failures that open a circuit, 0 for never [env: KIVIHOOK_CIRCUIT_THRESHOLD].
+    #[arg(long, global = true)]
+    circuit_threshold: Option<String>,
+    /// Seconds a circuit stays open [env: KIVIHOOK_CIRCUIT_COOLDOWN].
+    #[arg(long, global = true)]
+    circuit_cooldown: Option<String>,
+    /// Seconds of failing before a webhook is disabled [env: KIVIHOOK_AUTO_DISABLE_AFTER].
+    #[arg(long, global = true)]
+    auto_disable_after: Option<String>,
+    /// Requests in flight per webhook per dispatcher [env: KIVIHOOK_WEBHOOK_CONCURRENCY].
+    #[arg(long, global = true)]
+    webhook_concurrency: Option<String>,
 }
 
 impl Settings {
@@ -108,6 +133,14 @@ impl Settings {
             ("max_body_bytes", &self.max_body_bytes),
             ("dedup_window", &self.dedup_window),
             ("log_format", &self.log_format),
+            ("retry_schedule", &self.retry_schedule),
+            ("retry_prefetch", &self.retry_prefetch),
+            ("retry_lease", &self.retry_lease),
+            ("scheduler_interval", &self.scheduler_interval),
+            ("circuit_threshold", &self.circuit_threshold),
+            ("circuit_cooldown", &self.circuit_cooldown),
+            ("auto_disable_after", &self.auto_disable_after),
+            ("webhook_concurrency", &self.webhook_concurrency),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
@@ -210,7 +243,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         roles.spawn(d.run(shutdown.clone()));
     }
     if matches!(command, Command::Scheduler | Command::All) {
-        roles.spawn(kivihook_scheduler::run(shutdown.clone()));
+        let s = Arc::new(Scheduler::new(
+            &config,
+            broker.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
+        roles.spawn(s.run(shutdown.clone()));
     }
 
     tracing::info!(role = command.name(), addr = %addr, prefix = %config.prefix, version = kivihook_core::VERSION, "listening");

@@ -218,9 +218,10 @@ async fn a_webhook_created_just_before_an_event_receives_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_delivery_becomes_a_dead_letter_and_is_never_dropped() {
+async fn a_delivery_with_no_retries_left_becomes_a_dead_letter_and_is_never_dropped() {
     let prefix = unique_prefix();
-    let k = Kivihook::start("all", &prefix, &[]);
+    // An empty schedule: one attempt, then a dead letter.
+    let k = Kivihook::start("all", &prefix, &[("KIVIHOOK_RETRY_SCHEDULE", "")]);
     let api = Api::new(&k);
     let bad = Receiver::start().await;
     bad.respond_with(404);

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! {p}.events (topic) ──#──▶ {p}.deliveries (quorum) ──reject/limit──▶ {p}.dlx ──#──▶ {p}.dead-letters
+//! (default exchange) ─────▶ {p}.retries (quorum)    ──reject/limit──▶ {p}.dlx
 //! ```
 //! Events are published with their type as routing key. The first-attempt queue is a quorum
 //! queue (replicated, survives a node loss) with a delivery limit, so a message that keeps
@@ -22,6 +23,8 @@ pub const REGISTRY_VERSION_HEADER: &str = "x-kivihook-registry-version";
 pub struct Names {
     pub events_exchange: String,
     pub deliveries_queue: String,
+    /// Retries travel apart from first attempts, so a retry storm cannot starve them.
+    pub retries_queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
 }
@@ -31,14 +34,19 @@ impl Names {
         Self {
             events_exchange: format!("{prefix}.events"),
             deliveries_queue: format!("{prefix}.deliveries"),
+            retries_queue: format!("{prefix}.retries"),
             dead_letter_exchange: format!("{prefix}.dlx"),
             dead_letter_queue: format!("{prefix}.dead-letters"),
         }
     }
 
     /// Every queue, for tooling that removes an installation.
-    pub fn queues(&self) -> [&str; 2] {
-        [&self.deliveries_queue, &self.dead_letter_queue]
+    pub fn queues(&self) -> [&str; 3] {
+        [
+            &self.deliveries_queue,
+            &self.retries_queue,
+            &self.dead_letter_queue,
+        ]
     }
 
     /// Every exchange, for tooling that removes an installation.
@@ -113,6 +121,14 @@ pub async fn declare_topology(channel: &Channel, names: &Names) -> Result<(), la
     channel
         .queue_declare(
             &names.deliveries_queue,
+            durable_queue(),
+            quorum_args(Some(&names.dead_letter_exchange)),
+        )
+        .await?;
+    // Published to through the default exchange, by name.
+    channel
+        .queue_declare(
+            &names.retries_queue,
             durable_queue(),
             quorum_args(Some(&names.dead_letter_exchange)),
         )

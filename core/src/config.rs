@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::retry::RetrySchedule;
+
 /// A secret string that cannot be printed by accident.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -51,6 +53,21 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub dedup_window: Duration,
     pub log_format: LogFormat,
+    /// Delays between attempts, unless a webhook sets its own.
+    pub retry_schedule: RetrySchedule,
+    /// Unacknowledged retry messages per dispatcher: a budget separate from first attempts.
+    pub retry_prefetch: u16,
+    /// How long a scheduler may hold claimed jobs before another takes them back.
+    pub retry_lease: Duration,
+    /// How often a scheduler looks for due jobs.
+    pub scheduler_interval: Duration,
+    /// Consecutive failures that open a webhook's circuit (0: never).
+    pub circuit_threshold: u64,
+    pub circuit_cooldown: Duration,
+    /// A webhook failing without a success for this long is disabled.
+    pub auto_disable_after: Duration,
+    /// Requests in flight to one webhook from one dispatcher, unless it sets its own cap.
+    pub webhook_concurrency: u32,
 }
 
 /// One configuration problem: which setting, from which source, and why.
@@ -123,6 +140,46 @@ const SETTINGS: &[Setting] = &[
         key: "log_format",
         env: "KIVIHOOK_LOG_FORMAT",
         flag: "--log-format",
+    },
+    Setting {
+        key: "retry_schedule",
+        env: "KIVIHOOK_RETRY_SCHEDULE",
+        flag: "--retry-schedule",
+    },
+    Setting {
+        key: "retry_prefetch",
+        env: "KIVIHOOK_RETRY_PREFETCH",
+        flag: "--retry-prefetch",
+    },
+    Setting {
+        key: "retry_lease",
+        env: "KIVIHOOK_RETRY_LEASE",
+        flag: "--retry-lease",
+    },
+    Setting {
+        key: "scheduler_interval",
+        env: "KIVIHOOK_SCHEDULER_INTERVAL",
+        flag: "--scheduler-interval",
+    },
+    Setting {
+        key: "circuit_threshold",
+        env: "KIVIHOOK_CIRCUIT_THRESHOLD",
+        flag: "--circuit-threshold",
+    },
+    Setting {
+        key: "circuit_cooldown",
+        env: "KIVIHOOK_CIRCUIT_COOLDOWN",
+        flag: "--circuit-cooldown",
+    },
+    Setting {
+        key: "auto_disable_after",
+        env: "KIVIHOOK_AUTO_DISABLE_AFTER",
+        flag: "--auto-disable-after",
+    },
+    Setting {
+        key: "webhook_concurrency",
+        env: "KIVIHOOK_WEBHOOK_CONCURRENCY",
+        flag: "--webhook-concurrency",
     },
 ];
 
@@ -253,14 +310,28 @@ impl Config {
         let admin_token = token("admin_token")?;
         let ingest_token = token("ingest_token")?;
         let generated_tokens = admin_token.is_none() || ingest_token.is_none();
-        let prefetch = match raw("prefetch") {
-            Some((name, v)) => v.parse::<u16>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                err(
-                    &name,
-                    format!("must be an integer from 1 to 65535 (got {v:?})"),
-                )
-            })?,
-            None => 256,
+        let int = |key: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+            match raw(key) {
+                Some((name, v)) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| {
+                        err(
+                            &name,
+                            format!("must be an integer from {min} to {max} (got {v:?})"),
+                        )
+                    }),
+                None => Ok(default),
+            }
+        };
+        let prefetch = int("prefetch", 256, 1, 65535)? as u16;
+        let retry_prefetch = int("retry_prefetch", 128, 1, 65535)? as u16;
+        let circuit_threshold = int("circuit_threshold", 10, 0, 1_000_000)?;
+        let webhook_concurrency = int("webhook_concurrency", 32, 1, 100_000)? as u32;
+        let retry_schedule = match raw("retry_schedule") {
+            Some((name, v)) => RetrySchedule::parse(&v).map_err(|m| err(&name, m))?,
+            None => RetrySchedule::default(),
         };
         let seconds = |key: &str, default: f64, max: f64| -> Result<Duration, ConfigError> {
             match raw(key) {
@@ -282,6 +353,10 @@ impl Config {
         };
         let delivery_timeout = seconds("delivery_timeout", 15.0, 300.0)?;
         let dedup_window = seconds("dedup_window", 86_400.0, 30.0 * 86_400.0)?;
+        let retry_lease = seconds("retry_lease", 30.0, 3600.0)?;
+        let scheduler_interval = seconds("scheduler_interval", 0.25, 60.0)?;
+        let circuit_cooldown = seconds("circuit_cooldown", 60.0, 86_400.0)?;
+        let auto_disable_after = seconds("auto_disable_after", 5.0 * 86_400.0, 365.0 * 86_400.0)?;
         let max_body_bytes = match raw("max_body_bytes") {
             Some((name, v)) => v
                 .parse::<usize>()
@@ -317,6 +392,14 @@ impl Config {
             max_body_bytes,
             dedup_window,
             log_format,
+            retry_schedule,
+            retry_prefetch,
+            retry_lease,
+            scheduler_interval,
+            circuit_threshold,
+            circuit_cooldown,
+            auto_disable_after,
+            webhook_concurrency,
         })
     }
 }
@@ -388,6 +471,8 @@ mod tests {
         assert_ne!(c.admin_token, c.ingest_token);
         assert_eq!(c.max_body_bytes, 256 * 1024);
         assert_eq!(c.dedup_window, Duration::from_secs(86_400));
+        assert_eq!(c.retry_schedule, RetrySchedule::default());
+        assert_eq!(c.auto_disable_after, Duration::from_secs(5 * 86_400));
     }
 
     #[test]
@@ -421,6 +506,10 @@ mod tests {
             ("KIVIHOOK_DELIVERY_TIMEOUT", "-1"),
             ("KIVIHOOK_MAX_BODY_BYTES", "12"),
             ("KIVIHOOK_LOG_FORMAT", "xml"),
+            ("KIVIHOOK_RETRY_SCHEDULE", "1,soon"),
+            ("KIVIHOOK_CIRCUIT_THRESHOLD", "-2"),
+            ("KIVIHOOK_WEBHOOK_CONCURRENCY", "0"),
+            ("KIVIHOOK_RETRY_LEASE", "0"),
         ] {
             let e = Config::from_sources(&map(&[(k, v)]), &map(&[]), &map(&[])).unwrap_err();
             assert_eq!(e.setting, k);

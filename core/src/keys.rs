@@ -38,9 +38,9 @@ impl Keys {
         format!("{{{}:wh}}:version", self.prefix)
     }
 
-    /// Hash of webhook id → delivery time for one event: which targets are done.
-    pub fn delivered(&self, event_id: &str) -> String {
-        format!("{}:delivered:{}", self.prefix, event_id)
+    /// Hash of webhook id → `TargetState` for one event: which targets are settled and how.
+    pub fn targets(&self, event_id: &str) -> String {
+        format!("{}:targets:{}", self.prefix, event_id)
     }
 
     /// Hash of dead-letter id → entry JSON.
@@ -51,6 +51,48 @@ impl Keys {
     /// Sorted set of dead-letter ids by time, for listing newest first.
     pub fn dead_letters_index(&self) -> String {
         format!("{{{}:dlq}}:index", self.prefix)
+    }
+
+    /// Sorted set of one webhook's dead-letter ids by time.
+    pub fn dead_letters_of(&self, webhook_id: &str) -> String {
+        format!("{{{}:dlq}}:webhook:{}", self.prefix, webhook_id)
+    }
+
+    /// Sorted set of retry job ids by due time (ms). Shares a hash tag with the jobs and
+    /// leases, which the claim script moves between atomically.
+    pub fn retry_schedule(&self) -> String {
+        format!("{{{}:retry}}:schedule", self.prefix)
+    }
+
+    /// Hash of retry job id → job JSON.
+    pub fn retry_jobs(&self) -> String {
+        format!("{{{}:retry}}:jobs", self.prefix)
+    }
+
+    /// Sorted set of claimed job ids by lease expiry (ms).
+    pub fn retry_leases(&self) -> String {
+        format!("{{{}:retry}}:leases", self.prefix)
+    }
+
+    /// A webhook's counters and failure streak. Shares a hash tag with its hourly buckets
+    /// and attempt log, which one script updates together.
+    pub fn webhook_stats(&self, webhook_id: &str) -> String {
+        format!("{{{}:wh:{}}}:stats", self.prefix, webhook_id)
+    }
+
+    /// A webhook's successes and failures in one hour (`hour` = Unix time / 3600).
+    pub fn webhook_hour(&self, webhook_id: &str, hour: i64) -> String {
+        format!("{{{}:wh:{}}}:h:{}", self.prefix, webhook_id, hour)
+    }
+
+    /// A webhook's attempt log, newest first, capped.
+    pub fn attempts(&self, webhook_id: &str) -> String {
+        format!("{{{}:wh:{}}}:attempts", self.prefix, webhook_id)
+    }
+
+    /// A webhook's rate-limit token bucket.
+    pub fn rate_bucket(&self, webhook_id: &str) -> String {
+        format!("{{{}:wh:{}}}:bucket", self.prefix, webhook_id)
     }
 
     /// Every key of this installation matches this glob (for tests and tooling).
@@ -71,5 +113,16 @@ mod tests {
         assert!(k.webhooks_version().starts_with("{kh:wh}"));
         assert!(k.dead_letters().starts_with("{kh:dlq}"));
         assert!(k.dead_letters_index().starts_with("{kh:dlq}"));
+        assert!(k.dead_letters_of("wh_1").starts_with("{kh:dlq}"));
+        for key in [k.retry_schedule(), k.retry_jobs(), k.retry_leases()] {
+            assert!(key.starts_with("{kh:retry}"), "{key}");
+        }
+        for key in [
+            k.webhook_stats("wh_1"),
+            k.webhook_hour("wh_1", 7),
+            k.attempts("wh_1"),
+        ] {
+            assert!(key.starts_with("{kh:wh:wh_1}"), "{key}");
+        }
     }
 }

@@ -8,10 +8,12 @@
 pub mod amqp;
 pub mod broker;
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod keys;
 pub mod metrics;
 pub mod ops;
+pub mod retry;
 pub mod shutdown;
 pub mod signing;
 pub mod store;

@@ -36,6 +36,24 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Webhooks in the registry cache, by state (enabled, disabled).
     pub webhooks: IntGaugeVec,
+    /// Failed attempts given another try later.
+    pub retries_scheduled: IntCounter,
+    /// Targets put off without a request, by reason (circuit_open, concurrency, rate_limit).
+    pub deferrals: IntCounterVec,
+    /// Retry jobs skipped because their target had moved on (published twice, or settled).
+    pub stale_jobs: IntCounter,
+    /// Failed attempts by webhook id (bounded by the registry), for "top failing webhooks".
+    pub webhook_failures: IntCounterVec,
+    pub circuits_open: IntGauge,
+    pub webhooks_auto_disabled: IntCounterVec,
+    pub retry_jobs_published: IntCounter,
+    pub leases_expired: IntCounter,
+    pub retry_schedule_depth: IntGauge,
+    pub retry_jobs_leased: IntGauge,
+    pub retry_lag: prometheus::Gauge,
+    pub dead_letter_depth: IntGauge,
+    pub queue_messages: IntGaugeVec,
+    pub queue_consumers: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -135,6 +153,71 @@ impl Metrics {
             webhooks: reg!(must(IntGaugeVec::new(
                 Opts::new("kivihook_webhooks", "Webhooks in the registry, by state.",),
                 &["state"],
+            ))),
+            retries_scheduled: reg!(must(IntCounter::new(
+                "kivihook_retries_scheduled_total",
+                "Failed attempts scheduled for another try.",
+            ))),
+            deferrals: reg!(counter_vec(
+                "kivihook_deferrals_total",
+                "Targets put off without sending a request, by reason.",
+                &["reason"],
+            )),
+            stale_jobs: reg!(must(IntCounter::new(
+                "kivihook_stale_jobs_total",
+                "Retry jobs skipped because their target had already moved on.",
+            ))),
+            webhook_failures: reg!(counter_vec(
+                "kivihook_webhook_failures_total",
+                "Failed delivery attempts, by webhook id.",
+                &["webhook"],
+            )),
+            circuits_open: reg!(must(IntGauge::new(
+                "kivihook_circuits_open",
+                "Webhooks whose circuit breaker is open in this dispatcher.",
+            ))),
+            webhooks_auto_disabled: reg!(counter_vec(
+                "kivihook_webhooks_auto_disabled_total",
+                "Webhooks disabled by KiviHook, by reason (gone, failing).",
+                &["reason"],
+            )),
+            retry_jobs_published: reg!(must(IntCounter::new(
+                "kivihook_retry_jobs_published_total",
+                "Due retry jobs moved from the schedule to the retries queue.",
+            ))),
+            leases_expired: reg!(must(IntCounter::new(
+                "kivihook_retry_leases_expired_total",
+                "Claimed retry jobs returned to the schedule because their lease expired.",
+            ))),
+            retry_schedule_depth: reg!(must(IntGauge::new(
+                "kivihook_retry_schedule_depth",
+                "Retry jobs waiting in the schedule.",
+            ))),
+            retry_jobs_leased: reg!(must(IntGauge::new(
+                "kivihook_retry_jobs_leased",
+                "Retry jobs claimed by a scheduler and not yet published.",
+            ))),
+            retry_lag: reg!(must(prometheus::Gauge::new(
+                "kivihook_retry_lag_seconds",
+                "How long the oldest due retry job has waited past its time.",
+            ))),
+            dead_letter_depth: reg!(must(IntGauge::new(
+                "kivihook_dead_letter_depth",
+                "Dead-letter entries kept for inspection and replay.",
+            ))),
+            queue_messages: reg!(must(IntGaugeVec::new(
+                Opts::new(
+                    "kivihook_queue_messages",
+                    "Messages waiting in a RabbitMQ queue."
+                ),
+                &["queue"],
+            ))),
+            queue_consumers: reg!(must(IntGaugeVec::new(
+                Opts::new(
+                    "kivihook_queue_consumers",
+                    "Consumers attached to a RabbitMQ queue."
+                ),
+                &["queue"],
             ))),
             registry,
         };

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::event::{EventType, FAMILIES};
+use crate::retry::RetrySchedule;
 
 /// HTTP methods a webhook may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -109,6 +110,15 @@ pub struct Webhook {
     pub enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+    /// Seconds between attempts; `None` uses the installation's schedule.
+    #[serde(default)]
+    pub retry_schedule: Option<Vec<f64>>,
+    /// Requests per second across every dispatcher; `None` is unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    /// Requests in flight from one dispatcher; `None` uses the installation's default.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
     /// `whsec_…`; shown once on create, masked everywhere else.
     pub secret: String,
     pub created_at: DateTime<Utc>,
@@ -196,6 +206,9 @@ pub struct WebhookSpec {
     pub clinic_ids: Vec<String>,
     pub headers: BTreeMap<String, String>,
     pub enabled: bool,
+    pub retry_schedule: Option<Vec<f64>>,
+    pub rate_limit: Option<f64>,
+    pub max_concurrency: Option<u32>,
 }
 
 const FIELDS: &[&str] = &[
@@ -206,6 +219,9 @@ const FIELDS: &[&str] = &[
     "clinic_ids",
     "headers",
     "enabled",
+    "retry_schedule",
+    "rate_limit",
+    "max_concurrency",
 ];
 
 /// Headers KiviHook sets itself; a webhook may not override them.
@@ -257,6 +273,17 @@ impl WebhookSpec {
                 .map(|v| parse_bool("enabled", v))
                 .transpose()?
                 .unwrap_or(true),
+            retry_schedule: obj
+                .get("retry_schedule")
+                .map(parse_schedule)
+                .transpose()?
+                .flatten(),
+            rate_limit: obj.get("rate_limit").map(parse_rate).transpose()?.flatten(),
+            max_concurrency: obj
+                .get("max_concurrency")
+                .map(parse_concurrency)
+                .transpose()?
+                .flatten(),
         })
     }
 
@@ -273,6 +300,9 @@ impl WebhookSpec {
                 "clinic_ids" => self.clinic_ids = parse_clinic_ids(value)?,
                 "headers" => self.headers = parse_headers(value)?,
                 "enabled" => self.enabled = parse_bool("enabled", value)?,
+                "retry_schedule" => self.retry_schedule = parse_schedule(value)?,
+                "rate_limit" => self.rate_limit = parse_rate(value)?,
+                "max_concurrency" => self.max_concurrency = parse_concurrency(value)?,
                 _ => unreachable!("check_fields admits only known fields"),
             }
         }
@@ -288,6 +318,9 @@ impl WebhookSpec {
             clinic_ids: webhook.clinic_ids.clone(),
             headers: webhook.headers.clone(),
             enabled: webhook.enabled,
+            retry_schedule: webhook.retry_schedule.clone(),
+            rate_limit: webhook.rate_limit,
+            max_concurrency: webhook.max_concurrency,
         }
     }
 }
@@ -449,6 +482,55 @@ fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
     Ok(out)
 }
 
+fn parse_schedule(v: &Value) -> Result<Option<Vec<f64>>, InvalidField> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let items = v.as_array().ok_or_else(|| {
+        invalid(
+            "retry_schedule",
+            "must be an array of seconds between attempts, or null",
+        )
+    })?;
+    let delays = items
+        .iter()
+        .map(Value::as_f64)
+        .collect::<Option<Vec<f64>>>()
+        .ok_or_else(|| invalid("retry_schedule", "must hold only numbers of seconds"))?;
+    RetrySchedule::new(delays.clone()).map_err(|m| invalid("retry_schedule", m))?;
+    Ok(Some(delays))
+}
+
+fn parse_rate(v: &Value) -> Result<Option<f64>, InvalidField> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    v.as_f64()
+        .filter(|r| *r > 0.0 && *r <= 100_000.0)
+        .map(Some)
+        .ok_or_else(|| {
+            invalid(
+                "rate_limit",
+                "must be requests per second above 0 and at most 100000, or null",
+            )
+        })
+}
+
+fn parse_concurrency(v: &Value) -> Result<Option<u32>, InvalidField> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    v.as_u64()
+        .filter(|n| (1..=10_000).contains(n))
+        .map(|n| Some(n as u32))
+        .ok_or_else(|| {
+            invalid(
+                "max_concurrency",
+                "must be an integer from 1 to 10000, or null",
+            )
+        })
+}
+
 fn parse_bool(field: &str, v: &Value) -> Result<bool, InvalidField> {
     v.as_bool()
         .ok_or_else(|| invalid(field, "must be true or false"))
@@ -478,6 +560,9 @@ mod tests {
             headers: spec.headers,
             enabled: true,
             disabled_reason: None,
+            retry_schedule: None,
+            rate_limit: None,
+            max_concurrency: None,
             secret: crate::signing::generate_secret(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
@@ -549,6 +634,19 @@ mod tests {
             "headers.webhook-signature"
         );
         assert_eq!(err_field(with("colour", json!("blue"))), "colour");
+        assert_eq!(
+            err_field(with("retry_schedule", json!([1, "x"]))),
+            "retry_schedule"
+        );
+        assert_eq!(
+            err_field(with("retry_schedule", json!([-1]))),
+            "retry_schedule"
+        );
+        assert_eq!(err_field(with("rate_limit", json!(0))), "rate_limit");
+        assert_eq!(
+            err_field(with("max_concurrency", json!(0))),
+            "max_concurrency"
+        );
         assert_eq!(err_field(with("secret", json!("whsec_x"))), "secret");
         assert_eq!(
             err_field(json!({"url": "https://x.example", "events": ["*"]})),

@@ -1,23 +1,40 @@
-//! The consumer loop: take messages from RabbitMQ, many at once, and hand each to its own
-//! task; reconnect with backoff when the connection is lost.
+//! The consumer loops: take messages from a queue, many at once, and hand each to its own
+//! task; reconnect with backoff when the connection is lost. First attempts and retries
+//! are consumed apart, each with its own prefetch, so neither can starve the other.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinSet;
 
-use kivihook_core::broker::{Delivery, DeliveryStream};
+use kivihook_core::broker::{Delivery, DeliveryStream, Queue};
+use kivihook_core::delivery::Job;
 use kivihook_core::{Event, Shutdown};
 
-use crate::{fanout, record, send, Dispatcher};
+use crate::fanout::{self, JobTarget};
+use crate::gate::{self, Pass};
+use crate::record::{self, Processed};
+use crate::send;
+use crate::target::Target;
+use crate::Dispatcher;
 
-/// Consume until shutdown, reconnecting whenever the broker connection is lost.
-pub async fn run(d: Arc<Dispatcher>, mut shutdown: Shutdown) {
+/// Consume `queue` until shutdown, reconnecting whenever the broker connection is lost.
+pub async fn run(d: Arc<Dispatcher>, queue: Queue, mut shutdown: Shutdown) {
+    let prefetch = match queue {
+        Queue::Deliveries => d.prefetch,
+        Queue::Retries => d.retry_prefetch,
+    };
+    let name = match queue {
+        Queue::Deliveries => "deliveries",
+        Queue::Retries => "retries",
+    };
+    let tag = format!("{}-{name}", d.consumer_tag);
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     while !shutdown.is_triggered() {
-        match d.broker.consume(&d.consumer_tag, d.prefetch).await {
+        match d.broker.consume(queue, &tag, prefetch).await {
             Ok(stream) => {
                 if connected_before {
                     d.metrics
@@ -27,10 +44,10 @@ pub async fn run(d: Arc<Dispatcher>, mut shutdown: Shutdown) {
                 }
                 connected_before = true;
                 backoff = Duration::from_millis(100);
-                tracing::info!(prefetch = d.prefetch, "consuming events");
-                consume(&d, stream, shutdown.clone()).await;
+                tracing::info!(queue = name, prefetch, "consuming");
+                consume(&d, queue, stream, shutdown.clone()).await;
                 if !shutdown.is_triggered() {
-                    tracing::warn!("lost the RabbitMQ consumer; reconnecting");
+                    tracing::warn!(queue = name, "lost the RabbitMQ consumer; reconnecting");
                 }
             }
             Err(e) => {
@@ -38,7 +55,7 @@ pub async fn run(d: Arc<Dispatcher>, mut shutdown: Shutdown) {
                     .amqp_errors
                     .with_label_values(&["dispatcher"])
                     .inc();
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot consume from RabbitMQ");
+                tracing::warn!(queue = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot consume from RabbitMQ");
                 tokio::select! {
                     _ = shutdown.wait() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -49,7 +66,12 @@ pub async fn run(d: Arc<Dispatcher>, mut shutdown: Shutdown) {
     }
 }
 
-async fn consume(d: &Arc<Dispatcher>, mut stream: DeliveryStream, shutdown: Shutdown) {
+async fn consume(
+    d: &Arc<Dispatcher>,
+    queue: Queue,
+    mut stream: DeliveryStream,
+    shutdown: Shutdown,
+) {
     let mut tasks = JoinSet::new();
     let mut stop = shutdown.clone();
     loop {
@@ -59,7 +81,12 @@ async fn consume(d: &Arc<Dispatcher>, mut stream: DeliveryStream, shutdown: Shut
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             item = stream.next() => match item {
                 Some(Ok(delivery)) => {
-                    tasks.spawn(handle(d.clone(), delivery, shutdown.clone()));
+                    let d = d.clone();
+                    let shutdown = shutdown.clone();
+                    match queue {
+                        Queue::Deliveries => tasks.spawn(handle_event(d, delivery, shutdown)),
+                        Queue::Retries => tasks.spawn(handle_job(d, delivery, shutdown)),
+                    };
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
@@ -84,33 +111,36 @@ async fn consume(d: &Arc<Dispatcher>, mut stream: DeliveryStream, shutdown: Shut
     drop(stream);
 }
 
-/// One message: parse, fan out, send to every target at once, record, ack.
-async fn handle(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) {
+/// A message that cannot be parsed goes to the dead-letter queue, counted, never retried.
+async fn poison(d: &Dispatcher, delivery: Delivery, error: &serde_json::Error) {
+    d.metrics.poison_messages.inc();
+    tracing::error!(error = %error, bytes = delivery.body.len(), "unparseable message: sending it to the dead-letter queue");
+    if let Err(e) = delivery.acker.dead_letter().await {
+        tracing::warn!(error = %e, "could not dead-letter the message; it will be redelivered");
+    }
+}
+
+/// A new event: fan out, send to every target at once, record, ack.
+async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) {
+    let event: Event = match serde_json::from_slice(&delivery.body) {
+        Ok(e) => e,
+        Err(e) => return poison(&d, delivery, &e).await,
+    };
     let Delivery {
         body,
-        redelivered,
         registry_version,
         acker,
+        ..
     } = delivery;
-    let event: Event = match serde_json::from_slice(&body) {
-        Ok(e) => e,
-        Err(e) => {
-            d.metrics.poison_messages.inc();
-            tracing::error!(error = %e, bytes = body.len(), "unparseable message: sending it to the dead-letter queue");
-            if let Err(e) = acker.dead_letter().await {
-                tracing::warn!(error = %e, "could not dead-letter the message; it will be redelivered");
-            }
-            return;
-        }
-    };
+    let body = Bytes::from(body);
     let ready = record::persist(&d, &mut shutdown, "load the webhook registry", || {
         d.registry.ensure(registry_version)
     })
     .await;
     let targets = match ready {
         Some(()) => {
-            record::persist(&d, &mut shutdown, "read delivered targets", || {
-                fanout::targets(&d, &event)
+            record::persist(&d, &mut shutdown, "read target states", || {
+                fanout::event_targets(&d, &event, &body)
             })
             .await
         }
@@ -120,33 +150,60 @@ async fn handle(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) 
         let _ = acker.requeue().await;
         return;
     };
-    if redelivered {
-        tracing::debug!(event_id = %event.id, targets = targets.len(), "processing a redelivered event");
-    }
-    let body = bytes::Bytes::from(body);
-    let attempts = targets.iter().map(|webhook| {
-        let d = &d;
-        let event = &event;
-        let body = &body;
-        async move {
-            let msg_id = send::message_id(&event.id, &webhook.id);
-            d.metrics.deliveries_in_flight.inc();
-            let attempt = send::send(&d.client, webhook, &msg_id, body).await;
-            d.metrics.deliveries_in_flight.dec();
-            observe(d, event, webhook, &attempt);
-            record::outcome(event, webhook, &msg_id, &attempt)
-        }
-    });
-    let outcomes = futures::future::join_all(attempts).await;
-    record::settle(&d, &mut shutdown, &event.id, outcomes, acker).await;
+    let processed = futures::future::join_all(targets.iter().map(|t| attempt(&d, t))).await;
+    record::settle(&d, &mut shutdown, processed, acker).await;
 }
 
-fn observe(
-    d: &Dispatcher,
-    event: &Event,
-    webhook: &kivihook_core::Webhook,
-    attempt: &send::Attempt,
-) {
+/// A retry or manual job: check it is still current, attempt, record, ack.
+async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) {
+    let job: Job = match serde_json::from_slice(&delivery.body) {
+        Ok(j) => j,
+        Err(e) => return poison(&d, delivery, &e).await,
+    };
+    let acker = delivery.acker;
+    let job_id = job.id.clone();
+    let target = record::persist(&d, &mut shutdown, "read the job's target", || {
+        fanout::job_target(&d, job.clone())
+    })
+    .await;
+    let processed = match target {
+        None => {
+            let _ = acker.requeue().await;
+            return;
+        }
+        Some(JobTarget::Skip(why)) => {
+            d.metrics.stale_jobs.inc();
+            tracing::debug!(job_id = %job_id, why, "skipping a job");
+            if let Err(e) = acker.ack().await {
+                tracing::warn!(error = %e, "could not ack a skipped job");
+            }
+            return;
+        }
+        Some(JobTarget::Disabled(t)) => record::refused(&t, "the webhook is disabled"),
+        Some(JobTarget::Run(t)) => attempt(&d, &t).await,
+    };
+    record::settle(&d, &mut shutdown, vec![processed], acker).await;
+}
+
+/// One target through the gate and, if it may go, out over HTTP.
+async fn attempt(d: &Dispatcher, target: &Target) -> Processed {
+    let permit = match gate::check(d, &target.webhook).await {
+        Pass::Go(permit) => permit,
+        Pass::Later { until, reason } => {
+            d.metrics.deferrals.with_label_values(&[reason]).inc();
+            tracing::debug!(event_id = %target.event_id, webhook_id = %target.webhook.id, reason, "delivery put off");
+            return record::deferred(target, until);
+        }
+    };
+    d.metrics.deliveries_in_flight.inc();
+    let result = send::send(&d.client, target).await;
+    d.metrics.deliveries_in_flight.dec();
+    drop(permit);
+    observe(d, target, &result);
+    record::after_attempt(d, target, &result)
+}
+
+fn observe(d: &Dispatcher, target: &Target, attempt: &send::Attempt) {
     let outcome = if attempt.succeeded() {
         "success"
     } else {
@@ -158,16 +215,20 @@ fn observe(
         .with_label_values(&[outcome])
         .observe(attempt.duration.as_secs_f64());
     if attempt.succeeded() {
-        let latency = (chrono::Utc::now() - event.received_at)
-            .to_std()
-            .unwrap_or_default();
-        d.metrics.event_to_delivery.observe(latency.as_secs_f64());
-        tracing::debug!(event_id = %event.id, webhook_id = %webhook.id, attempt = 1, status = attempt.status, "delivered");
+        if let Some(received) = target.received_at {
+            let latency = (chrono::Utc::now() - received).to_std().unwrap_or_default();
+            d.metrics.event_to_delivery.observe(latency.as_secs_f64());
+        }
+        tracing::debug!(event_id = %target.event_id, webhook_id = %target.webhook.id, attempt = target.attempt, status = attempt.status, "delivered");
     } else {
+        d.metrics
+            .webhook_failures
+            .with_label_values(&[target.webhook.id.as_str()])
+            .inc();
         tracing::warn!(
-            event_id = %event.id,
-            webhook_id = %webhook.id,
-            attempt = 1,
+            event_id = %target.event_id,
+            webhook_id = %target.webhook.id,
+            attempt = target.attempt,
             status = attempt.status,
             error = %attempt.describe(),
             "delivery failed"

@@ -1,34 +1,110 @@
-//! Which webhooks an event goes to, minus those it already reached.
+//! Which targets a message holds: for a new event, every subscribing webhook that it has not
+//! reached yet; for a retry job, its one target, if the job is still current.
 
-use std::sync::Arc;
+use bytes::Bytes;
 
-use kivihook_core::webhook::Webhook;
+use kivihook_core::delivery::{Job, JobKind, TargetState};
 use kivihook_core::{Event, StoreError};
 
+use crate::send::message_id;
+use crate::target::Target;
 use crate::Dispatcher;
 
-/// The webhooks that subscribe to `event` and have no recorded outcome for it yet.
+/// The targets of a new event that are not settled yet.
 ///
 /// The "already settled" check costs one Redis round trip per event (one `HMGET` for all
 /// targets); it is what makes a redelivery after a crash skip the targets already reached.
-pub async fn targets(d: &Dispatcher, event: &Event) -> Result<Vec<Arc<Webhook>>, StoreError> {
+pub async fn event_targets(
+    d: &Dispatcher,
+    event: &Event,
+    body: &Bytes,
+) -> Result<Vec<Target>, StoreError> {
     let hooks = d
         .registry
         .matching(&event.event_type, event.clinic_id.as_deref());
     if hooks.is_empty() {
-        return Ok(hooks);
+        return Ok(Vec::new());
     }
     let ids: Vec<&str> = hooks.iter().map(|w| w.id.as_str()).collect();
-    let settled = d.store.delivered_targets(&event.id, &ids).await?;
-    let skipped = settled.iter().filter(|s| **s).count();
+    let states = d.store.target_states(&event.id, &ids).await?;
+    let skipped = states.iter().filter(|s| s.is_some()).count();
     if skipped > 0 {
         d.metrics.redelivery_skips.inc_by(skipped as u64);
         tracing::info!(event_id = %event.id, skipped, "redelivered event: skipping targets already settled");
     }
     Ok(hooks
         .into_iter()
-        .zip(settled)
-        .filter(|(_, s)| !s)
-        .map(|(w, _)| w)
+        .zip(states)
+        .filter(|(_, s)| s.is_none())
+        .map(|(webhook, _)| Target {
+            message_id: message_id(&event.id, &webhook.id),
+            webhook,
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            attempt: 1,
+            kind: JobKind::Retry,
+            body: body.clone(),
+            received_at: Some(event.received_at),
+        })
         .collect())
+}
+
+/// What to do with a retry or manual job.
+pub enum JobTarget {
+    Run(Target),
+    /// The webhook is disabled: keep the delivery as a dead letter.
+    Disabled(Target),
+    /// Nothing to do (the webhook was deleted, or the target moved on).
+    Skip(&'static str),
+}
+
+pub async fn job_target(d: &Dispatcher, job: Job) -> Result<JobTarget, StoreError> {
+    let webhook = match d.registry.get(&job.webhook_id) {
+        Some(w) => w,
+        None => {
+            // Perhaps created a moment ago on another ingest: look once more.
+            d.registry.load().await?;
+            match d.registry.get(&job.webhook_id) {
+                Some(w) => w,
+                None => return Ok(JobTarget::Skip("webhook deleted")),
+            }
+        }
+    };
+    if job.kind == JobKind::Retry {
+        let state = d
+            .store
+            .target_states(&job.event_id, &[job.webhook_id.as_str()])
+            .await?
+            .pop()
+            .flatten();
+        let current =
+            matches!(&state, Some(TargetState::Retrying { job_id, .. }) if *job_id == job.id);
+        if !current {
+            return Ok(JobTarget::Skip("target moved on"));
+        }
+    }
+    let received_at = serde_json::from_str::<ReceivedAt>(&job.body)
+        .ok()
+        .map(|r| r.received_at);
+    let enabled = webhook.enabled;
+    let target = Target {
+        webhook,
+        event_id: job.event_id,
+        event_type: job.event_type,
+        message_id: job.message_id,
+        attempt: job.attempt,
+        kind: job.kind,
+        body: Bytes::from(job.body),
+        received_at,
+    };
+    Ok(if enabled {
+        JobTarget::Run(target)
+    } else {
+        JobTarget::Disabled(target)
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct ReceivedAt {
+    received_at: chrono::DateTime<chrono::Utc>,
 }

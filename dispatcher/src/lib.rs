@@ -1,18 +1,23 @@
-//! kivihook-dispatcher: consumes events, fans each out to the webhooks that subscribe to
-//! it, sends signed HTTP requests and records the outcome.
+//! kivihook-dispatcher: consumes events and retry jobs, fans each event out to the webhooks
+//! that subscribe to it, sends signed HTTP requests and records the outcome.
 //!
-//! The delivery path, in file order: `consume.rs` → `fanout.rs` → `send.rs` → `record.rs`.
+//! The delivery path, in file order: `consume.rs` → `fanout.rs` → `gate.rs` → `send.rs` →
+//! `record.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use kivihook_core::broker::Queue;
+use kivihook_core::retry::RetrySchedule;
 use kivihook_core::{Broker, Config, Metrics, Shutdown, Store};
 
 pub mod consume;
 pub mod fanout;
+pub mod gate;
 pub mod record;
 pub mod registry;
 pub mod send;
+pub mod target;
 
 use registry::Registry;
 
@@ -22,9 +27,16 @@ pub struct Dispatcher {
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
     pub registry: Arc<Registry>,
+    pub gates: gate::Gates,
     pub client: reqwest::Client,
     pub prefetch: u16,
+    pub retry_prefetch: u16,
     pub delivery_timeout: Duration,
+    pub retry_schedule: RetrySchedule,
+    pub circuit_threshold: u64,
+    pub circuit_cooldown: Duration,
+    pub auto_disable_after: Duration,
+    pub webhook_concurrency: u32,
     pub consumer_tag: String,
 }
 
@@ -37,17 +49,24 @@ impl Dispatcher {
     ) -> Self {
         Self {
             registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
+            gates: gate::Gates::default(),
             client: send::client(config.delivery_timeout),
             broker,
             store,
             metrics,
             prefetch: config.prefetch,
+            retry_prefetch: config.retry_prefetch,
             delivery_timeout: config.delivery_timeout,
+            retry_schedule: config.retry_schedule.clone(),
+            circuit_threshold: config.circuit_threshold,
+            circuit_cooldown: config.circuit_cooldown,
+            auto_disable_after: config.auto_disable_after,
+            webhook_concurrency: config.webhook_concurrency,
             consumer_tag: format!("kivihook-dispatcher-{}", uuid::Uuid::new_v4().simple()),
         }
     }
 
-    /// Run until shutdown: load the registry, follow its changes, consume.
+    /// Run until shutdown: load the registry, follow its changes, consume both queues.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let mut waiting = shutdown.clone();
         let loaded = record::persist(&self, &mut waiting, "load the webhook registry", || {
@@ -58,8 +77,26 @@ impl Dispatcher {
             return;
         }
         let watch = tokio::spawn(self.registry.clone().watch(shutdown.clone()));
-        consume::run(self.clone(), shutdown).await;
+        let circuits = tokio::spawn(self.clone().report_circuits(shutdown.clone()));
+        tokio::join!(
+            consume::run(self.clone(), Queue::Deliveries, shutdown.clone()),
+            consume::run(self.clone(), Queue::Retries, shutdown.clone()),
+        );
         let _ = watch.await;
+        let _ = circuits.await;
         tracing::info!("dispatcher stopped");
+    }
+
+    /// Keep the open-circuits gauge true as circuits close by themselves.
+    async fn report_circuits(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            self.metrics
+                .circuits_open
+                .set(self.gates.open_circuits() as i64);
+        }
     }
 }

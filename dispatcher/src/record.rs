@@ -1,41 +1,180 @@
-//! Make each target's outcome durable, then acknowledge the message.
+//! Decide what follows an attempt, make it durable, then acknowledge the message.
 //!
-//! The order is the whole point: a message is acked only after every target's outcome is in
-//! the store. A crash before the ack means a redelivery, and the recorded outcomes make the
-//! redelivery skip what was already done.
+//! The order is the whole point: a message is acked only after every target's outcome
+//! (delivered, a retry job, or a dead letter) is in the store. A crash before the ack means
+//! a redelivery, and the recorded target states make the redelivery skip what was done.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use rand::Rng;
 
 use kivihook_core::broker::Acker;
-use kivihook_core::store::{DeadLetter, Outcome};
+use kivihook_core::delivery::{
+    new_attempt_id, new_dead_letter_id, AttemptRecord, DeadLetter, Health, JobKind, Outcome,
+    TargetResult,
+};
+use kivihook_core::retry::RetrySchedule;
 use kivihook_core::webhook::Webhook;
-use kivihook_core::{Event, Shutdown};
+use kivihook_core::Shutdown;
 
 use crate::send::Attempt;
+use crate::target::Target;
 use crate::Dispatcher;
 
-/// The durable outcome of one attempt (until retries exist, a failure is a dead letter).
-pub fn outcome(event: &Event, webhook: &Webhook, msg_id: &str, attempt: &Attempt) -> Outcome {
-    if attempt.succeeded() {
-        return Outcome::Delivered {
-            webhook_id: webhook.id.clone(),
-        };
-    }
-    Outcome::Dead(Box::new(DeadLetter {
-        id: format!("dl_{}", uuid::Uuid::new_v4().simple()),
-        event_id: event.id.clone(),
-        event_type: event.event_type.clone(),
-        webhook_id: webhook.id.clone(),
-        message_id: msg_id.to_owned(),
+/// Request bodies longer than this are not kept whole in the attempt log.
+const KEPT_REQUEST_BODY: usize = 64 * 1024;
+
+/// One target's result, with what it means for its webhook.
+pub struct Processed {
+    pub webhook: Arc<Webhook>,
+    pub result: TargetResult,
+    /// Disable the webhook, for this reason (it answered 410 Gone).
+    pub disable: Option<String>,
+}
+
+fn schedule_of(d: &Dispatcher, webhook: &Webhook) -> RetrySchedule {
+    webhook
+        .retry_schedule
+        .clone()
+        .and_then(|s| RetrySchedule::new(s).ok())
+        .unwrap_or_else(|| d.retry_schedule.clone())
+}
+
+fn dead_letter(
+    target: &Target,
+    status: Option<u16>,
+    error: String,
+    attempt_id: Option<String>,
+) -> DeadLetter {
+    DeadLetter {
+        id: new_dead_letter_id(),
+        event_id: target.event_id.clone(),
+        event_type: target.event_type.clone(),
+        webhook_id: target.webhook.id.clone(),
+        message_id: target.message_id.clone(),
         failed_at: Utc::now(),
-        attempts: 1,
-        last_status: attempt.status,
-        last_error: attempt.describe(),
-        event: serde_json::to_value(event).unwrap_or_default(),
-    }))
+        attempts: target.attempt,
+        last_status: status,
+        last_error: error,
+        last_attempt_id: attempt_id,
+        event: serde_json::from_slice(&target.body).unwrap_or_default(),
+    }
+}
+
+/// What follows a request that was sent.
+pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Processed {
+    let webhook = target.webhook.clone();
+    let now = Utc::now();
+    let mut disable = None;
+    let (outcome, label) = if attempt.succeeded() {
+        (Outcome::Delivered, "delivered")
+    } else if attempt.status == Some(410) {
+        disable = Some(format!(
+            "the endpoint answered 410 Gone at {}",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+        let dl = dead_letter(target, attempt.status, attempt.describe(), None);
+        (Outcome::Dead(Box::new(dl)), "dead")
+    } else {
+        let next = match target.kind {
+            // A replay or resend is one attempt; if it fails it is a dead letter again.
+            JobKind::Manual => None,
+            JobKind::Retry => schedule_of(d, &webhook).delay_after(target.attempt),
+        };
+        match next {
+            Some(delay) => {
+                // Retry-After is honoured: the next attempt is never earlier than asked.
+                let wait = attempt.retry_after.map_or(delay, |ra| ra.max(delay));
+                let due = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                let job = target.job(target.attempt + 1);
+                (Outcome::Retry { job, due }, "retry")
+            }
+            None => {
+                let dl = dead_letter(target, attempt.status, attempt.describe(), None);
+                (Outcome::Dead(Box::new(dl)), "dead")
+            }
+        }
+    };
+    let attempt_id = new_attempt_id(&webhook.id);
+    let outcome = match outcome {
+        Outcome::Dead(mut dl) => {
+            dl.last_attempt_id = Some(attempt_id.clone());
+            Outcome::Dead(dl)
+        }
+        other => other,
+    };
+    let mut request_body = String::from_utf8_lossy(&target.body).into_owned();
+    if request_body.len() > KEPT_REQUEST_BODY {
+        request_body = String::new();
+    }
+    let record = AttemptRecord {
+        id: attempt_id,
+        webhook_id: webhook.id.clone(),
+        event_id: target.event_id.clone(),
+        event_type: target.event_type.clone(),
+        message_id: target.message_id.clone(),
+        attempt: target.attempt,
+        at: now,
+        method: webhook.method.as_str().to_owned(),
+        url: webhook.url.clone(),
+        request_body,
+        status: attempt.status,
+        response_headers: attempt.response_headers.clone(),
+        response_body: attempt.response_body.clone(),
+        duration_ms: attempt.duration.as_millis() as u64,
+        error_kind: attempt.error_kind.map(|k| k.as_str().to_owned()),
+        error: attempt.error.clone(),
+        outcome: label.to_owned(),
+        test: false,
+    };
+    Processed {
+        result: TargetResult {
+            event_id: target.event_id.clone(),
+            webhook_id: webhook.id.clone(),
+            outcome,
+            attempt: Some(record),
+        },
+        webhook,
+        disable,
+    }
+}
+
+/// A target put off without a request: the same attempt, later.
+pub fn deferred(target: &Target, until: DateTime<Utc>) -> Processed {
+    // Spread the comeback over a second so that a reopened endpoint is not hit all at once.
+    let spread = rand::thread_rng().gen_range(0..1000);
+    let due = until + chrono::Duration::milliseconds(spread);
+    Processed {
+        webhook: target.webhook.clone(),
+        result: TargetResult {
+            event_id: target.event_id.clone(),
+            webhook_id: target.webhook.id.clone(),
+            outcome: Outcome::Retry {
+                job: target.job(target.attempt),
+                due,
+            },
+            attempt: None,
+        },
+        disable: None,
+    }
+}
+
+/// A target whose webhook is disabled: kept as a dead letter, replayable once it is enabled.
+pub fn refused(target: &Target, reason: &str) -> Processed {
+    let dl = dead_letter(target, None, reason.to_owned(), None);
+    Processed {
+        webhook: target.webhook.clone(),
+        result: TargetResult {
+            event_id: target.event_id.clone(),
+            webhook_id: target.webhook.id.clone(),
+            outcome: Outcome::Dead(Box::new(dl)),
+            attempt: None,
+        },
+        disable: None,
+    }
 }
 
 /// Run a store operation until it succeeds, backing off; `None` if shutdown came first.
@@ -70,25 +209,95 @@ where
     }
 }
 
-/// Record every outcome, then ack. If shutdown interrupts the recording, hand the message
-/// back instead: nothing is acked that is not recorded.
+/// Record every result, act on what they say about the webhooks, then ack. If shutdown
+/// interrupts the recording, hand the message back instead: nothing is acked unrecorded.
 pub async fn settle(
     d: &Dispatcher,
     shutdown: &mut Shutdown,
-    event_id: &str,
-    outcomes: Vec<Outcome>,
+    processed: Vec<Processed>,
     acker: Box<dyn Acker>,
 ) {
-    let recorded = persist(d, shutdown, "record delivery outcomes", || {
-        d.store.record_outcomes(event_id, &outcomes)
+    let results: Vec<TargetResult> = processed.iter().map(|p| p.result.clone()).collect();
+    let healths = persist(d, shutdown, "record delivery outcomes", || {
+        d.store.record(&results)
     })
     .await;
-    let settled = match recorded {
-        Some(()) => acker.ack().await,
-        None => acker.requeue().await,
+    let Some(healths) = healths else {
+        let _ = acker.requeue().await;
+        return;
     };
-    if let Err(e) = settled {
-        // The broker redelivers it; the recorded outcomes make that redelivery a no-op.
-        tracing::warn!(event_id, error = %e, "could not settle the message; it will be redelivered");
+    for (p, health) in processed.iter().zip(healths) {
+        count(d, p);
+        if let Some(reason) = &p.disable {
+            disable_webhook(d, &p.webhook.id, "gone", reason).await;
+        } else if let Some(h) = health {
+            react_to_health(d, &p.webhook, h).await;
+        }
+    }
+    if let Err(e) = acker.ack().await {
+        // The broker redelivers it; the recorded target states make that a no-op.
+        tracing::warn!(error = %e, "could not ack a message; it will be redelivered");
+    }
+}
+
+fn count(d: &Dispatcher, p: &Processed) {
+    match &p.result.outcome {
+        Outcome::Retry { .. } if p.result.attempt.is_some() => d.metrics.retries_scheduled.inc(),
+        Outcome::Dead(_) => d.metrics.dead_letters.inc(),
+        _ => {}
+    }
+}
+
+/// Open the circuit after too many failures in a row; disable after failing for too long.
+async fn react_to_health(d: &Dispatcher, webhook: &Webhook, h: Health) {
+    if h.consecutive_failures == 0 {
+        return;
+    }
+    if d.circuit_threshold > 0 && h.consecutive_failures >= d.circuit_threshold {
+        let until = Utc::now() + chrono::Duration::from_std(d.circuit_cooldown).unwrap_or_default();
+        let open = d.gates.open_circuit(webhook, until);
+        d.metrics.circuits_open.set(open as i64);
+        tracing::warn!(webhook_id = %webhook.id, consecutive_failures = h.consecutive_failures, until = %until, "circuit open: holding deliveries to this webhook");
+    }
+    if let Some(since) = h.failing_since {
+        let limit = chrono::Duration::from_std(d.auto_disable_after).unwrap_or_default();
+        if Utc::now() - since > limit {
+            let reason = format!(
+                "failing without a success since {}; disabled after {} s",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                d.auto_disable_after.as_secs()
+            );
+            disable_webhook(d, &webhook.id, "failing", &reason).await;
+        }
+    }
+}
+
+/// Disable a webhook with a reason shown in the API; enabling it again resets its health.
+pub async fn disable_webhook(d: &Dispatcher, webhook_id: &str, kind: &'static str, reason: &str) {
+    let current = match d.store.get_webhook(webhook_id).await {
+        Ok(Some(w)) => w,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(webhook_id, error = %e, "could not disable the webhook; it will be tried again on its next failure");
+            return;
+        }
+    };
+    if !current.enabled {
+        return;
+    }
+    let mut updated = current;
+    updated.enabled = false;
+    updated.disabled_reason = Some(reason.to_owned());
+    updated.updated_at = Utc::now();
+    match d.store.put_webhook(&updated).await {
+        Ok(version) => {
+            d.metrics
+                .webhooks_auto_disabled
+                .with_label_values(&[kind])
+                .inc();
+            tracing::warn!(webhook_id, reason, "webhook disabled");
+            let _ = d.registry.ensure(version).await;
+        }
+        Err(e) => tracing::warn!(webhook_id, error = %e, "could not disable the webhook"),
     }
 }

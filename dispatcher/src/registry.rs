@@ -55,6 +55,15 @@ impl Registry {
             .collect()
     }
 
+    /// One webhook by id, enabled or not.
+    pub fn get(&self, id: &str) -> Option<Arc<Webhook>> {
+        self.current()
+            .subscriptions
+            .iter()
+            .find(|s| s.webhook.id == id)
+            .map(|s| s.webhook.clone())
+    }
+
     /// Make sure the cache is at least at `version`.
     pub async fn ensure(&self, version: u64) -> Result<(), StoreError> {
         if self.current().version >= version {

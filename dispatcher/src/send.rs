@@ -1,22 +1,57 @@
 //! One signed HTTP request to one receiver.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
+use kivihook_core::retry::parse_retry_after;
 use kivihook_core::signing::SigningKey;
-use kivihook_core::webhook::{Method, Webhook};
+use kivihook_core::webhook::Method;
 
-/// How much of a response body is read (and kept for the record).
+use crate::target::Target;
+
+/// How much of a response body is read and kept.
 const RESPONSE_EXCERPT: usize = 4096;
+const MAX_RESPONSE_HEADERS: usize = 50;
+
+/// Why an attempt failed before a status arrived, or that the status was not 2xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Timeout,
+    Connect,
+    Dns,
+    Tls,
+    Request,
+    HttpStatus,
+    Config,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Dns => "dns",
+            Self::Tls => "tls",
+            Self::Request => "request",
+            Self::HttpStatus => "http_status",
+            Self::Config => "config",
+        }
+    }
+}
 
 /// The result of one attempt.
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub status: Option<u16>,
+    pub response_headers: BTreeMap<String, String>,
+    pub response_body: String,
+    pub error_kind: Option<ErrorKind>,
     pub error: Option<String>,
+    /// What a 429 or 503 asked for.
+    pub retry_after: Option<Duration>,
     pub duration: Duration,
 }
 
@@ -29,8 +64,21 @@ impl Attempt {
     pub fn describe(&self) -> String {
         match (&self.error, self.status) {
             (Some(e), _) => e.clone(),
+            (None, Some(s)) if (200..300).contains(&s) => format!("HTTP {s}"),
             (None, Some(s)) => format!("the receiver answered HTTP {s}"),
             (None, None) => "no response".into(),
+        }
+    }
+
+    fn failed(kind: ErrorKind, error: String, started: Instant) -> Self {
+        Self {
+            status: None,
+            response_headers: BTreeMap::new(),
+            response_body: String::new(),
+            error_kind: Some(kind),
+            error: Some(error),
+            retry_after: None,
+            duration: started.elapsed(),
         }
     }
 }
@@ -69,22 +117,42 @@ fn method(m: Method) -> reqwest::Method {
     }
 }
 
-/// Send `body` (the envelope) to `webhook`, signed.
-pub async fn send(
-    client: &reqwest::Client,
-    webhook: &Arc<Webhook>,
-    msg_id: &str,
-    body: &bytes::Bytes,
-) -> Attempt {
+fn classify(e: &reqwest::Error) -> ErrorKind {
+    if e.is_timeout() {
+        return ErrorKind::Timeout;
+    }
+    // reqwest folds DNS and TLS failures into "connect"; the source chain tells them apart.
+    let mut chain = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        chain.push_str(&s.to_string().to_ascii_lowercase());
+        chain.push(' ');
+        source = s.source();
+    }
+    if chain.contains("dns") || chain.contains("lookup") || chain.contains("resolve") {
+        ErrorKind::Dns
+    } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake")
+    {
+        ErrorKind::Tls
+    } else if e.is_connect() {
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Request
+    }
+}
+
+/// Send the target's envelope to its webhook, signed.
+pub async fn send(client: &reqwest::Client, target: &Target) -> Attempt {
     let started = Instant::now();
+    let webhook = &target.webhook;
     let key = match SigningKey::parse(&webhook.secret) {
         Ok(k) => k,
         Err(e) => {
-            return Attempt {
-                status: None,
-                error: Some(format!("the webhook's signing secret is unusable: {e}")),
-                duration: started.elapsed(),
-            }
+            return Attempt::failed(
+                ErrorKind::Config,
+                format!("the webhook's signing secret is unusable: {e}"),
+                started,
+            )
         }
     };
     let timestamp = Utc::now().timestamp();
@@ -100,9 +168,12 @@ pub async fn send(
     }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let signed = [
-        ("webhook-id", msg_id.to_owned()),
+        ("webhook-id", target.message_id.clone()),
         ("webhook-timestamp", timestamp.to_string()),
-        ("webhook-signature", key.sign(msg_id, timestamp, body)),
+        (
+            "webhook-signature",
+            key.sign(&target.message_id, timestamp, &target.body),
+        ),
     ];
     for (name, value) in signed {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -112,45 +183,66 @@ pub async fn send(
     let result = client
         .request(method(webhook.method), &webhook.url)
         .headers(headers)
-        .body(body.clone())
+        .body(target.body.clone())
         .send()
         .await;
-    match result {
-        Ok(mut response) => {
-            let status = response.status().as_u16();
-            // Drain a little of the body so the connection can be reused; never all of it.
-            let mut read = 0usize;
-            let mut error = None;
-            while read < RESPONSE_EXCERPT {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => read += chunk.len(),
-                    Ok(None) => break,
-                    Err(e) => {
-                        error = Some(format!("reading the response failed: {e}"));
-                        break;
-                    }
-                }
-            }
-            Attempt {
-                status: Some(status),
-                error: error.filter(|_| !(200..300).contains(&status)),
-                duration: started.elapsed(),
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => return Attempt::failed(classify(&e), format!("{e}"), started),
+    };
+    let status = response.status().as_u16();
+    let retry_after = if status == 429 || status == 503 {
+        response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()))
+    } else {
+        None
+    };
+    let response_headers = response
+        .headers()
+        .iter()
+        .take(MAX_RESPONSE_HEADERS)
+        .map(|(k, v)| {
+            let mut value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            value.truncate(512);
+            (k.as_str().to_owned(), value)
+        })
+        .collect();
+    // Read a little of the body (kept for the log, and so the connection can be reused);
+    // never all of it.
+    let mut body = Vec::new();
+    let mut read_error = None;
+    while body.len() < RESPONSE_EXCERPT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => {
+                read_error = Some(e);
+                break;
             }
         }
-        Err(e) => {
-            let kind = if e.is_timeout() {
-                "timeout"
-            } else if e.is_connect() {
-                "connection failed"
-            } else {
-                "request failed"
-            };
-            Attempt {
-                status: None,
-                error: Some(format!("{kind}: {e}")),
-                duration: started.elapsed(),
-            }
-        }
+    }
+    body.truncate(RESPONSE_EXCERPT);
+    let ok = (200..300).contains(&status);
+    let (error_kind, error) = match read_error {
+        // A 2xx whose body broke off still counts: the receiver said yes.
+        Some(e) if !ok => (
+            Some(classify(&e)),
+            Some(format!("reading the response failed: {e}")),
+        ),
+        _ if !ok => (Some(ErrorKind::HttpStatus), None),
+        _ => (None, None),
+    };
+    Attempt {
+        status: Some(status),
+        response_headers,
+        response_body: String::from_utf8_lossy(&body).into_owned(),
+        error_kind,
+        error,
+        retry_after,
+        duration: started.elapsed(),
     }
 }
 

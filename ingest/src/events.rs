@@ -16,9 +16,9 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use kivihook_core::broker::OutboundMessage;
+use kivihook_core::broker::{OutboundMessage, Queue};
 use kivihook_core::event::{generate_event_id, metric_label, valid_event_id, Event, EventType};
-use kivihook_core::store::Claim;
+use kivihook_core::store::{Claim, EventInfo};
 use kivihook_core::webhook::clinic_id_of;
 
 use crate::error::ApiError;
@@ -336,6 +336,7 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
     let publishes = to_publish.iter().map(|&i| {
         let event = &events[i];
         let msg = serde_json::to_vec(event).map(|body| OutboundMessage {
+            queue: Queue::Deliveries,
             routing_key: event.event_type.clone(),
             body,
             registry_version,
@@ -357,7 +358,13 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
         match result {
             Ok(()) => {
                 state.metrics.publish_duration.observe(elapsed);
-                confirmed.push(events[i].id.clone());
+                let e = &events[i];
+                confirmed.push(EventInfo {
+                    id: e.id.clone(),
+                    event_type: e.event_type.clone(),
+                    clinic_id: e.clinic_id.clone(),
+                    received_at: e.received_at,
+                });
             }
             Err(e) => {
                 first_error.get_or_insert(e);

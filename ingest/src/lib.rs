@@ -13,8 +13,10 @@ use kivihook_core::event::CATALOGUE;
 use kivihook_core::ops::{self, OpsState};
 use kivihook_core::{Broker, Config, Metrics, Store};
 
+pub mod deliveries;
 pub mod error;
 pub mod events;
+pub mod query;
 pub mod request;
 pub mod webhooks;
 
@@ -61,6 +63,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(events::post_event))
         .route("/v1/events/batch", post(events::post_batch))
+        .route("/v1/events/{id}", get(deliveries::event_status))
         .route("/v1/event-types", get(event_types))
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route(
@@ -69,6 +72,11 @@ pub fn router(state: AppState) -> Router {
                 .patch(webhooks::update)
                 .delete(webhooks::delete),
         )
+        .route("/v1/webhooks/{id}/attempts", get(deliveries::attempts))
+        .route("/v1/dead-letters", get(deliveries::dead_letters))
+        .route("/v1/dead-letters/{id}/replay", post(deliveries::replay))
+        .route("/v1/attempts/{id}/resend", post(deliveries::resend))
+        .route("/v1/stats", get(deliveries::stats))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Handlers read bodies themselves, with the configured limit and a JSON error.

@@ -47,6 +47,9 @@ pub async fn create(
         headers: spec.headers,
         enabled: spec.enabled,
         disabled_reason: None,
+        retry_schedule: spec.retry_schedule,
+        rate_limit: spec.rate_limit,
+        max_concurrency: spec.max_concurrency,
         secret: generate_secret(),
         created_at: now,
         updated_at: now,
@@ -89,8 +92,11 @@ pub async fn update(
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
     let spec = WebhookSpec::of(&webhook).patched(&value)?;
-    if spec.enabled && !webhook.enabled {
+    let re_enabled = spec.enabled && !webhook.enabled;
+    if re_enabled {
+        // A fresh start: no disabled reason, no failure streak.
         webhook.disabled_reason = None;
+        state.store.reset_health(&webhook.id).await?;
     }
     webhook.name = spec.name;
     webhook.url = spec.url;
@@ -99,6 +105,9 @@ pub async fn update(
     webhook.clinic_ids = spec.clinic_ids;
     webhook.headers = spec.headers;
     webhook.enabled = spec.enabled;
+    webhook.retry_schedule = spec.retry_schedule;
+    webhook.rate_limit = spec.rate_limit;
+    webhook.max_concurrency = spec.max_concurrency;
     webhook.updated_at = Utc::now();
     state.store.put_webhook(&webhook).await?;
     tracing::info!(webhook_id = %webhook.id, "webhook updated");

@@ -1,13 +1,167 @@
 //! kivihook-scheduler: moves due retries from Redis back into RabbitMQ.
 //!
-//! Retries are not scheduled yet (a failed delivery becomes a dead letter at once), so the
-//! role only serves its operational endpoints and waits for shutdown.
+//! Claiming is one Lua script that moves due jobs from the schedule to a lease, so several
+//! schedulers never take the same job; a job is removed only after RabbitMQ confirmed its
+//! message, and a lease that expires (its scheduler died between claim and publish) puts
+//! the job back. Nothing here needs a leader.
 
-use kivihook_core::Shutdown;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Run until shutdown.
-pub async fn run(mut shutdown: Shutdown) {
-    tracing::info!("scheduler running (no retry schedule to promote yet)");
-    shutdown.wait().await;
-    tracing::info!("scheduler stopped");
+use kivihook_core::broker::{OutboundMessage, Queue};
+use kivihook_core::{Broker, Config, Metrics, Shutdown, Store};
+
+/// Jobs claimed per round; a full round is followed at once by another.
+const BATCH: usize = 500;
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct Scheduler {
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    lease: Duration,
+    interval: Duration,
+}
+
+impl Scheduler {
+    pub fn new(
+        config: &Config,
+        broker: Arc<dyn Broker>,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            broker,
+            store,
+            metrics,
+            lease: config.retry_lease,
+            interval: config.scheduler_interval,
+        }
+    }
+
+    /// Run until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        tracing::info!(
+            lease_ms = self.lease.as_millis() as u64,
+            "scheduler running"
+        );
+        let status = tokio::spawn(self.clone().report(shutdown.clone()));
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            match self.store.sweep_leases().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    self.metrics.leases_expired.inc_by(n);
+                    tracing::warn!(
+                        jobs = n,
+                        "retry leases expired; jobs returned to the schedule"
+                    );
+                }
+                Err(e) => self.store_error("sweep expired leases", &e),
+            }
+            while !shutdown.is_triggered() {
+                match self.promote().await {
+                    Ok(n) if n == BATCH => continue,
+                    Ok(_) => break,
+                    Err(()) => break,
+                }
+            }
+        }
+        let _ = status.await;
+        tracing::info!("scheduler stopped");
+    }
+
+    fn store_error(&self, what: &str, e: &kivihook_core::StoreError) {
+        self.metrics
+            .redis_errors
+            .with_label_values(&["scheduler"])
+            .inc();
+        tracing::warn!(error = %e, what, "store operation failed");
+    }
+
+    /// Claim one batch of due jobs and publish it; returns how many were claimed.
+    async fn promote(&self) -> Result<usize, ()> {
+        let jobs = match self.store.claim_due_jobs(BATCH, self.lease).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                self.store_error("claim due jobs", &e);
+                return Err(());
+            }
+        };
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let publishes = jobs.iter().map(|job| async move {
+            let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+            let msg = OutboundMessage {
+                queue: Queue::Retries,
+                routing_key: String::new(),
+                body,
+                registry_version: 0,
+            };
+            self.broker.publish(&msg).await.map_err(|e| e.to_string())
+        });
+        let results = futures::future::join_all(publishes).await;
+        let mut done = Vec::with_capacity(jobs.len());
+        let mut failed = Vec::new();
+        for (job, r) in jobs.iter().zip(results) {
+            match r {
+                Ok(()) => done.push(job.id.clone()),
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "could not publish a retry job");
+                    failed.push(job.id.clone());
+                }
+            }
+        }
+        // Only confirmed jobs are forgotten; if this fails, their leases expire and they are
+        // published again, which the dispatcher's job check turns into a no-op.
+        if let Err(e) = self.store.complete_jobs(&done).await {
+            self.store_error("complete published jobs", &e);
+        }
+        if let Err(e) = self.store.release_jobs(&failed).await {
+            self.store_error("release unpublished jobs", &e);
+        }
+        self.metrics.retry_jobs_published.inc_by(done.len() as u64);
+        if !failed.is_empty() {
+            return Err(());
+        }
+        Ok(jobs.len())
+    }
+
+    /// Gauges of the schedule, the dead letters and the queues.
+    async fn report(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            match self.store.schedule_status().await {
+                Ok(s) => {
+                    self.metrics.retry_schedule_depth.set(s.depth as i64);
+                    self.metrics.retry_jobs_leased.set(s.leased as i64);
+                    self.metrics.retry_lag.set(s.lag.as_secs_f64());
+                    self.metrics.dead_letter_depth.set(s.dead_letters as i64);
+                }
+                Err(e) => self.store_error("read the schedule status", &e),
+            }
+            for (queue, label) in [
+                (Queue::Deliveries, "deliveries"),
+                (Queue::Retries, "retries"),
+            ] {
+                if let Ok((messages, consumers)) = self.broker.queue_status(queue).await {
+                    self.metrics
+                        .queue_messages
+                        .with_label_values(&[label])
+                        .set(messages.into());
+                    self.metrics
+                        .queue_consumers
+                        .with_label_values(&[label])
+                        .set(consumers.into());
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(STATUS_INTERVAL) => {}
+            }
+        }
+    }
 }

@@ -133,7 +133,9 @@ impl Api {
 /// One request a receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub at: Instant,
     pub method: String,
+    pub uri: String,
     pub headers: HashMap<String, String>,
     pub body: Bytes,
 }
@@ -147,11 +149,15 @@ impl Received {
     }
 }
 
+/// A scripted answer: status and extra headers.
+pub type Reply = (u16, Vec<(&'static str, String)>);
+
 #[derive(Clone)]
 struct ReceiverState {
     got: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
+    script: Arc<Mutex<std::collections::VecDeque<Reply>>>,
 }
 
 /// A real HTTP receiver on a port of its own that records every request.
@@ -166,13 +172,16 @@ impl Receiver {
             got: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
             delay_ms: Arc::new(AtomicU64::new(0)),
+            script: Arc::default(),
         };
         async fn record(
             State(s): State<ReceiverState>,
             method: axum::http::Method,
+            uri: axum::http::Uri,
             headers: HeaderMap,
             body: Bytes,
-        ) -> StatusCode {
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
             let delay = s.delay_ms.load(Ordering::Relaxed);
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -181,12 +190,21 @@ impl Receiver {
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
                 .collect();
+            let reply = s.script.lock().unwrap().pop_front();
             s.got.lock().unwrap().push(Received {
+                at: Instant::now(),
                 method: method.to_string(),
+                uri: uri.to_string(),
                 headers,
                 body,
             });
-            StatusCode::from_u16(s.status.load(Ordering::Relaxed)).unwrap()
+            let (status, extra) =
+                reply.unwrap_or_else(|| (s.status.load(Ordering::Relaxed), Vec::new()));
+            let mut response = StatusCode::from_u16(status).unwrap().into_response();
+            for (k, v) in extra {
+                response.headers_mut().insert(k, v.parse().unwrap());
+            }
+            response
         }
         let app = Router::new().fallback(record).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -205,6 +223,11 @@ impl Receiver {
         self.state.status.store(status, Ordering::Relaxed);
     }
 
+    /// Answer the next requests with these replies, then with the default status.
+    pub fn script(&self, replies: Vec<Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
     pub fn delay(&self, d: Duration) {
         self.state
             .delay_ms
@@ -217,6 +240,32 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.state.got.lock().unwrap().len()
+    }
+}
+
+/// GET a JSON document with the admin token.
+pub async fn get_json(api: &Api, path: &str) -> Value {
+    let r = api
+        .http
+        .get(format!("{}{}", api.base, path))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("get");
+    assert!(r.status().is_success(), "GET {path}: {}", r.status());
+    r.json().await.expect("json")
+}
+
+/// Poll an async condition until it holds, or fail after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

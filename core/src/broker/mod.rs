@@ -23,9 +23,19 @@ pub enum BrokerError {
     Timeout(std::time::Duration),
 }
 
-/// An event ready to publish: its routing key (the event type) and the envelope JSON.
+/// Where a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// New events (first attempts), routed by event type.
+    Deliveries,
+    /// Retry and replay jobs, moved here by the scheduler.
+    Retries,
+}
+
+/// A message ready to publish: an event envelope (routing key: its type) or a job.
 #[derive(Debug, Clone)]
 pub struct OutboundMessage {
+    pub queue: Queue,
     pub routing_key: String,
     pub body: Vec<u8>,
     /// The webhook-registry version ingest saw; a dispatcher with an older cache refreshes
@@ -62,12 +72,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Many publishes may be in flight at once.
     async fn publish(&self, msg: &OutboundMessage) -> Result<(), BrokerError>;
 
-    /// Start consuming first-attempt deliveries with at most `prefetch` unacknowledged.
+    /// Start consuming a queue with at most `prefetch` unacknowledged.
     async fn consume(
         &self,
+        queue: Queue,
         consumer_tag: &str,
         prefetch: u16,
     ) -> Result<DeliveryStream, BrokerError>;
+
+    /// Messages waiting in a queue and consumers attached, for metrics.
+    async fn queue_status(&self, queue: Queue) -> Result<(u32, u32), BrokerError>;
 
     /// Readiness: can we publish right now?
     async fn ready(&self) -> Result<(), BrokerError>;

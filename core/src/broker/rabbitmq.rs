@@ -17,7 +17,7 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, OutboundMessage};
+use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, OutboundMessage, Queue};
 use crate::amqp::{declare_topology, Names, REGISTRY_VERSION_HEADER};
 use crate::metrics::Metrics;
 
@@ -89,6 +89,13 @@ impl RabbitBroker {
             role,
             current: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn queue_name(&self, queue: Queue) -> &str {
+        match queue {
+            Queue::Deliveries => &self.names.deliveries_queue,
+            Queue::Retries => &self.names.retries_queue,
         }
     }
 
@@ -168,11 +175,18 @@ impl RabbitBroker {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_headers(headers);
+        let (exchange, routing_key) = match msg.queue {
+            Queue::Deliveries => (
+                self.names.events_exchange.as_str(),
+                msg.routing_key.as_str(),
+            ),
+            Queue::Retries => ("", self.names.retries_queue.as_str()),
+        };
         let confirm = p
             .channel()
             .basic_publish(
-                &self.names.events_exchange,
-                &msg.routing_key,
+                exchange,
+                routing_key,
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
@@ -207,6 +221,7 @@ impl Broker for RabbitBroker {
 
     async fn consume(
         &self,
+        queue: Queue,
         consumer_tag: &str,
         prefetch: u16,
     ) -> Result<DeliveryStream, BrokerError> {
@@ -220,7 +235,7 @@ impl Broker for RabbitBroker {
             .map_err(unavailable)?;
         let consumer = channel
             .basic_consume(
-                &self.names.deliveries_queue,
+                self.queue_name(queue),
                 consumer_tag,
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -237,6 +252,25 @@ impl Broker for RabbitBroker {
 
     async fn ready(&self) -> Result<(), BrokerError> {
         self.publisher().await.map(|_| ())
+    }
+
+    async fn queue_status(&self, queue: Queue) -> Result<(u32, u32), BrokerError> {
+        let p = self.publisher().await?;
+        // A passive declare on a channel of its own: if it fails, only that channel closes.
+        let ch = p.conn.create_channel().await.map_err(unavailable)?;
+        let q = ch
+            .queue_declare(
+                self.queue_name(queue),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let _ = ch.close(200, "status read").await;
+        Ok((q.message_count(), q.consumer_count()))
     }
 }
 

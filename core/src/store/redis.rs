@@ -1,14 +1,19 @@
-//! Redis backend: a few multiplexed connections that reconnect by themselves.
+//! Redis backend: a few multiplexed connections that reconnect by themselves, pipelines
+//! for everything on the per-event path, and Lua where several keys must change together.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, TimeZone, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Claim, DeadLetter, Outcome, Store, StoreError};
+use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
+use crate::delivery::{
+    webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, Outcome, TargetResult, TargetState,
+    WebhookStats,
+};
 use crate::keys::Keys;
 use crate::webhook::Webhook;
 
@@ -18,20 +23,113 @@ const POOL_SIZE: usize = 4;
 /// How long a claim lives while its publish is in flight; a crash in that window frees
 /// the id again after this long.
 const CLAIM_TTL_SECS: u64 = 60;
-/// How long "delivered" markers are kept: longer than any redelivery can take.
-const DELIVERED_TTL_SECS: i64 = 7 * 86_400;
+/// How long target states are kept: longer than any retry schedule can run.
+const TARGETS_TTL_SECS: i64 = 14 * 86_400;
 /// Dead letters kept per installation (oldest dropped first).
 const DEAD_LETTER_CAP: isize = 100_000;
+/// Entries kept in each webhook's attempt log.
+const ATTEMPT_LOG_CAP: usize = 100;
+const HOUR_BUCKET_TTL_SECS: u64 = 25 * 3600;
+
+/// Move due jobs to a lease; return `id, json` pairs.
+const CLAIM_SCRIPT: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+if #due == 0 then return {} end
+local lease_until = tonumber(ARGV[1]) + tonumber(ARGV[2])
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], lease_until, id)
+end
+local jobs = redis.call('HMGET', KEYS[3], unpack(due))
+local out = {}
+for i, id in ipairs(due) do
+  out[#out + 1] = id
+  out[#out + 1] = jobs[i] or ''
+end
+return out
+";
+
+/// Return expired leases to the schedule, due now.
+const SWEEP_SCRIPT: &str = r"
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], ARGV[1], id)
+end
+return #expired
+";
+
+/// Record one attempt in a webhook's counters, hourly bucket and log; return its streak.
+const ATTEMPT_SCRIPT: &str = r"
+if ARGV[1] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'successes', 1)
+  redis.call('HSET', KEYS[1], 'consecutive_failures', 0)
+  redis.call('HDEL', KEYS[1], 'failing_since')
+  redis.call('HINCRBY', KEYS[2], 's', 1)
+else
+  redis.call('HINCRBY', KEYS[1], 'failures', 1)
+  redis.call('HINCRBY', KEYS[1], 'consecutive_failures', 1)
+  redis.call('HSETNX', KEYS[1], 'failing_since', ARGV[3])
+  redis.call('HINCRBY', KEYS[2], 'f', 1)
+end
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'retries', 1) end
+redis.call('HSET', KEYS[1], 'last_status', ARGV[2], 'last_attempt_at', ARGV[3])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
+redis.call('LPUSH', KEYS[3], ARGV[4])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+return {tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures')), redis.call('HGET', KEYS[1], 'failing_since') or ''}
+";
+
+/// A token bucket on the server's clock, shared by every dispatcher; returns the wait in ms.
+const TOKEN_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], 60000 + math.ceil(burst * 1000 / rate))
+return wait
+";
 
 /// The production store.
 pub struct RedisStore {
     keys: Keys,
     pool: Vec<ConnectionManager>,
     next: AtomicUsize,
+    claim: redis::Script,
+    sweep: redis::Script,
+    attempt: redis::Script,
+    token: redis::Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn millis(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+fn parse_all<T: serde::de::DeserializeOwned>(raw: impl IntoIterator<Item = String>) -> Vec<T> {
+    raw.into_iter()
+        .filter_map(|json| match serde_json::from_str(&json) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "skipping a corrupt stored record");
+                None
+            }
+        })
+        .collect()
 }
 
 impl RedisStore {
@@ -55,6 +153,10 @@ impl RedisStore {
             keys: Keys::new(prefix),
             pool,
             next: AtomicUsize::new(0),
+            claim: redis::Script::new(CLAIM_SCRIPT),
+            sweep: redis::Script::new(SWEEP_SCRIPT),
+            attempt: redis::Script::new(ATTEMPT_SCRIPT),
+            token: redis::Script::new(TOKEN_SCRIPT),
         })
     }
 
@@ -75,14 +177,144 @@ impl RedisStore {
         let policy: Result<Vec<String>, _> = get("maxmemory-policy").query_async(&mut c).await;
         if let Ok(v) = aof {
             if v.get(1).is_some_and(|s| s != "yes") {
-                tracing::warn!("Redis has appendonly off: a Redis restart loses dedup keys, delivery markers and the registry; production needs AOF");
+                tracing::warn!("Redis has appendonly off: a Redis restart loses dedup keys, retry jobs and the registry; production needs AOF");
             }
         }
         if let Ok(v) = policy {
-            if v.get(1).is_some_and(|s| s != "noeviction") {
-                tracing::warn!(policy = %v[1], "Redis may evict keys under memory pressure; production needs maxmemory-policy noeviction");
+            if let Some(p) = v.get(1).filter(|s| *s != "noeviction") {
+                tracing::warn!(policy = %p, "Redis may evict keys under memory pressure; production needs maxmemory-policy noeviction");
             }
         }
+    }
+
+    /// Keep the dead-letter list bounded; runs only after dead letters were written.
+    async fn trim_dead_letters(&self) {
+        let mut c = self.conn();
+        let count: Result<isize, _> = redis::cmd("ZCARD")
+            .arg(self.keys.dead_letters_index())
+            .query_async(&mut c)
+            .await;
+        let Ok(n) = count else { return };
+        if n <= DEAD_LETTER_CAP {
+            return;
+        }
+        let old: Result<Vec<String>, _> = redis::cmd("ZRANGE")
+            .arg(self.keys.dead_letters_index())
+            .arg(0)
+            .arg(n - DEAD_LETTER_CAP - 1)
+            .query_async(&mut c)
+            .await;
+        if let Ok(old) = old {
+            for id in old {
+                let _ = self.take_dead_letter(&id).await;
+            }
+        }
+    }
+
+    fn add_attempt(&self, pipe: &mut redis::Pipeline, a: &AttemptRecord, ok: bool) {
+        let json = serde_json::to_string(a).unwrap_or_default();
+        let hour = a.at.timestamp() / 3600;
+        let status = a.status.map(|s| s.to_string()).unwrap_or_default();
+        pipe.cmd("EVALSHA")
+            .arg(self.attempt.get_hash())
+            .arg(3)
+            .arg(self.keys.webhook_stats(&a.webhook_id))
+            .arg(self.keys.webhook_hour(&a.webhook_id, hour))
+            .arg(self.keys.attempts(&a.webhook_id))
+            .arg(if ok { "1" } else { "0" })
+            .arg(status)
+            .arg(a.at.timestamp_millis())
+            .arg(json)
+            .arg(ATTEMPT_LOG_CAP)
+            .arg(if a.attempt > 1 { "1" } else { "0" })
+            .arg(HOUR_BUCKET_TTL_SECS);
+    }
+
+    fn record_pipeline(&self, results: &[TargetResult]) -> (redis::Pipeline, Vec<bool>, bool) {
+        let mut pipe = redis::pipe();
+        let mut has_attempt = Vec::with_capacity(results.len());
+        let mut any_dead = false;
+        let now = Utc::now();
+        for r in results {
+            let targets = self.keys.targets(&r.event_id);
+            // The outcome first, then the state that points at it: if the connection drops
+            // halfway, a state never points at something that was not written.
+            let state = match &r.outcome {
+                Outcome::Delivered => Some(TargetState::Delivered { at: now }),
+                Outcome::Retry { job, due } => {
+                    let json = serde_json::to_string(job).unwrap_or_default();
+                    pipe.cmd("HSET")
+                        .arg(self.keys.retry_jobs())
+                        .arg(&job.id)
+                        .arg(json)
+                        .ignore();
+                    pipe.cmd("ZADD")
+                        .arg(self.keys.retry_schedule())
+                        .arg(due.timestamp_millis())
+                        .arg(&job.id)
+                        .ignore();
+                    Some(TargetState::Retrying {
+                        attempt: job.attempt,
+                        due: *due,
+                        job_id: job.id.clone(),
+                    })
+                }
+                Outcome::Dead(dl) => {
+                    any_dead = true;
+                    let json = serde_json::to_string(dl).unwrap_or_default();
+                    let score = dl.failed_at.timestamp_millis();
+                    pipe.cmd("HSET")
+                        .arg(self.keys.dead_letters())
+                        .arg(&dl.id)
+                        .arg(json)
+                        .ignore();
+                    pipe.cmd("ZADD")
+                        .arg(self.keys.dead_letters_index())
+                        .arg(score)
+                        .arg(&dl.id)
+                        .ignore();
+                    pipe.cmd("ZADD")
+                        .arg(self.keys.dead_letters_of(&dl.webhook_id))
+                        .arg(score)
+                        .arg(&dl.id)
+                        .ignore();
+                    Some(TargetState::Dead {
+                        dead_letter_id: dl.id.clone(),
+                    })
+                }
+                Outcome::Untouched => None,
+            };
+            if let Some(a) = &r.attempt {
+                let ok = matches!(r.outcome, Outcome::Delivered);
+                self.add_attempt(&mut pipe, a, ok);
+            }
+            has_attempt.push(r.attempt.is_some());
+            if let Some(state) = state {
+                pipe.cmd("HSET")
+                    .arg(&targets)
+                    .arg(&r.webhook_id)
+                    .arg(state.encode())
+                    .ignore();
+                pipe.cmd("EXPIRE")
+                    .arg(&targets)
+                    .arg(TARGETS_TTL_SECS)
+                    .ignore();
+            }
+        }
+        (pipe, has_attempt, any_dead)
+    }
+
+    async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        for s in [ATTEMPT_SCRIPT] {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(s)
+                .query_async::<String>(&mut c)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 }
 
@@ -129,15 +361,20 @@ impl Store for RedisStore {
         Ok((claims, version))
     }
 
-    async fn confirm_events(&self, ids: &[String], window: Duration) -> Result<(), StoreError> {
-        if ids.is_empty() {
+    async fn confirm_events(
+        &self,
+        events: &[EventInfo],
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for id in ids {
+        for e in events {
+            let json = serde_json::to_string(e).map_err(corrupt)?;
             pipe.cmd("SET")
-                .arg(self.keys.dedup(id))
-                .arg("a")
+                .arg(self.keys.dedup(&e.id))
+                .arg(json)
                 .arg("EX")
                 .arg(window.as_secs().max(1))
                 .ignore();
@@ -157,6 +394,16 @@ impl Store for RedisStore {
             .query_async::<()>(&mut c)
             .await
             .map_err(unavailable)
+    }
+
+    async fn event_info(&self, id: &str) -> Result<Option<EventInfo>, StoreError> {
+        let mut c = self.conn();
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(self.keys.dedup(id))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(raw.and_then(|json| serde_json::from_str(&json).ok()))
     }
 
     async fn registry_version(&self) -> Result<u64, StoreError> {
@@ -180,15 +427,7 @@ impl Store for RedisStore {
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        let mut hooks = Vec::with_capacity(raw.len());
-        for (id, json) in raw {
-            match serde_json::from_str::<Webhook>(&json) {
-                Ok(w) => hooks.push(w),
-                Err(e) => {
-                    tracing::error!(webhook_id = %id, error = %e, "skipping a corrupt webhook record")
-                }
-            }
-        }
+        let mut hooks: Vec<Webhook> = parse_all(raw.into_values());
         hooks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok((version.unwrap_or(0), hooks))
     }
@@ -202,15 +441,13 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         raw.map(|json| {
-            serde_json::from_str(&json)
-                .map_err(|e| StoreError::Corrupt(format!("webhook {id}: {e}")))
+            serde_json::from_str(&json).map_err(|e| corrupt(format!("webhook {id}: {e}")))
         })
         .transpose()
     }
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
-        let json =
-            serde_json::to_string(webhook).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(webhook).map_err(corrupt)?;
         let mut c = self.conn();
         let (version,): (u64,) = redis::pipe()
             .atomic()
@@ -242,91 +479,301 @@ impl Store for RedisStore {
         Ok(removed > 0)
     }
 
-    async fn delivered_targets(
+    async fn target_states(
         &self,
         event_id: &str,
         webhook_ids: &[&str],
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Option<TargetState>>, StoreError> {
         if webhook_ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut c = self.conn();
-        let done: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.keys.delivered(event_id))
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys.targets(event_id))
             .arg(webhook_ids)
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        Ok(done.into_iter().map(|d| d.is_some()).collect())
+        Ok(raw
+            .into_iter()
+            .map(|s| s.and_then(|s| TargetState::decode(&s)))
+            .collect())
     }
 
-    async fn record_outcomes(
+    async fn all_target_states(
         &self,
         event_id: &str,
-        outcomes: &[Outcome],
-    ) -> Result<(), StoreError> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let now = Utc::now();
-        let delivered_key = self.keys.delivered(event_id);
-        let mut pipe = redis::pipe();
-        let mut any_dead = false;
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Delivered { webhook_id } => {
-                    pipe.cmd("HSET")
-                        .arg(&delivered_key)
-                        .arg(webhook_id)
-                        .arg(now.timestamp_millis())
-                        .ignore();
-                }
-                Outcome::Dead(dl) => {
-                    let json = serde_json::to_string(dl)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    pipe.cmd("HSET")
-                        .arg(self.keys.dead_letters())
-                        .arg(&dl.id)
-                        .arg(json)
-                        .ignore();
-                    pipe.cmd("ZADD")
-                        .arg(self.keys.dead_letters_index())
-                        .arg(dl.failed_at.timestamp_millis())
-                        .arg(&dl.id)
-                        .ignore();
-                    // The target is settled: a redelivery must not dead-letter it twice.
-                    pipe.cmd("HSET")
-                        .arg(&delivered_key)
-                        .arg(&dl.webhook_id)
-                        .arg(format!("dead:{}", dl.id))
-                        .ignore();
-                    any_dead = true;
-                }
-            }
-        }
-        pipe.cmd("EXPIRE")
-            .arg(&delivered_key)
-            .arg(DELIVERED_TTL_SECS)
-            .ignore();
+    ) -> Result<HashMap<String, TargetState>, StoreError> {
         let mut c = self.conn();
-        pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
-        if any_dead {
-            self.trim_dead_letters().await;
-        }
-        Ok(())
-    }
-
-    async fn list_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut c = self.conn();
-        let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(self.keys.dead_letters_index())
-            .arg(0)
-            .arg(limit.saturating_sub(1))
+        let raw: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.targets(event_id))
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        if ids.is_empty() {
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, v)| TargetState::decode(&v).map(|s| (k, s)))
+            .collect())
+    }
+
+    async fn record(&self, results: &[TargetResult]) -> Result<Vec<Option<Health>>, StoreError> {
+        if results.is_empty() {
             return Ok(Vec::new());
+        }
+        let (pipe, has_attempt, any_dead) = self.record_pipeline(results);
+        let mut c = self.conn();
+        let mut replies: Result<Vec<(u64, String)>, _> = pipe.query_async(&mut c).await;
+        if let Err(e) = &replies {
+            if e.kind() == redis::ErrorKind::NoScriptError {
+                // A restarted Redis forgot the script. No script in this pipeline ran, and every
+                // other command in it is idempotent (no counters outside the script), so
+                // running it again is exact.
+                self.load_scripts().await?;
+                replies = pipe.query_async(&mut c).await;
+            }
+        }
+        let mut replies = replies.map_err(unavailable)?.into_iter();
+        if any_dead {
+            self.trim_dead_letters().await;
+        }
+        Ok(has_attempt
+            .into_iter()
+            .map(|has| {
+                has.then(|| replies.next())
+                    .flatten()
+                    .map(|(streak, since)| Health {
+                        consecutive_failures: streak,
+                        failing_since: since.parse().ok().and_then(millis),
+                    })
+            })
+            .collect())
+    }
+
+    async fn schedule_job(&self, job: &Job, due: DateTime<Utc>) -> Result<(), StoreError> {
+        let json = serde_json::to_string(job).map_err(corrupt)?;
+        let mut c = self.conn();
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(self.keys.retry_jobs())
+            .arg(&job.id)
+            .arg(json)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.keys.retry_schedule())
+            .arg(due.timestamp_millis())
+            .arg(&job.id)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn claim_due_jobs(&self, limit: usize, lease: Duration) -> Result<Vec<Job>, StoreError> {
+        let mut c = self.conn();
+        let pairs: Vec<String> = self
+            .claim
+            .key(self.keys.retry_schedule())
+            .key(self.keys.retry_leases())
+            .key(self.keys.retry_jobs())
+            .arg(Utc::now().timestamp_millis())
+            .arg(lease.as_millis() as u64)
+            .arg(limit.max(1))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let mut jobs = Vec::with_capacity(pairs.len() / 2);
+        let mut orphans = Vec::new();
+        for pair in pairs.chunks(2) {
+            let [id, json] = pair else { continue };
+            match serde_json::from_str::<Job>(json) {
+                Ok(job) => jobs.push(job),
+                Err(_) => {
+                    tracing::error!(job_id = %id, "a scheduled job has no readable body; dropping it");
+                    orphans.push(id.clone());
+                }
+            }
+        }
+        if !orphans.is_empty() {
+            self.complete_jobs(&orphans).await?;
+        }
+        Ok(jobs)
+    }
+
+    async fn complete_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn();
+        redis::pipe()
+            .atomic()
+            .cmd("ZREM")
+            .arg(self.keys.retry_leases())
+            .arg(ids)
+            .ignore()
+            .cmd("HDEL")
+            .arg(self.keys.retry_jobs())
+            .arg(ids)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn release_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().timestamp_millis();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("ZREM")
+            .arg(self.keys.retry_leases())
+            .arg(ids)
+            .ignore();
+        for id in ids {
+            pipe.cmd("ZADD")
+                .arg(self.keys.retry_schedule())
+                .arg(now)
+                .arg(id)
+                .ignore();
+        }
+        let mut c = self.conn();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
+    async fn sweep_leases(&self) -> Result<u64, StoreError> {
+        let mut c = self.conn();
+        self.sweep
+            .key(self.keys.retry_leases())
+            .key(self.keys.retry_schedule())
+            .arg(Utc::now().timestamp_millis())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn schedule_status(&self) -> Result<ScheduleStatus, StoreError> {
+        let mut c = self.conn();
+        let (depth, leased, oldest, dead): (u64, u64, Vec<(String, f64)>, u64) = redis::pipe()
+            .cmd("ZCARD")
+            .arg(self.keys.retry_schedule())
+            .cmd("ZCARD")
+            .arg(self.keys.retry_leases())
+            .cmd("ZRANGE")
+            .arg(self.keys.retry_schedule())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("ZCARD")
+            .arg(self.keys.dead_letters_index())
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let now = Utc::now().timestamp_millis() as f64;
+        let lag = oldest
+            .first()
+            .map(|(_, due)| ((now - due) / 1000.0).max(0.0))
+            .unwrap_or(0.0);
+        Ok(ScheduleStatus {
+            depth,
+            leased,
+            lag: Duration::from_secs_f64(lag),
+            dead_letters: dead,
+        })
+    }
+
+    async fn list_attempts(
+        &self,
+        webhook_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<AttemptRecord>, StoreError> {
+        let key = self.keys.attempts(webhook_id);
+        let mut c = self.conn();
+        let (raw, total): (Vec<String>, u64) = redis::pipe()
+            .cmd("LRANGE")
+            .arg(&key)
+            .arg(offset)
+            .arg((offset + limit).saturating_sub(1))
+            .cmd("LLEN")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(Page {
+            items: if limit == 0 {
+                Vec::new()
+            } else {
+                parse_all(raw)
+            },
+            total,
+        })
+    }
+
+    async fn find_attempt(&self, attempt_id: &str) -> Result<Option<AttemptRecord>, StoreError> {
+        let Some(webhook_id) = webhook_of_attempt(attempt_id) else {
+            return Ok(None);
+        };
+        let mut c = self.conn();
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys.attempts(webhook_id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(parse_all::<AttemptRecord>(raw)
+            .into_iter()
+            .find(|a| a.id == attempt_id))
+    }
+
+    async fn log_attempt(&self, attempt: &AttemptRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(attempt).map_err(corrupt)?;
+        let key = self.keys.attempts(&attempt.webhook_id);
+        let mut c = self.conn();
+        redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(&key)
+            .arg(json)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(ATTEMPT_LOG_CAP - 1)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        webhook_id: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<DeadLetter>, StoreError> {
+        let index = match webhook_id {
+            Some(w) => self.keys.dead_letters_of(w),
+            None => self.keys.dead_letters_index(),
+        };
+        let mut c = self.conn();
+        let (ids, total): (Vec<String>, u64) = redis::pipe()
+            .cmd("ZREVRANGE")
+            .arg(&index)
+            .arg(offset)
+            .arg((offset + limit).saturating_sub(1))
+            .cmd("ZCARD")
+            .arg(&index)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if ids.is_empty() || limit == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                total,
+            });
         }
         let raw: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.keys.dead_letters())
@@ -334,45 +781,128 @@ impl Store for RedisStore {
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        Ok(raw
-            .into_iter()
-            .flatten()
-            .filter_map(|json| serde_json::from_str(&json).ok())
-            .collect())
+        Ok(Page {
+            items: parse_all(raw.into_iter().flatten()),
+            total,
+        })
     }
-}
 
-impl RedisStore {
-    /// Keep the dead-letter list bounded; runs rarely (only after dead letters are written).
-    async fn trim_dead_letters(&self) {
+    async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
         let mut c = self.conn();
-        let count: Result<isize, _> = redis::cmd("ZCARD")
-            .arg(self.keys.dead_letters_index())
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.dead_letters())
+            .arg(id)
             .query_async(&mut c)
-            .await;
-        if let Ok(n) = count {
-            if n > DEAD_LETTER_CAP {
-                let old: Result<Vec<String>, _> = redis::cmd("ZRANGE")
-                    .arg(self.keys.dead_letters_index())
-                    .arg(0)
-                    .arg(n - DEAD_LETTER_CAP - 1)
-                    .query_async(&mut c)
-                    .await;
-                if let Ok(old) = old {
-                    let _: Result<(), _> = redis::pipe()
-                        .atomic()
-                        .cmd("ZREM")
-                        .arg(self.keys.dead_letters_index())
-                        .arg(&old)
-                        .ignore()
-                        .cmd("HDEL")
-                        .arg(self.keys.dead_letters())
-                        .arg(&old)
-                        .ignore()
-                        .query_async(&mut c)
-                        .await;
-                }
+            .await
+            .map_err(unavailable)?;
+        let Some(raw) = raw else { return Ok(None) };
+        let dl: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
+        let (removed,): (u64,) = redis::pipe()
+            .atomic()
+            .cmd("HDEL")
+            .arg(self.keys.dead_letters())
+            .arg(id)
+            .cmd("ZREM")
+            .arg(self.keys.dead_letters_index())
+            .arg(id)
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.keys.dead_letters_of(&dl.webhook_id))
+            .arg(id)
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        // Two replays of one dead letter at once: only the one that removed it proceeds.
+        Ok((removed > 0).then_some(dl))
+    }
+
+    async fn webhook_stats(&self, webhook_ids: &[&str]) -> Result<Vec<WebhookStats>, StoreError> {
+        if webhook_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hour = Utc::now().timestamp() / 3600;
+        let mut pipe = redis::pipe();
+        for id in webhook_ids {
+            pipe.cmd("HGETALL").arg(self.keys.webhook_stats(id));
+            for h in (hour - 23)..=hour {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.webhook_hour(id, h))
+                    .arg("s")
+                    .arg("f");
             }
         }
+        let mut c = self.conn();
+        let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(webhook_ids.len());
+        for _ in webhook_ids {
+            let fields: HashMap<String, String> = replies
+                .next()
+                .and_then(|v| redis::from_redis_value(&v).ok())
+                .unwrap_or_default();
+            let num = |k: &str| {
+                fields
+                    .get(k)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let time = |k: &str| {
+                fields
+                    .get(k)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .and_then(millis)
+            };
+            let (mut ok, mut failed) = (0u64, 0u64);
+            for _ in 0..24 {
+                let sf: Vec<Option<u64>> = replies
+                    .next()
+                    .and_then(|v| redis::from_redis_value(&v).ok())
+                    .unwrap_or_default();
+                ok += sf.first().copied().flatten().unwrap_or(0);
+                failed += sf.get(1).copied().flatten().unwrap_or(0);
+            }
+            out.push(WebhookStats {
+                successes: num("successes"),
+                failures: num("failures"),
+                retries: num("retries"),
+                last_status: fields.get("last_status").and_then(|v| v.parse().ok()),
+                last_attempt_at: time("last_attempt_at"),
+                consecutive_failures: num("consecutive_failures"),
+                failing_since: time("failing_since"),
+                success_rate_24h: (ok + failed > 0).then(|| ok as f64 / (ok + failed) as f64),
+                attempts_24h: ok + failed,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn reset_health(&self, webhook_id: &str) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        redis::cmd("HDEL")
+            .arg(self.keys.webhook_stats(webhook_id))
+            .arg("consecutive_failures")
+            .arg("failing_since")
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn take_token(
+        &self,
+        webhook_id: &str,
+        rate: f64,
+        burst: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut c = self.conn();
+        let wait_ms: u64 = self
+            .token
+            .key(self.keys.rate_bucket(webhook_id))
+            .arg(rate)
+            .arg(burst.max(1))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 }

@@ -1,0 +1,252 @@
+//! What the delivery path records: jobs, attempts, outcomes, dead letters, and the state of
+//! each (event, webhook) target.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Why a job exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// A scheduled retry. Runs only while the target still points at this job, so a job that
+    /// was published twice (a scheduler died after publishing) runs once.
+    Retry,
+    /// A replay or resend asked for by a person: one attempt, whatever the target's state.
+    Manual,
+}
+
+/// One attempt of one event to one webhook, waiting in the retry schedule or travelling on
+/// the retries queue. It carries the envelope, so it needs nothing else to run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub kind: JobKind,
+    pub event_id: String,
+    pub event_type: String,
+    pub webhook_id: String,
+    /// The `webhook-id` header: the same on every attempt.
+    pub message_id: String,
+    /// The number of the attempt this job makes (1-based).
+    pub attempt: u32,
+    /// The envelope JSON, exactly as first delivered.
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub fn new_job_id() -> String {
+    format!("job_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The state of one (event, webhook) target, kept in the event's targets hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetState {
+    Delivered {
+        at: DateTime<Utc>,
+    },
+    Retrying {
+        attempt: u32,
+        due: DateTime<Utc>,
+        job_id: String,
+    },
+    Dead {
+        dead_letter_id: String,
+    },
+}
+
+impl TargetState {
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Delivered { at } => format!("d:{}", at.timestamp_millis()),
+            Self::Retrying {
+                attempt,
+                due,
+                job_id,
+            } => format!("r:{attempt}:{}:{job_id}", due.timestamp_millis()),
+            Self::Dead { dead_letter_id } => format!("x:{dead_letter_id}"),
+        }
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let millis = |m: &str| Utc.timestamp_millis_opt(m.parse().ok()?).single();
+        let (tag, rest) = s.split_once(':')?;
+        match tag {
+            "d" => Some(Self::Delivered { at: millis(rest)? }),
+            "r" => {
+                let mut parts = rest.splitn(3, ':');
+                let attempt = parts.next()?.parse().ok()?;
+                let due = millis(parts.next()?)?;
+                let job_id = parts.next()?.to_owned();
+                Some(Self::Retrying {
+                    attempt,
+                    due,
+                    job_id,
+                })
+            }
+            "x" => Some(Self::Dead {
+                dead_letter_id: rest.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The name shown by `GET /v1/events/{id}`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Delivered { .. } => "delivered",
+            Self::Retrying { .. } => "retrying",
+            Self::Dead { .. } => "dead",
+        }
+    }
+}
+
+/// One attempt as shown in the attempt log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptRecord {
+    pub id: String,
+    pub webhook_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub message_id: String,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub method: String,
+    pub url: String,
+    /// The request body as sent (for resend), cut at 64 KiB.
+    pub request_body: String,
+    pub status: Option<u16>,
+    pub response_headers: BTreeMap<String, String>,
+    /// At most 4 KiB of the response body.
+    pub response_body: String,
+    pub duration_ms: u64,
+    /// `timeout`, `connect`, `dns`, `tls`, `http_status`, `request`, or none on success.
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    /// What followed: `delivered`, `retry`, `dead`, `disabled`.
+    pub outcome: String,
+    /// A test send from the API, not part of any event's delivery.
+    #[serde(default)]
+    pub test: bool,
+}
+
+/// An attempt id names its webhook, so `POST /v1/attempts/{id}/resend` finds its log.
+pub fn new_attempt_id(webhook_id: &str) -> String {
+    format!("att_{}_{}", webhook_id, uuid::Uuid::new_v4().simple())
+}
+
+/// The webhook id inside an attempt id.
+pub fn webhook_of_attempt(attempt_id: &str) -> Option<&str> {
+    let rest = attempt_id.strip_prefix("att_")?;
+    let (webhook, _) = rest.rsplit_once('_')?;
+    (!webhook.is_empty()).then_some(webhook)
+}
+
+/// A delivery that could not be made, kept so that it can be inspected and replayed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeadLetter {
+    pub id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub webhook_id: String,
+    /// The `webhook-id` header the receiver saw.
+    pub message_id: String,
+    pub failed_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_id: Option<String>,
+    /// The envelope, for replay.
+    pub event: serde_json::Value,
+}
+
+pub fn new_dead_letter_id() -> String {
+    format!("dl_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The durable result of one (event, webhook) target.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Delivered,
+    Retry {
+        job: Job,
+        due: DateTime<Utc>,
+    },
+    Dead(Box<DeadLetter>),
+    /// Nothing to change for the target (a manual resend that failed, say).
+    Untouched,
+}
+
+/// Everything to record about one target after one pass of the delivery path.
+#[derive(Debug, Clone)]
+pub struct TargetResult {
+    pub event_id: String,
+    pub webhook_id: String,
+    pub outcome: Outcome,
+    /// `None` when no request was sent (deferred by the circuit breaker or a cap).
+    pub attempt: Option<AttemptRecord>,
+}
+
+/// A webhook's failure streak, as the store saw it after recording an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub consecutive_failures: u64,
+    pub failing_since: Option<DateTime<Utc>>,
+}
+
+/// Per-webhook statistics (`GET /v1/stats`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct WebhookStats {
+    pub successes: u64,
+    pub failures: u64,
+    pub retries: u64,
+    pub last_status: Option<u16>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub consecutive_failures: u64,
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Successes over attempts in the last 24 hours; `None` without attempts.
+    pub success_rate_24h: Option<f64>,
+    pub attempts_24h: u64,
+}
+
+/// Installation-wide counters.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TotalStats {
+    pub successes: u64,
+    pub failures: u64,
+    pub retries: u64,
+    pub dead_letters: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_states_round_trip() {
+        let at = Utc.timestamp_millis_opt(1_764_000_000_123).unwrap();
+        for s in [
+            TargetState::Delivered { at },
+            TargetState::Retrying {
+                attempt: 3,
+                due: at,
+                job_id: "job_abc".into(),
+            },
+            TargetState::Dead {
+                dead_letter_id: "dl_x".into(),
+            },
+        ] {
+            assert_eq!(TargetState::decode(&s.encode()), Some(s));
+        }
+        assert_eq!(TargetState::decode("garbage"), None);
+    }
+
+    #[test]
+    fn attempt_ids_name_their_webhook() {
+        let id = new_attempt_id("wh_0123abcd");
+        assert_eq!(webhook_of_attempt(&id), Some("wh_0123abcd"));
+        assert_eq!(webhook_of_attempt("att_"), None);
+        assert_eq!(webhook_of_attempt("nope"), None);
+    }
+}
