@@ -1,0 +1,655 @@
+//! Retries, the scheduler, dead letters, attempt logs and endpoint health, against real
+//! RabbitMQ, Redis and HTTP receivers.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::*;
+use serde_json::{json, Value};
+
+use kivihook_core::delivery::{Job, JobKind};
+use kivihook_core::store::{RedisStore, Store};
+
+/// Fast schedules so that a test sees every attempt in seconds.
+const FAST: &[(&str, &str)] = &[
+    ("KIVIHOOK_RETRY_SCHEDULE", "0.2,0.2"),
+    ("KIVIHOOK_SCHEDULER_INTERVAL", "0.05"),
+];
+
+fn env_with<'a>(
+    base: &[(&'a str, &'a str)],
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    base.iter().chain(extra).copied().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_failing_twice_gets_the_event_on_attempt_three_with_one_webhook_id() {
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, FAST);
+    let api = Api::new(&k);
+    let r = Receiver::start().await;
+    r.script(vec![(500, vec![]), (502, vec![])]);
+    let hook = api
+        .create_webhook(json!({"name": "flaky", "url": r.url(), "events": ["*"]}))
+        .await;
+    let wh = hook["id"].as_str().unwrap();
+    let secret = hook["secret"].as_str().unwrap();
+    assert_eq!(
+        api.post_event(&event("evt_flaky", "patient.created", None))
+            .await
+            .status(),
+        202
+    );
+    wait_until(Duration::from_secs(20), "three attempts", || r.count() == 3).await;
+
+    let got = r.received();
+    assert!(got
+        .iter()
+        .all(|g| g.header("webhook-id") == got[0].header("webhook-id")));
+    assert!(got.iter().all(|g| verify_signature(secret, g)));
+    eventually(Duration::from_secs(10), "the attempt log", || async {
+        get_json(&api, &format!("/v1/webhooks/{wh}/attempts")).await["total"] == 3
+    })
+    .await;
+    let log = get_json(&api, &format!("/v1/webhooks/{wh}/attempts")).await;
+    let attempts = log["attempts"].as_array().unwrap();
+    // Newest first.
+    let numbers: Vec<u64> = attempts
+        .iter()
+        .map(|a| a["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![3, 2, 1]);
+    let statuses: Vec<u64> = attempts
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![200, 502, 500]);
+    assert_eq!(attempts[0]["outcome"], "delivered");
+    assert_eq!(attempts[1]["outcome"], "retry");
+    assert_eq!(attempts[2]["error_kind"], "http_status");
+    assert!(attempts
+        .iter()
+        .all(|a| a["message_id"] == got[0].header("webhook-id")));
+
+    let status = get_json(&api, "/v1/events/evt_flaky").await;
+    assert_eq!(status["webhooks"][0]["status"], "delivered");
+    let stats = get_json(&api, "/v1/stats").await;
+    let s = &stats["webhooks"][0];
+    assert_eq!(
+        (
+            s["successes"].as_u64(),
+            s["failures"].as_u64(),
+            s["retries"].as_u64()
+        ),
+        (Some(1), Some(2), Some(2))
+    );
+    assert_eq!(s["consecutive_failures"], 0);
+    assert_eq!(s["last_status"], 200);
+    assert!((s["success_rate_24h"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    drop(k);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_delivery_is_a_dead_letter_and_a_replay_delivers_it() {
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, FAST);
+    let api = Api::new(&k);
+    let r = Receiver::start().await;
+    r.respond_with(500);
+    let hook = api
+        .create_webhook(json!({"name": "down", "url": r.url(), "events": ["*"]}))
+        .await;
+    let wh = hook["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.post_event(&event("evt_dead", "bill.paid", Some("4")))
+            .await
+            .status(),
+        202
+    );
+    wait_until(Duration::from_secs(20), "three attempts", || r.count() == 3).await;
+
+    let path = format!("/v1/dead-letters?webhook_id={wh}");
+    eventually(Duration::from_secs(10), "the dead letter", || async {
+        get_json(&api, &path).await["total"] == 1
+    })
+    .await;
+    let dls = get_json(&api, &path).await;
+    let dl = &dls["dead_letters"][0];
+    assert_eq!(dl["event_id"], "evt_dead");
+    assert_eq!(dl["attempts"], 3);
+    assert_eq!(dl["last_status"], 500);
+    assert_eq!(
+        get_json(&api, "/v1/events/evt_dead").await["webhooks"][0]["status"],
+        "dead"
+    );
+    // No fourth attempt arrives on its own.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(r.count(), 3);
+
+    r.respond_with(200);
+    let replay = api
+        .http
+        .post(k.url(&format!(
+            "/v1/dead-letters/{}/replay",
+            dl["id"].as_str().unwrap()
+        )))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    wait_until(Duration::from_secs(10), "the replayed delivery", || {
+        r.count() == 4
+    })
+    .await;
+    let last = r.received().pop().unwrap();
+    assert_eq!(last.json()["id"], "evt_dead");
+    assert_eq!(
+        last.header("webhook-id"),
+        r.received()[0].header("webhook-id")
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the event to show delivered",
+        || async {
+            get_json(&api, "/v1/events/evt_dead").await["webhooks"][0]["status"] == "delivered"
+        },
+    )
+    .await;
+    assert_eq!(get_json(&api, &path).await["total"], 0);
+
+    // Resend the delivered attempt: the same request once more.
+    let log = get_json(&api, &format!("/v1/webhooks/{wh}/attempts?limit=1")).await;
+    assert_eq!(log["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(log["next_offset"], 1);
+    let attempt_id = log["attempts"][0]["id"].as_str().unwrap().to_owned();
+    let resend = api
+        .http
+        .post(k.url(&format!("/v1/attempts/{attempt_id}/resend")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resend.status(), 202);
+    wait_until(Duration::from_secs(10), "the resent request", || {
+        r.count() == 5
+    })
+    .await;
+    assert_eq!(r.received()[4].body, r.received()[3].body);
+
+    // A second replay of the same dead letter, and unknown ids, are 404s.
+    for path in [
+        format!("/v1/dead-letters/{}/replay", dl["id"].as_str().unwrap()),
+        "/v1/attempts/att_nope_123/resend".to_owned(),
+    ] {
+        let r = api
+            .http
+            .post(k.url(&path))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let r = api
+        .http
+        .get(k.url("/v1/dead-letters?limit=0"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["field"], "limit");
+    drop(k);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_webhook_and_retry_after_is_honoured() {
+    let prefix = unique_prefix();
+    let k = Kivihook::start(
+        "all",
+        &prefix,
+        &env_with(FAST, &[("KIVIHOOK_RETRY_SCHEDULE", "0.1,0.1")]),
+    );
+    let api = Api::new(&k);
+
+    let gone = Receiver::start().await;
+    gone.respond_with(410);
+    let hook = api
+        .create_webhook(json!({"name": "gone", "url": gone.url(), "events": ["patient.*"]}))
+        .await;
+    let slow = Receiver::start().await;
+    slow.script(vec![(429, vec![("retry-after", "2".into())])]);
+    api.create_webhook(json!({"name": "busy", "url": slow.url(), "events": ["bill.*"]}))
+        .await;
+
+    assert_eq!(
+        api.post_event(&event("evt_gone", "patient.created", None))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        api.post_event(&event("evt_busy", "bill.created", None))
+            .await
+            .status(),
+        202
+    );
+
+    let path = format!("/v1/webhooks/{}", hook["id"].as_str().unwrap());
+    eventually(
+        Duration::from_secs(10),
+        "the webhook to be disabled",
+        || async { get_json(&api, &path).await["enabled"] == false },
+    )
+    .await;
+    let w = get_json(&api, &path).await;
+    assert!(
+        w["disabled_reason"].as_str().unwrap().contains("410"),
+        "{w}"
+    );
+    assert_eq!(gone.count(), 1, "410 is not retried");
+    // A disabled webhook receives nothing new.
+    assert_eq!(
+        api.post_event(&event("evt_gone_2", "patient.updated", None))
+            .await
+            .status(),
+        202
+    );
+
+    wait_until(
+        Duration::from_secs(10),
+        "the attempt after Retry-After",
+        || slow.count() == 2,
+    )
+    .await;
+    let got = slow.received();
+    let waited = got[1].at - got[0].at;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the next attempt came after {waited:?}, before Retry-After"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gone.count(), 1);
+    drop(k);
+    cleanup(&prefix).await;
+}
+
+/// A job such as a dispatcher writes when an attempt fails.
+fn job(i: usize, webhook_id: &str) -> Job {
+    Job {
+        id: format!("job_t{i}"),
+        kind: JobKind::Retry,
+        event_id: format!("evt_{i}"),
+        event_type: "patient.created".into(),
+        webhook_id: webhook_id.into(),
+        message_id: format!("msg_{i}"),
+        attempt: 2,
+        body: json!({"id": format!("evt_{i}")}).to_string(),
+        created_at: Utc::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_schedulers_publish_each_of_1000_due_jobs_exactly_once() {
+    let prefix = unique_prefix();
+    let store = RedisStore::connect("redis://127.0.0.1:6379", &prefix)
+        .await
+        .unwrap();
+    // The queues exist before the jobs are due.
+    let schedulers: Vec<Kivihook> = (0..3)
+        .map(|_| {
+            Kivihook::start(
+                "scheduler",
+                &prefix,
+                &[("KIVIHOOK_SCHEDULER_INTERVAL", "0.01")],
+            )
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    for s in &schedulers {
+        assert_eq!(
+            http.get(s.url("/readyz")).send().await.unwrap().status(),
+            200
+        );
+    }
+    let due = Utc::now();
+    for i in 0..1000 {
+        store.schedule_job(&job(i, "wh_x"), due).await.unwrap();
+    }
+    let queue = format!("{prefix}.retries");
+    let started = Instant::now();
+    while queue_depth(&queue).await < 1000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "jobs published"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give any duplicate publish time to land, then read everything back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = store.schedule_status().await.unwrap();
+    assert_eq!(
+        (status.depth, status.leased),
+        (0, 0),
+        "the schedule is empty"
+    );
+    let bodies = drain(&queue).await;
+    assert_eq!(bodies.len(), 1000, "one message per job");
+    let ids: HashSet<String> = bodies
+        .iter()
+        .map(|b| serde_json::from_slice::<Job>(b).unwrap().id)
+        .collect();
+    assert_eq!(ids.len(), 1000, "no job published twice");
+    drop(schedulers);
+    cleanup(&prefix).await;
+}
+
+/// Take every message off a queue.
+async fn drain(queue: &str) -> Vec<Vec<u8>> {
+    let conn = lapin::Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue, lapin::options::BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        out.push(m.delivery.data);
+    }
+    let _ = conn.close(200, "done").await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_claimed_by_a_scheduler_that_died_is_delivered_after_its_lease_expires() {
+    let prefix = unique_prefix();
+    // Ingest and a dispatcher, but no scheduler yet: the failed attempt's job waits.
+    let lease = [
+        ("KIVIHOOK_RETRY_LEASE", "1"),
+        ("KIVIHOOK_RETRY_SCHEDULE", "0.1"),
+    ];
+    let ingest = Kivihook::start("ingest", &prefix, &lease);
+    let _dispatcher = Kivihook::start("dispatcher", &prefix, &lease);
+    let api = Api::new(&ingest);
+    let r = Receiver::start().await;
+    r.script(vec![(503, vec![])]);
+    api.create_webhook(json!({"name": "once", "url": r.url(), "events": ["*"]}))
+        .await;
+    assert_eq!(
+        api.post_event(&event("evt_lease", "doctor.created", None))
+            .await
+            .status(),
+        202
+    );
+    wait_until(Duration::from_secs(10), "the first attempt", || {
+        r.count() == 1
+    })
+    .await;
+
+    // A scheduler claims the job and dies before publishing: exactly the state its claim
+    // leaves in Redis, made with the same claim script.
+    let store = RedisStore::connect("redis://127.0.0.1:6379", &prefix)
+        .await
+        .unwrap();
+    let mut claimed = Vec::new();
+    for _ in 0..50 {
+        claimed = store
+            .claim_due_jobs(10, Duration::from_secs(1))
+            .await
+            .unwrap();
+        if !claimed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(claimed.len(), 1, "the job was due and claimed");
+    drop(store);
+    assert_eq!(
+        store_status(&prefix).await,
+        (0, 1),
+        "claimed: out of the schedule, leased"
+    );
+
+    // A live scheduler returns it when the lease runs out, and publishes it.
+    let _scheduler = Kivihook::start("scheduler", &prefix, &lease);
+    wait_until(Duration::from_secs(15), "the retried delivery", || {
+        r.count() == 2
+    })
+    .await;
+    assert_eq!(
+        r.received()[1].header("webhook-id"),
+        r.received()[0].header("webhook-id")
+    );
+    eventually(Duration::from_secs(5), "the schedule to empty", || async {
+        store_status(&prefix).await == (0, 0)
+    })
+    .await;
+    cleanup(&prefix).await;
+}
+
+async fn store_status(prefix: &str) -> (u64, u64) {
+    let store = RedisStore::connect("redis://127.0.0.1:6379", prefix)
+        .await
+        .unwrap();
+    let s = store.schedule_status().await.unwrap();
+    (s.depth, s.leased)
+}
+
+/// Post `n` events and time until `receiver` has them all.
+async fn time_to_deliver(api: &Api, receiver: &Receiver, tag: &str, n: usize) -> Duration {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let statuses: Vec<u16> = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let body = event(&format!("evt_{tag}_{i}"), "appointment.booked", Some("1"));
+            async move { api.post_event(&body).await.status().as_u16() }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 202));
+    wait_until(
+        Duration::from_secs(120),
+        "the healthy receiver's deliveries",
+        || receiver.count() >= n,
+    )
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_endpoint_costs_only_its_own_budget() {
+    let env = [("KIVIHOOK_DELIVERY_TIMEOUT", "3")];
+    // Alone: the healthy endpoint's time for 1,000 events.
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &env);
+    let api = Api::new(&k);
+    let healthy = Receiver::start().await;
+    api.create_webhook(json!({"name": "healthy", "url": healthy.url(), "events": ["*"]}))
+        .await;
+    let alone = time_to_deliver(&api, &healthy, "alone", 1000).await;
+    drop(k);
+    cleanup(&prefix).await;
+
+    // Beside an endpoint that never answers within the timeout.
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &env);
+    let api = Api::new(&k);
+    let healthy = Receiver::start().await;
+    let hung = Receiver::start().await;
+    hung.delay(Duration::from_secs(60));
+    api.create_webhook(json!({"name": "healthy", "url": healthy.url(), "events": ["*"]}))
+        .await;
+    api.create_webhook(json!({"name": "hung", "url": hung.url(), "events": ["*"]}))
+        .await;
+    let beside = time_to_deliver(&api, &healthy, "beside", 1000).await;
+    println!("1,000 events to a healthy endpoint: {alone:?} alone, {beside:?} beside a hung one");
+    assert!(
+        beside <= alone * 2,
+        "the healthy endpoint took {beside:?} beside a hung one, more than twice {alone:?}"
+    );
+    drop(k);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_after_consecutive_failures_and_failing_too_long_disables() {
+    let prefix = unique_prefix();
+    let env = env_with(
+        FAST,
+        &[
+            ("KIVIHOOK_RETRY_SCHEDULE", "0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1"),
+            ("KIVIHOOK_CIRCUIT_THRESHOLD", "3"),
+            ("KIVIHOOK_CIRCUIT_COOLDOWN", "2"),
+            ("KIVIHOOK_AUTO_DISABLE_AFTER", "1.5"),
+        ],
+    );
+    let k = Kivihook::start("all", &prefix, &env);
+    let api = Api::new(&k);
+    let r = Receiver::start().await;
+    r.respond_with(500);
+    let hook = api
+        .create_webhook(json!({"name": "broken", "url": r.url(), "events": ["*"]}))
+        .await;
+    let path = format!("/v1/webhooks/{}", hook["id"].as_str().unwrap());
+    for i in 0..10 {
+        let e = event(&format!("evt_cb_{i}"), "encounter.created", None);
+        assert_eq!(api.post_event(&e).await.status(), 202);
+    }
+    // Three failures open the circuit; for its cooldown nothing is sent, only put off.
+    wait_until(Duration::from_secs(10), "the first failures", || {
+        r.count() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_open = r.count();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(r.count(), at_open, "no requests while the circuit is open");
+    assert!(
+        at_open < 10,
+        "the circuit held back most of the 10 events ({at_open} sent)"
+    );
+    let metrics = api
+        .http
+        .get(k.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kivihook_deferrals_total{reason=\"circuit_open\"}"),
+        "{metrics}"
+    );
+
+    // Failing for longer than 1.5 s without a success disables it, with the reason.
+    eventually(
+        Duration::from_secs(15),
+        "the webhook to be disabled",
+        || async { get_json(&api, &path).await["enabled"] == false },
+    )
+    .await;
+    let w = get_json(&api, &path).await;
+    assert!(
+        w["disabled_reason"].as_str().unwrap().contains("failing"),
+        "{w}"
+    );
+    let stats = get_json(&api, "/v1/stats").await;
+    assert!(
+        stats["webhooks"][0]["consecutive_failures"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+
+    // Enabling it again resets its health.
+    r.respond_with(200);
+    let patched: Value = api
+        .http
+        .patch(k.url(&path))
+        .bearer_auth(ADMIN)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["enabled"], true);
+    assert!(
+        patched.get("disabled_reason").is_none_or(Value::is_null),
+        "{patched}"
+    );
+    let stats = get_json(&api, "/v1/stats").await;
+    assert_eq!(stats["webhooks"][0]["consecutive_failures"], 0);
+    let before = r.count();
+    assert_eq!(
+        api.post_event(&event("evt_cb_after", "encounter.created", None))
+            .await
+            .status(),
+        202
+    );
+    wait_until(Duration::from_secs(10), "a delivery after enabling", || {
+        r.received()[before..]
+            .iter()
+            .any(|g| g.json()["id"] == "evt_cb_after")
+    })
+    .await;
+    drop(k);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_is_shared_and_holds() {
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, FAST);
+    let _second = Kivihook::start("dispatcher", &prefix, FAST);
+    let api = Api::new(&k);
+    let r = Receiver::start().await;
+    api.create_webhook(
+        json!({"name": "limited", "url": r.url(), "events": ["*"], "rate_limit": 5}),
+    )
+    .await;
+    for i in 0..20 {
+        let e = event(&format!("evt_rl_{i}"), "patient.updated", None);
+        assert_eq!(api.post_event(&e).await.status(), 202);
+    }
+    wait_until(Duration::from_secs(30), "every limited delivery", || {
+        r.count() >= 20
+    })
+    .await;
+    let got = r.received();
+    let ids: HashSet<String> = got
+        .iter()
+        .map(|g| g.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 20);
+    // At most 5 a second (after a burst of 5), across both dispatchers.
+    let first = got[0].at;
+    for (i, g) in got.iter().enumerate() {
+        let allowed = 5.0 + 5.0 * (g.at - first).as_secs_f64() + 1.0;
+        assert!(
+            (i + 1) as f64 <= allowed,
+            "request {} came at {:?}",
+            i + 1,
+            g.at - first
+        );
+    }
+    assert!(got.last().unwrap().at - first >= Duration::from_secs(2));
+    drop(k);
+    cleanup(&prefix).await;
+}
