@@ -31,7 +31,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Clone, PartialEq, Eq)]
 enum Command {
     /// HTTP API: event intake and webhook management.
     Ingest,
@@ -41,16 +41,34 @@ enum Command {
     Scheduler,
     /// All three roles in one process.
     All,
+    /// Back up and restore the webhook registry (talks to Redis directly).
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksAction,
+    },
+}
+
+#[derive(Subcommand, Clone, PartialEq, Eq)]
+enum WebhooksAction {
+    /// Print every webhook, signing secrets included, as a JSON array.
+    Export,
+    /// Create or replace webhooks from an export (`-` or /dev/stdin for standard input).
+    Import { file: PathBuf },
 }
 
 impl Command {
-    fn name(self) -> &'static str {
+    fn name(&self) -> &'static str {
         match self {
             Self::Ingest => "ingest",
             Self::Dispatcher => "dispatcher",
             Self::Scheduler => "scheduler",
             Self::All => "all",
+            Self::Webhooks { .. } => "webhooks",
         }
+    }
+
+    fn serves_api(&self) -> bool {
+        matches!(self, Self::Ingest | Self::All)
     }
 }
 
@@ -117,6 +135,9 @@ struct Settings {
     /// Requests in flight per webhook per dispatcher [env: KIVIHOOK_WEBHOOK_CONCURRENCY].
     #[arg(long, global = true)]
     webhook_concurrency: Option<String>,
+    /// JSON file of webhooks that ingest applies at start [env: KIVIHOOK_WEBHOOKS_FILE].
+    #[arg(long, global = true)]
+    webhooks_file: Option<String>,
 }
 
 impl Settings {
@@ -141,6 +162,7 @@ impl Settings {
             ("circuit_cooldown", &self.circuit_cooldown),
             ("auto_disable_after", &self.auto_disable_after),
             ("webhook_concurrency", &self.webhook_concurrency),
+            ("webhooks_file", &self.webhooks_file),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
@@ -157,6 +179,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.command.serves_api() {
+        if let Some(path) = &config.webhooks_file {
+            if let Err(e) = kivihook_ingest::declared::check(path) {
+                eprintln!(
+                    "kivihook: invalid configuration: KIVIHOOK_WEBHOOKS_FILE: {} {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
     kivihook_core::telemetry::init(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -168,7 +201,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    let result = match cli.command {
+        Command::Webhooks { action } => runtime.block_on(registry_tool(action, config)),
+        command => runtime.block_on(run(command, config)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "kivihook stopped with an error");
@@ -186,7 +223,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         trigger.trigger();
     });
 
-    if config.generated_tokens && matches!(command, Command::Ingest | Command::All) {
+    if config.generated_tokens && command.serves_api() {
         // Shown once, on stderr and not in the log stream.
         eprintln!(
             "kivihook: no tokens configured; generated for this run:\n  KIVIHOOK_ADMIN_TOKEN={}\n  KIVIHOOK_INGEST_TOKEN={}",
@@ -206,6 +243,19 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         command.name(),
     ));
     let store: Arc<dyn Store> = store;
+    if let (true, Some(path)) = (command.serves_api(), &config.webhooks_file) {
+        let applied = kivihook_ingest::declared::apply(store.as_ref(), path)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("applying KIVIHOOK_WEBHOOKS_FILE {}: {e}", path.display())
+            })?;
+        tracing::info!(
+            created = applied.created,
+            updated = applied.updated,
+            unchanged = applied.unchanged,
+            "declared webhooks applied"
+        );
+    }
     // Connect (and declare the topology) now rather than on the first event; a failure here
     // is not fatal, the broker handle keeps reconnecting on use.
     let warm = broker.clone();
@@ -218,18 +268,19 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (KIVIHOOK_BIND)", config.bind))?;
     let addr = listener.local_addr()?;
 
-    let router = match command {
-        Command::Ingest | Command::All => kivihook_ingest::router(AppState::new(
+    let router = if command.serves_api() {
+        kivihook_ingest::router(AppState::new(
             &config,
             broker.clone(),
             store.clone(),
             metrics.clone(),
-        )),
-        Command::Dispatcher | Command::Scheduler => ops::router(OpsState {
+        ))
+    } else {
+        ops::router(OpsState {
             metrics: metrics.clone(),
             broker: broker.clone(),
             store: store.clone(),
-        }),
+        })
     };
 
     let mut roles = tokio::task::JoinSet::new();
@@ -263,13 +314,50 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kivihook webhooks export | import FILE`.
+async fn registry_tool(action: WebhooksAction, config: Config) -> anyhow::Result<()> {
+    let store = RedisStore::connect(&config.redis_url, &config.prefix)
+        .await
+        .context("cannot connect to Redis (KIVIHOOK_REDIS_URL)")?
+        .with_secret_key(config.secret_key.clone());
+    match action {
+        WebhooksAction::Export => {
+            let (_, hooks) = store.list_webhooks().await?;
+            println!("{}", serde_json::to_string_pretty(&hooks)?);
+            eprintln!(
+                "kivihook: exported {} webhooks (signing secrets included)",
+                hooks.len()
+            );
+        }
+        WebhooksAction::Import { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let hooks = kivihook_core::webhook::parse_export(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            for w in &hooks {
+                store.put_webhook(w).await?;
+            }
+            eprintln!("kivihook: imported {} webhooks", hooks.len());
+        }
+    }
+    Ok(())
+}
+
 /// Connect to Redis, retrying with backoff until it answers or shutdown is requested.
 async fn connect_store(config: &Config, mut shutdown: Shutdown) -> Option<Arc<RedisStore>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match RedisStore::connect(&config.redis_url, &config.prefix).await {
             Ok(store) => {
+                let store = store.with_secret_key(config.secret_key.clone());
                 store.check_durability().await;
+                if config.secret_key.is_none() {
+                    tracing::warn!("KIVIHOOK_SECRET_KEY is not set: webhook signing secrets are stored unencrypted in Redis");
+                }
                 return Some(Arc::new(store));
             }
             Err(e) => {

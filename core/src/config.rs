@@ -68,6 +68,10 @@ pub struct Config {
     pub auto_disable_after: Duration,
     /// Requests in flight to one webhook from one dispatcher, unless it sets its own cap.
     pub webhook_concurrency: u32,
+    /// Webhooks declared for GitOps, applied by ingest at start.
+    pub webhooks_file: Option<std::path::PathBuf>,
+    /// Seals signing secrets at rest in Redis.
+    pub secret_key: Option<crate::crypto::SecretBox>,
 }
 
 /// One configuration problem: which setting, from which source, and why.
@@ -175,6 +179,16 @@ const SETTINGS: &[Setting] = &[
         key: "auto_disable_after",
         env: "KIVIHOOK_AUTO_DISABLE_AFTER",
         flag: "--auto-disable-after",
+    },
+    Setting {
+        key: "secret_key",
+        env: "KIVIHOOK_SECRET_KEY",
+        flag: "--secret-key",
+    },
+    Setting {
+        key: "webhooks_file",
+        env: "KIVIHOOK_WEBHOOKS_FILE",
+        flag: "--webhooks-file",
     },
     Setting {
         key: "webhook_concurrency",
@@ -329,6 +343,12 @@ impl Config {
         let retry_prefetch = int("retry_prefetch", 128, 1, 65535)? as u16;
         let circuit_threshold = int("circuit_threshold", 10, 0, 1_000_000)?;
         let webhook_concurrency = int("webhook_concurrency", 32, 1, 100_000)? as u32;
+        let secret_key = match raw("secret_key") {
+            Some((name, v)) => Some(
+                crate::crypto::SecretBox::from_base64(&v).map_err(|e| err(&name, e.to_string()))?,
+            ),
+            None => None,
+        };
         let retry_schedule = match raw("retry_schedule") {
             Some((name, v)) => RetrySchedule::parse(&v).map_err(|m| err(&name, m))?,
             None => RetrySchedule::default(),
@@ -400,6 +420,8 @@ impl Config {
             circuit_cooldown,
             auto_disable_after,
             webhook_concurrency,
+            webhooks_file: raw("webhooks_file").map(|(_, v)| v.into()),
+            secret_key,
         })
     }
 }
@@ -510,6 +532,7 @@ mod tests {
             ("KIVIHOOK_CIRCUIT_THRESHOLD", "-2"),
             ("KIVIHOOK_WEBHOOK_CONCURRENCY", "0"),
             ("KIVIHOOK_RETRY_LEASE", "0"),
+            ("KIVIHOOK_SECRET_KEY", "dG9vIHNob3J0"),
         ] {
             let e = Config::from_sources(&map(&[(k, v)]), &map(&[]), &map(&[])).unwrap_err();
             assert_eq!(e.setting, k);

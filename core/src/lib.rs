@@ -8,6 +8,7 @@
 pub mod amqp;
 pub mod broker;
 pub mod config;
+pub mod crypto;
 pub mod delivery;
 pub mod event;
 pub mod keys;

@@ -158,6 +158,49 @@ impl Subscription {
 }
 
 impl Webhook {
+    /// A new webhook with a fresh id.
+    pub fn create(spec: WebhookSpec, secret: String) -> Self {
+        let now = Utc::now();
+        let mut w = Self {
+            id: format!("wh_{}", uuid::Uuid::new_v4().simple()),
+            name: String::new(),
+            url: String::new(),
+            method: Method::default(),
+            events: Vec::new(),
+            clinic_ids: Vec::new(),
+            headers: BTreeMap::new(),
+            enabled: true,
+            disabled_reason: None,
+            retry_schedule: None,
+            rate_limit: None,
+            max_concurrency: None,
+            secret,
+            created_at: now,
+            updated_at: now,
+        };
+        w.apply(spec);
+        w.updated_at = now;
+        w
+    }
+
+    /// Take every user-settable field from `spec`; enabling clears the disabled reason.
+    pub fn apply(&mut self, spec: WebhookSpec) {
+        if spec.enabled && !self.enabled {
+            self.disabled_reason = None;
+        }
+        self.name = spec.name;
+        self.url = spec.url;
+        self.method = spec.method;
+        self.events = spec.events;
+        self.clinic_ids = spec.clinic_ids;
+        self.headers = spec.headers;
+        self.enabled = spec.enabled;
+        self.retry_schedule = spec.retry_schedule;
+        self.rate_limit = spec.rate_limit;
+        self.max_concurrency = spec.max_concurrency;
+        self.updated_at = Utc::now();
+    }
+
     /// The API view: everything but the secret, which is masked.
     pub fn to_public_json(&self) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
@@ -166,6 +209,29 @@ impl Webhook {
         }
         v
     }
+}
+
+/// Parse a registry export (`kivihook webhooks export`): every record must be a complete,
+/// valid webhook; errors name the record and field.
+pub fn parse_export(text: &str) -> Result<Vec<Webhook>, String> {
+    let items: Vec<Value> =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON array of webhooks ({e})"))?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let w: Webhook = serde_json::from_value(item).map_err(|e| format!("webhooks[{i}]: {e}"))?;
+        crate::signing::SigningKey::parse(&w.secret)
+            .map_err(|e| format!("webhooks[{i}].secret: {e}"))?;
+        let user = serde_json::json!({
+            "name": w.name, "url": w.url, "method": w.method, "events": w.events,
+            "clinic_ids": w.clinic_ids, "headers": w.headers, "enabled": w.enabled,
+            "retry_schedule": w.retry_schedule, "rate_limit": w.rate_limit,
+            "max_concurrency": w.max_concurrency,
+        });
+        WebhookSpec::from_json(&user)
+            .map_err(|e| format!("webhooks[{i}].{}: {}", e.field, e.message))?;
+        out.push(w);
+    }
+    Ok(out)
 }
 
 /// `whsec_abc…xyz` → `whsec_…xyz`: enough to tell secrets apart, useless to an attacker.

@@ -99,7 +99,14 @@ impl From<InvalidField> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::warn!(error = %e, "store error while serving a request");
-        Self::Unavailable("the state store is unavailable; retry shortly".into())
+        match e {
+            StoreError::Unavailable(_) => {
+                Self::Unavailable("the state store is unavailable; retry shortly".into())
+            }
+            StoreError::Corrupt(why) => {
+                Self::Unavailable(format!("stored data cannot be read: {why}"))
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use kivihook_core::event::CATALOGUE;
 use kivihook_core::ops::{self, OpsState};
 use kivihook_core::{Broker, Config, Metrics, Store};
 
+pub mod declared;
 pub mod deliveries;
 pub mod error;
 pub mod events;

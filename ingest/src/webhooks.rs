@@ -6,7 +6,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Utc;
 use serde_json::{json, Value};
 
 use kivihook_core::signing::generate_secret;
@@ -36,24 +35,7 @@ pub async fn create(
     authorize(&state, &headers, Scope::Admin)?;
     let value = json_body(&headers, body, state.max_body_bytes).await?;
     let spec = WebhookSpec::from_json(&value)?;
-    let now = Utc::now();
-    let webhook = Webhook {
-        id: format!("wh_{}", uuid::Uuid::new_v4().simple()),
-        name: spec.name,
-        url: spec.url,
-        method: spec.method,
-        events: spec.events,
-        clinic_ids: spec.clinic_ids,
-        headers: spec.headers,
-        enabled: spec.enabled,
-        disabled_reason: None,
-        retry_schedule: spec.retry_schedule,
-        rate_limit: spec.rate_limit,
-        max_concurrency: spec.max_concurrency,
-        secret: generate_secret(),
-        created_at: now,
-        updated_at: now,
-    };
+    let webhook = Webhook::create(spec, generate_secret());
     state.store.put_webhook(&webhook).await?;
     tracing::info!(webhook_id = %webhook.id, "webhook created");
     let mut shown = webhook.to_public_json();
@@ -86,29 +68,18 @@ pub async fn update(
     authorize(&state, &headers, Scope::Admin)?;
     let id = webhook_id(path)?;
     let value = json_body(&headers, body, state.max_body_bytes).await?;
-    let mut webhook = state
+    let webhook = state
         .store
         .get_webhook(&id)
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
     let spec = WebhookSpec::of(&webhook).patched(&value)?;
-    let re_enabled = spec.enabled && !webhook.enabled;
-    if re_enabled {
+    if spec.enabled && !webhook.enabled {
         // A fresh start: no disabled reason, no failure streak.
-        webhook.disabled_reason = None;
         state.store.reset_health(&webhook.id).await?;
     }
-    webhook.name = spec.name;
-    webhook.url = spec.url;
-    webhook.method = spec.method;
-    webhook.events = spec.events;
-    webhook.clinic_ids = spec.clinic_ids;
-    webhook.headers = spec.headers;
-    webhook.enabled = spec.enabled;
-    webhook.retry_schedule = spec.retry_schedule;
-    webhook.rate_limit = spec.rate_limit;
-    webhook.max_concurrency = spec.max_concurrency;
-    webhook.updated_at = Utc::now();
+    let mut webhook = webhook;
+    webhook.apply(spec);
     state.store.put_webhook(&webhook).await?;
     tracing::info!(webhook_id = %webhook.id, "webhook updated");
     Ok(Json(webhook.to_public_json()).into_response())

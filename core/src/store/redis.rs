@@ -10,6 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
+use crate::crypto::{is_sealed, SecretBox};
 use crate::delivery::{
     webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, Outcome, TargetResult, TargetState,
     WebhookStats,
@@ -106,6 +107,7 @@ pub struct RedisStore {
     sweep: redis::Script,
     attempt: redis::Script,
     token: redis::Script,
+    sealer: Option<SecretBox>,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -157,7 +159,32 @@ impl RedisStore {
             sweep: redis::Script::new(SWEEP_SCRIPT),
             attempt: redis::Script::new(ATTEMPT_SCRIPT),
             token: redis::Script::new(TOKEN_SCRIPT),
+            sealer: None,
         })
+    }
+
+    /// Seal signing secrets with this key before they are stored, and open them on read.
+    pub fn with_secret_key(mut self, key: Option<SecretBox>) -> Self {
+        self.sealer = key;
+        self
+    }
+
+    fn seal(&self, webhook: &Webhook) -> Webhook {
+        let mut stored = webhook.clone();
+        if let Some(b) = &self.sealer {
+            stored.secret = b.seal(&webhook.secret);
+        }
+        stored
+    }
+
+    fn open(&self, mut stored: Webhook) -> Result<Webhook, StoreError> {
+        if is_sealed(&stored.secret) {
+            let b = self.sealer.as_ref().ok_or_else(|| {
+                corrupt("stored secrets are encrypted, and KIVIHOOK_SECRET_KEY is not set")
+            })?;
+            stored.secret = b.open(&stored.secret).map_err(corrupt)?;
+        }
+        Ok(stored)
     }
 
     pub fn keys(&self) -> &Keys {
@@ -427,7 +454,14 @@ impl Store for RedisStore {
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        let mut hooks: Vec<Webhook> = parse_all(raw.into_values());
+        let mut hooks = Vec::with_capacity(raw.len());
+        for w in parse_all::<Webhook>(raw.into_values()) {
+            match self.open(w) {
+                Ok(w) => hooks.push(w),
+                // Never skip silently: a webhook that cannot be opened would stop receiving.
+                Err(e) => return Err(e),
+            }
+        }
         hooks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok((version.unwrap_or(0), hooks))
     }
@@ -441,13 +475,15 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         raw.map(|json| {
-            serde_json::from_str(&json).map_err(|e| corrupt(format!("webhook {id}: {e}")))
+            serde_json::from_str(&json)
+                .map_err(|e| corrupt(format!("webhook {id}: {e}")))
+                .and_then(|w| self.open(w))
         })
         .transpose()
     }
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
-        let json = serde_json::to_string(webhook).map_err(corrupt)?;
+        let json = serde_json::to_string(&self.seal(webhook)).map_err(corrupt)?;
         let mut c = self.conn();
         let (version,): (u64,) = redis::pipe()
             .atomic()
