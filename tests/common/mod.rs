@@ -85,6 +85,13 @@ impl Kivihook {
     }
 }
 
+impl Kivihook {
+    /// Whether the process is still the one that was started (it never exited).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
 impl Drop for Kivihook {
     fn drop(&mut self) {
         self.kill();
@@ -134,6 +141,8 @@ impl Api {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    /// The receiver answered 2xx.
+    pub accepted: bool,
     pub method: String,
     pub uri: String,
     pub headers: HashMap<String, String>,
@@ -141,6 +150,11 @@ pub struct Received {
 }
 
 impl Received {
+    /// Whether the receiver accepted this request (answered 2xx).
+    pub fn status_sent_ok(&self) -> bool {
+        self.accepted
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("json body")
     }
@@ -158,6 +172,9 @@ struct ReceiverState {
     status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
     script: Arc<Mutex<std::collections::VecDeque<Reply>>>,
+    /// Answer 500 to the first request of every `webhook-id`.
+    fail_first: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// A real HTTP receiver on a port of its own that records every request.
@@ -173,6 +190,8 @@ impl Receiver {
             status: Arc::new(AtomicU16::new(200)),
             delay_ms: Arc::new(AtomicU64::new(0)),
             script: Arc::default(),
+            fail_first: Arc::default(),
+            seen: Arc::default(),
         };
         async fn record(
             State(s): State<ReceiverState>,
@@ -186,20 +205,27 @@ impl Receiver {
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            let headers = headers
+            let headers: HashMap<String, String> = headers
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
                 .collect();
-            let reply = s.script.lock().unwrap().pop_front();
+            let mut reply = s.script.lock().unwrap().pop_front();
+            if s.fail_first.load(Ordering::Relaxed) {
+                let id = headers.get("webhook-id").cloned().unwrap_or_default();
+                if s.seen.lock().unwrap().insert(id) {
+                    reply = Some((500, Vec::new()));
+                }
+            }
+            let (status, extra) =
+                reply.unwrap_or_else(|| (s.status.load(Ordering::Relaxed), Vec::new()));
             s.got.lock().unwrap().push(Received {
+                accepted: (200..300).contains(&status),
                 at: Instant::now(),
                 method: method.to_string(),
                 uri: uri.to_string(),
                 headers,
                 body,
             });
-            let (status, extra) =
-                reply.unwrap_or_else(|| (s.status.load(Ordering::Relaxed), Vec::new()));
             let mut response = StatusCode::from_u16(status).unwrap().into_response();
             for (k, v) in extra {
                 response.headers_mut().insert(k, v.parse().unwrap());
@@ -226,6 +252,11 @@ impl Receiver {
     /// Answer the next requests with these replies, then with the default status.
     pub fn script(&self, replies: Vec<Reply>) {
         self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Fail the first attempt of every message, then accept.
+    pub fn fail_first_attempts(&self) {
+        self.state.fail_first.store(true, Ordering::Relaxed);
     }
 
     pub fn delay(&self, d: Duration) {
@@ -308,12 +339,14 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
 
 /// Messages waiting in a queue, from a passive declare.
 pub async fn queue_depth(queue: &str) -> u32 {
-    let conn = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("amqp");
+    queue_depth_at("amqp://guest:guest@127.0.0.1:5672/%2f", queue).await
+}
+
+/// Messages waiting in a queue of the broker at `url`.
+pub async fn queue_depth_at(url: &str, queue: &str) -> u32 {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .expect("amqp");
     let ch = conn.create_channel().await.unwrap();
     let q = ch
         .queue_declare(

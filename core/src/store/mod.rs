@@ -17,6 +17,7 @@ use crate::delivery::{
 use crate::webhook::Webhook;
 
 pub mod redis;
+mod redis_conn;
 
 pub use self::redis::RedisStore;
 

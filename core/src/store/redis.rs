@@ -1,4 +1,4 @@
-//! Redis backend: a few multiplexed connections that reconnect by themselves, pipelines
+//! Redis backend: a few multiplexed connections that redial by themselves, pipelines
 //! for everything on the per-event path, and Lua where several keys must change together.
 
 use std::collections::HashMap;
@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::redis_conn::Conn;
 use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
 use crate::crypto::{is_sealed, SecretBox};
 use crate::delivery::{
@@ -19,7 +19,7 @@ use crate::keys::Keys;
 use crate::webhook::Webhook;
 
 /// Multiplexed connections in the pool. Each pipelines every request given to it; a few
-/// spread the parsing of large replies over threads.
+/// spread the parsing of large replies over threads. Each redials by itself when it breaks.
 const POOL_SIZE: usize = 4;
 /// How long a claim lives while its publish is in flight; a crash in that window frees
 /// the id again after this long.
@@ -101,7 +101,7 @@ return wait
 /// The production store.
 pub struct RedisStore {
     keys: Keys,
-    pool: Vec<ConnectionManager>,
+    pool: Vec<Conn>,
     next: AtomicUsize,
     claim: redis::Script,
     sweep: redis::Script,
@@ -139,17 +139,9 @@ impl RedisStore {
     /// themselves after that.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(3))
-            .set_response_timeout(Duration::from_secs(5))
-            .set_number_of_retries(2);
         let mut pool = Vec::with_capacity(POOL_SIZE);
         for _ in 0..POOL_SIZE {
-            pool.push(
-                ConnectionManager::new_with_config(client.clone(), config.clone())
-                    .await
-                    .map_err(unavailable)?,
-            );
+            pool.push(Conn::open(client.clone()).await.map_err(unavailable)?);
         }
         Ok(Self {
             keys: Keys::new(prefix),
@@ -191,7 +183,7 @@ impl RedisStore {
         &self.keys
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         self.pool[i].clone()
     }

@@ -1,0 +1,115 @@
+//! A Redis connection that always recovers.
+//!
+//! Each pooled slot holds one multiplexed connection. A request that fails because the
+//! connection broke (an I/O error, a timeout, a dropped or refused connection) throws that
+//! connection away; the next request dials again, one dialer at a time, with a bounded
+//! connect timeout. Requests never wait on a connection that is gone, so a Redis restart
+//! costs the requests made while it is down, and nothing after.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Slot {
+    client: redis::Client,
+    /// The live connection and the generation it belongs to.
+    current: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    generation: AtomicU64,
+}
+
+/// A cheap handle on one slot of the pool; implements `ConnectionLike`.
+#[derive(Clone)]
+pub struct Conn {
+    slot: Arc<Slot>,
+}
+
+fn needs_redial(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+}
+
+impl Conn {
+    /// A slot, connected now (so a wrong URL or an absent Redis shows at start).
+    pub async fn open(client: redis::Client) -> RedisResult<Self> {
+        let conn = Self {
+            slot: Arc::new(Slot {
+                client,
+                current: tokio::sync::Mutex::new(None),
+                generation: AtomicU64::new(0),
+            }),
+        };
+        conn.live().await?;
+        Ok(conn)
+    }
+
+    async fn live(&self) -> RedisResult<(u64, MultiplexedConnection)> {
+        let mut current = self.slot.current.lock().await;
+        if let Some((generation, c)) = current.as_ref() {
+            return Ok((*generation, c.clone()));
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        let c = self
+            .slot
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let generation = self.slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *current = Some((generation, c.clone()));
+        Ok((generation, c))
+    }
+
+    /// Forget the connection of `generation` (not a newer one another task made since).
+    async fn forget(&self, generation: u64) {
+        let mut current = self.slot.current.lock().await;
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
+    }
+
+    async fn checked<T>(&self, generation: u64, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result {
+            if needs_redial(e) {
+                self.forget(generation).await;
+            }
+        }
+        result
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let (generation, mut c) = self.live().await?;
+            let result = c.req_packed_command(cmd).await;
+            self.checked(generation, result).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (generation, mut c) = self.live().await?;
+            let result = c.req_packed_commands(cmd, offset, count).await;
+            self.checked(generation, result).await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
