@@ -18,6 +18,11 @@ use kivihook_dispatcher::Dispatcher;
 use kivihook_ingest::AppState;
 use kivihook_scheduler::Scheduler;
 
+/// The per-delivery path allocates many small buffers (JSON, headers, futures); mimalloc
+/// spends a fraction of glibc's time on them (measured with the benchmark, BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kivihook",

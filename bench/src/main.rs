@@ -1,0 +1,697 @@
+//! `kivihook-bench`: how fast KiviHook moves events on this machine, beside the ceiling
+//! RabbitMQ itself sets here, measured in the same run.
+//!
+//! 1. The ceiling: persistent messages of the pipeline's size published with confirms and
+//!    consumed with manual acks through a quorum queue, with the best of a few settings.
+//! 2. The pipeline: ingest, dispatcher and scheduler as real processes of the `kivihook`
+//!    binary, HTTP load into ingest, and an HTTP sink that only counts and timestamps.
+//!
+//! Prints a table and writes JSON (`--json`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(about = "Benchmark KiviHook against this machine's RabbitMQ ceiling")]
+struct Args {
+    /// The `kivihook` binary to run (build it with `cargo build --release`).
+    #[arg(long, default_value = "target/release/kivihook")]
+    kivihook: PathBuf,
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Scenarios to run, comma-separated: ceiling, one, fanout10, hung10, flaky20, latency.
+    #[arg(long, default_value = "ceiling,one,fanout10,hung10,flaky20,latency")]
+    scenarios: String,
+    /// Events for the throughput scenarios (fan-out scenarios send a tenth).
+    #[arg(long, default_value_t = 40_000)]
+    events: usize,
+    /// Events per HTTP request in the throughput scenarios (1 sends them one by one).
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// Concurrent HTTP requests into ingest.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "bench-results.json")]
+    json: PathBuf,
+}
+
+const ADMIN: &str = "bench-admin-token-0123456789";
+const INGEST: &str = "bench-ingest-token-0123456789";
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// A sample envelope of the size the pipeline moves.
+fn sample_data(i: usize) -> Value {
+    json!({
+        "sent_us": now_us(),
+        "appointment": {"id": i, "appointment_date": "2026-12-01", "appointment_start_time": "09:30",
+                        "status": 1, "service_names": "Consultation"},
+        "patient": {"patient_name": "Ada Lovelace", "patient_email": "ada@example.com",
+                    "patient_contact_number": "+44 20 7946 0000"},
+        "doctor": {"doctor_name": "Dr. Grace Hopper"},
+        "clinic": {"clinic_name": "Central Clinic"}
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The ceiling
+
+async fn connect(url: &str) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    Ok(Connection::connect(url, props).await?)
+}
+
+/// Publish `n` persistent messages with confirms (`window` in flight on each of `channels`)
+/// while one consumer with `prefetch` acks them; messages per second through the broker.
+async fn ceiling_trial(
+    url: &str,
+    n: usize,
+    size: usize,
+    channels: usize,
+    window: usize,
+    prefetch: u16,
+) -> anyhow::Result<f64> {
+    let queue = format!("bench-ceiling-{}", uuid::Uuid::new_v4().simple());
+    let pub_conn = connect(url).await?;
+    let sub_conn = connect(url).await?;
+    let setup = pub_conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    setup
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    let sub = sub_conn.create_channel().await?;
+    sub.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = sub
+        .basic_consume(
+            &queue,
+            "ceiling",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumed = Arc::new(AtomicU64::new(0));
+    let counter = consumed.clone();
+    let consuming = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            if counter.fetch_add(1, Ordering::Relaxed) + 1 >= n as u64 {
+                break;
+            }
+        }
+    });
+    let payload = vec![b'x'; size];
+    let started = Instant::now();
+    let per_channel = n / channels;
+    let mut publishers = Vec::new();
+    for _ in 0..channels {
+        let ch = pub_conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let payload = payload.clone();
+        let queue = queue.clone();
+        publishers.push(tokio::spawn(async move {
+            futures::stream::iter(0..per_channel)
+                .map(|_| {
+                    let ch = ch.clone();
+                    let payload = payload.clone();
+                    let queue = queue.clone();
+                    async move {
+                        let confirm = ch
+                            .basic_publish(
+                                "",
+                                &queue,
+                                BasicPublishOptions::default(),
+                                &payload,
+                                BasicProperties::default().with_delivery_mode(2),
+                            )
+                            .await?;
+                        confirm.await.map(|_| ())
+                    }
+                })
+                .buffer_unordered(window)
+                .try_collect::<Vec<()>>()
+                .await
+        }));
+    }
+    for p in publishers {
+        p.await??;
+    }
+    let total = (per_channel * channels) as u64;
+    while consumed.load(Ordering::Relaxed) < total {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    consuming.abort();
+    let _ = setup
+        .queue_delete(&queue, QueueDeleteOptions::default())
+        .await;
+    let _ = pub_conn.close(200, "done").await;
+    let _ = sub_conn.close(200, "done").await;
+    Ok(rate)
+}
+
+async fn ceiling(url: &str, size: usize) -> anyhow::Result<(f64, String)> {
+    let mut best = (0.0, String::new());
+    for (channels, window, prefetch) in [
+        (1, 256, 256),
+        (4, 256, 512),
+        (4, 1024, 1000),
+        (8, 512, 2000),
+    ] {
+        let rate = ceiling_trial(url, 40_000, size, channels, window, prefetch).await?;
+        let setting =
+            format!("{channels} channels × {window} confirms in flight, prefetch {prefetch}");
+        println!("  ceiling trial: {rate:>8.0} msg/s  ({setting})");
+        if rate > best.0 {
+            best = (rate, setting);
+        }
+    }
+    Ok(best)
+}
+
+// ---------------------------------------------------------------------------------------
+// The sink
+
+#[derive(Default)]
+struct Sink {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Per route kind, delivered count.
+    by_kind: Mutex<HashMap<String, u64>>,
+    latencies_us: Mutex<Vec<u64>>,
+    first_attempts: Mutex<std::collections::HashSet<String>>,
+    last_us: AtomicU64,
+}
+
+fn sent_us(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let at = text.find("\"sent_us\":")? + "\"sent_us\":".len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+async fn sink_handler(
+    axum::extract::State(sink): axum::extract::State<Arc<Sink>>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    match kind.as_str() {
+        "hung" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return StatusCode::OK;
+        }
+        "flaky" => {
+            // One event in five fails its first attempt.
+            let id = headers
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let unlucky = id
+                .bytes()
+                .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32))
+                % 5
+                == 0;
+            if unlucky && sink.first_attempts.lock().unwrap().insert(id) {
+                sink.failed.fetch_add(1, Ordering::Relaxed);
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
+        }
+        _ => {}
+    }
+    let now = now_us();
+    if let Some(sent) = sent_us(&body) {
+        sink.latencies_us
+            .lock()
+            .unwrap()
+            .push(now.saturating_sub(sent));
+    }
+    sink.ok.fetch_add(1, Ordering::Relaxed);
+    sink.last_us.store(now, Ordering::Relaxed);
+    *sink.by_kind.lock().unwrap().entry(kind).or_default() += 1;
+    StatusCode::NO_CONTENT
+}
+
+async fn start_sink() -> anyhow::Result<(Arc<Sink>, std::net::SocketAddr)> {
+    let sink = Arc::new(Sink::default());
+    let app = axum::Router::new()
+        .route("/{kind}", axum::routing::post(sink_handler))
+        .with_state(sink.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((sink, addr))
+}
+
+// ---------------------------------------------------------------------------------------
+// The pipeline
+
+struct Role {
+    name: &'static str,
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line; here 11 and 12 (0-based).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn start_role(
+    args: &Args,
+    name: &'static str,
+    prefix: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Role> {
+    use std::io::BufRead;
+    let mut cmd = Command::new(&args.kivihook);
+    cmd.arg(name)
+        .env("KIVIHOOK_AMQP_URL", &args.amqp_url)
+        .env("KIVIHOOK_REDIS_URL", &args.redis_url)
+        .env("KIVIHOOK_BIND", "127.0.0.1:0")
+        .env("KIVIHOOK_PREFIX", prefix)
+        .env("KIVIHOOK_ADMIN_TOKEN", ADMIN)
+        .env("KIVIHOOK_INGEST_TOKEN", INGEST)
+        .env("KIVIHOOK_LOG", "warn,kivihook=info")
+        .env("KIVIHOOK_PREFETCH", "1024")
+        .env("KIVIHOOK_WEBHOOK_CONCURRENCY", "256")
+        .env("KIVIHOOK_MAX_BODY_BYTES", "4194304")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", args.kivihook.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "listening" {
+                    if let (Some(tx), Some(a)) = (tx.take(), v["addr"].as_str()) {
+                        let _ = tx.send(a.to_owned());
+                    }
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("role did not start")?;
+    Ok(Role { name, child, addr })
+}
+
+async fn cleanup(args: &Args, prefix: &str) {
+    let names = kivihook_core::amqp::Names::new(prefix);
+    if let Ok(conn) = connect(&args.amqp_url).await {
+        if let Ok(ch) = conn.create_channel().await {
+            for q in names.queues() {
+                let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
+            }
+            for x in names.exchanges() {
+                let _ = ch
+                    .exchange_delete(x, ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = conn.close(200, "done").await;
+    }
+    if let Ok(client) = redis::Client::open(args.redis_url.as_str()) {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            for pattern in kivihook_core::keys::Keys::new(prefix).all_pattern() {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                for chunk in keys.chunks(1000) {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
+                }
+            }
+        }
+    }
+}
+
+/// What one scenario measured.
+#[derive(serde::Serialize, Default)]
+struct Outcome {
+    scenario: String,
+    events: usize,
+    deliveries: u64,
+    seconds: f64,
+    events_per_s: f64,
+    deliveries_per_s: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    cpu_seconds: HashMap<String, f64>,
+    ratio_to_ceiling: Option<f64>,
+    notes: String,
+}
+
+/// Send `events` events into ingest: `batch` per request, `concurrency` requests at once,
+/// or paced at `rate` events/s one by one when given.
+async fn load(
+    http: &reqwest::Client,
+    base: &str,
+    events: usize,
+    batch: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
+    let types = [
+        "appointment.booked",
+        "kc_appointment_update",
+        "patient.created",
+        "bill.paid",
+    ];
+    let make = move |i: usize| json!({"id": format!("evt_{i}"), "type": types[i % types.len()], "clinic_id": (i % 50).to_string(), "data": sample_data(i)});
+    if let Some(rate) = rate {
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let start = tokio::time::Instant::now();
+        let mut sends = futures::stream::FuturesUnordered::new();
+        for i in 0..events {
+            tokio::time::sleep_until(start + interval * i as u32).await;
+            let req = http
+                .post(format!("{base}/v1/events"))
+                .bearer_auth(INGEST)
+                .json(&make(i))
+                .send();
+            sends.push(req);
+            while let Some(Some(r)) = futures::FutureExt::now_or_never(sends.next()) {
+                check(r?).await?;
+            }
+        }
+        while let Some(r) = sends.next().await {
+            check(r?).await?;
+        }
+        return Ok(());
+    }
+    let requests: Vec<Vec<usize>> = (0..events)
+        .collect::<Vec<_>>()
+        .chunks(batch.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    futures::stream::iter(requests)
+        .map(|ids| {
+            let http = http.clone();
+            let base = base.to_owned();
+            async move {
+                let r = if ids.len() == 1 {
+                    http.post(format!("{base}/v1/events"))
+                        .bearer_auth(INGEST)
+                        .json(&make(ids[0]))
+                        .send()
+                        .await?
+                } else {
+                    let body: Vec<Value> = ids.iter().map(|i| make(*i)).collect();
+                    http.post(format!("{base}/v1/events/batch"))
+                        .bearer_auth(INGEST)
+                        .json(&json!({"events": body}))
+                        .send()
+                        .await?
+                };
+                check(r).await
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+async fn check(r: reqwest::Response) -> anyhow::Result<()> {
+    let status = r.status();
+    if !status.is_success() {
+        bail!(
+            "ingest answered {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+struct Spec {
+    name: &'static str,
+    events: usize,
+    /// Sink routes of the webhooks (each "*"): `ok`, `hung`, `flaky`.
+    hooks: Vec<&'static str>,
+    rate: Option<f64>,
+    /// Deliveries expected at the healthy routes.
+    expect: usize,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
+    let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (sink, sink_addr) = start_sink().await?;
+    let roles = vec![
+        start_role(args, "ingest", &prefix, &spec.env)?,
+        start_role(args, "dispatcher", &prefix, &spec.env)?,
+        start_role(args, "scheduler", &prefix, &spec.env)?,
+    ];
+    let base = format!("http://{}", roles[0].addr);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    for (i, route) in spec.hooks.iter().enumerate() {
+        let r = http
+            .post(format!("{base}/v1/webhooks"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": format!("{route}-{i}"), "url": format!("http://{sink_addr}/{route}"), "events": ["*"]}))
+            .send()
+            .await?;
+        if r.status() != 201 {
+            bail!("creating a webhook: {}", r.status());
+        }
+    }
+    // Let every role connect and the dispatcher start consuming.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_before: Vec<f64> = roles.iter().map(|r| cpu_seconds(r.child.id())).collect();
+    let started_us = now_us();
+    let started = Instant::now();
+    let batch = if spec.rate.is_some() { 1 } else { args.batch };
+    load(
+        &http,
+        &base,
+        spec.events,
+        batch,
+        args.concurrency,
+        spec.rate,
+    )
+    .await?;
+    let ingested = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (sink.ok.load(Ordering::Relaxed) as usize) < spec.expect {
+        if Instant::now() > deadline {
+            bail!(
+                "{}: only {} of {} deliveries arrived",
+                spec.name,
+                sink.ok.load(Ordering::Relaxed),
+                spec.expect
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = (sink
+        .last_us
+        .load(Ordering::Relaxed)
+        .saturating_sub(started_us)) as f64
+        / 1e6;
+    let cpu: HashMap<String, f64> = roles
+        .iter()
+        .zip(cpu_before)
+        .map(|(r, before)| (r.name.to_owned(), cpu_seconds(r.child.id()) - before))
+        .collect();
+    let mut lat = sink.latencies_us.lock().unwrap().clone();
+    lat.sort_unstable();
+    let deliveries = sink.ok.load(Ordering::Relaxed);
+    let out = Outcome {
+        scenario: spec.name.to_owned(),
+        events: spec.events,
+        deliveries,
+        seconds,
+        events_per_s: spec.events as f64 / seconds,
+        deliveries_per_s: deliveries as f64 / seconds,
+        p50_ms: percentile(&lat, 0.50),
+        p95_ms: percentile(&lat, 0.95),
+        p99_ms: percentile(&lat, 0.99),
+        cpu_seconds: cpu,
+        ratio_to_ceiling: None,
+        notes: format!(
+            "ingest took {:.2}s; {} first attempts failed",
+            ingested.as_secs_f64(),
+            sink.failed.load(Ordering::Relaxed)
+        ),
+    };
+    drop(roles);
+    cleanup(args, &prefix).await;
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.kivihook.exists() {
+        bail!(
+            "{} not found: run `cargo build --release` first",
+            args.kivihook.display()
+        );
+    }
+    let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+    let size = serde_json::to_vec(&json!({"id": "evt_000000", "type": "appointment.booked", "clinic_id": "12",
+        "occurred_at": "2026-11-27T09:00:00Z", "received_at": "2026-11-27T09:00:00.123456Z", "data": sample_data(0)}))?.len();
+    let mut results: Vec<Outcome> = Vec::new();
+    let mut ceiling_rate = None;
+    if wanted.contains(&"ceiling") {
+        println!("measuring the RabbitMQ ceiling ({size}-byte persistent messages, confirms, manual acks, quorum queue)");
+        let (rate, setting) = ceiling(&args.amqp_url, size).await?;
+        ceiling_rate = Some(rate);
+        results.push(Outcome {
+            scenario: "ceiling".into(),
+            events: 40_000,
+            events_per_s: rate,
+            deliveries_per_s: rate,
+            notes: format!("raw RabbitMQ, best setting: {setting}"),
+            ..Default::default()
+        });
+    }
+    let n = args.events;
+    let specs = vec![
+        Spec {
+            name: "one",
+            events: n,
+            hooks: vec!["ok"],
+            rate: None,
+            expect: n,
+            env: vec![],
+        },
+        Spec {
+            name: "fanout10",
+            events: n / 4,
+            hooks: vec!["ok"; 10],
+            rate: None,
+            expect: n / 4 * 10,
+            env: vec![],
+        },
+        Spec {
+            name: "hung10",
+            events: n / 4,
+            hooks: [vec!["ok"; 9], vec!["hung"]].concat(),
+            rate: None,
+            expect: n / 4 * 9,
+            env: vec![("KIVIHOOK_DELIVERY_TIMEOUT", "2")],
+        },
+        Spec {
+            name: "flaky20",
+            events: n / 2,
+            hooks: vec!["flaky"],
+            rate: None,
+            expect: n / 2,
+            env: vec![
+                ("KIVIHOOK_RETRY_SCHEDULE", "0.5"),
+                ("KIVIHOOK_SCHEDULER_INTERVAL", "0.05"),
+            ],
+        },
+        Spec {
+            name: "latency",
+            events: 10_000,
+            hooks: vec!["ok"],
+            rate: Some(1000.0),
+            expect: 10_000,
+            env: vec![],
+        },
+    ];
+    for spec in specs {
+        if !wanted.contains(&spec.name) {
+            continue;
+        }
+        println!("running {} ...", spec.name);
+        let mut out = scenario(&args, spec).await?;
+        out.ratio_to_ceiling = ceiling_rate.map(|c| out.events_per_s / c);
+        results.push(out);
+    }
+    println!();
+    println!("{:<10} {:>8} {:>10} {:>8} {:>10} {:>12} {:>8} {:>8} {:>8} {:>7}  cpu s (ingest/dispatcher/scheduler)",
+        "scenario", "events", "deliveries", "seconds", "events/s", "deliveries/s", "p50 ms", "p95 ms", "p99 ms", "ratio");
+    for r in &results {
+        let cpu = |k: &str| r.cpu_seconds.get(k).copied().unwrap_or(0.0);
+        println!("{:<10} {:>8} {:>10} {:>8.2} {:>10.0} {:>12.0} {:>8.1} {:>8.1} {:>8.1} {:>7}  {:.1}/{:.1}/{:.1}",
+            r.scenario, r.events, r.deliveries, r.seconds, r.events_per_s, r.deliveries_per_s, r.p50_ms, r.p95_ms, r.p99_ms,
+            r.ratio_to_ceiling.map(|x| format!("{x:.2}")).unwrap_or_default(), cpu("ingest"), cpu("dispatcher"), cpu("scheduler"));
+    }
+    for r in &results {
+        println!("  {}: {}", r.scenario, r.notes);
+    }
+    std::fs::write(
+        &args.json,
+        serde_json::to_string_pretty(&json!({"size_bytes": size, "results": results}))?,
+    )?;
+    println!("\nwrote {}", args.json.display());
+    Ok(())
+}
