@@ -308,26 +308,10 @@ async fn webhooks_are_managed_and_bad_definitions_refused_without_damage() {
     assert_eq!(created["enabled"], true);
 
     // Reads mask the secret.
-    let got: Value = http
-        .get(k.url(&format!("/v1/webhooks/{id}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = get_json(&api, &format!("/v1/webhooks/{id}")).await;
     assert_ne!(got["secret"], secret.as_str());
     assert!(!got.to_string().contains(&secret));
-    let list: Value = http
-        .get(k.url("/v1/webhooks"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&api, "/v1/webhooks").await;
     assert_eq!(list["webhooks"].as_array().unwrap().len(), 1);
     assert!(!list.to_string().contains(&secret));
 
@@ -383,25 +367,9 @@ async fn webhooks_are_managed_and_bad_definitions_refused_without_damage() {
         expect_error(r, 422, "invalid_field", Some(field)).await;
     }
     // Nothing stored was damaged by the refused patches.
-    let after: Value = http
-        .get(k.url(&format!("/v1/webhooks/{id}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = get_json(&api, &format!("/v1/webhooks/{id}")).await;
     assert_eq!(after, got);
-    let list: Value = http
-        .get(k.url("/v1/webhooks"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&api, "/v1/webhooks").await;
     assert_eq!(
         list["webhooks"].as_array().unwrap().len(),
         1,

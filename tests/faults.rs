@@ -348,6 +348,16 @@ async fn settle(
     duplicates
 }
 
+/// A fresh pipeline with one webhook for every event, to a receiver of its own.
+async fn pipeline_to_a_receiver(s: &Services) -> (Pipeline, Api, Receiver) {
+    let p = Pipeline::start(s, &[]);
+    let api = Api::new(&p.ingest);
+    let receiver = Receiver::start().await;
+    api.create_webhook(json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
+        .await;
+    (p, api, receiver)
+}
+
 /// `KIVIHOOK_FAULTS=2,3` runs only those scenarios (when chasing one); all run by default.
 fn scenario(n: u32) -> bool {
     std::env::var("KIVIHOOK_FAULTS")
@@ -361,9 +371,7 @@ async fn nothing_accepted_is_lost_through_crashes_and_outages() {
 
     // 1. A dispatcher killed with SIGKILL three times mid-stream.
     if scenario(1) {
-        let mut p = Pipeline::start(&s, &[]);
-        let api = Api::new(&p.ingest);
-        let receiver = Receiver::start().await;
+        let (mut p, api, receiver) = pipeline_to_a_receiver(&s).await;
         receiver.delay(Duration::from_millis(10));
         api.create_webhook(json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
             .await;
@@ -386,9 +394,7 @@ async fn nothing_accepted_is_lost_through_crashes_and_outages() {
 
     // 2. RabbitMQ stopped and started mid-stream: every process reconnects by itself.
     if scenario(2) {
-        let mut p = Pipeline::start(&s, &[]);
-        let api = Api::new(&p.ingest);
-        let receiver = Receiver::start().await;
+        let (mut p, api, receiver) = pipeline_to_a_receiver(&s).await;
         api.create_webhook(json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
             .await;
         let producer = produce(api.clone(), "amqp");
@@ -414,9 +420,7 @@ async fn nothing_accepted_is_lost_through_crashes_and_outages() {
 
     // 3. Redis restarted mid-stream, with retries in flight.
     if scenario(3) {
-        let mut p = Pipeline::start(&s, &[]);
-        let api = Api::new(&p.ingest);
-        let receiver = Receiver::start().await;
+        let (mut p, api, receiver) = pipeline_to_a_receiver(&s).await;
         receiver.fail_first_attempts();
         api.create_webhook(json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
             .await;
@@ -441,9 +445,7 @@ async fn nothing_accepted_is_lost_through_crashes_and_outages() {
 
     // 4. A scheduler killed again and again while it claims and publishes retries.
     if scenario(4) {
-        let mut p = Pipeline::start(&s, &[]);
-        let api = Api::new(&p.ingest);
-        let receiver = Receiver::start().await;
+        let (mut p, api, receiver) = pipeline_to_a_receiver(&s).await;
         receiver.fail_first_attempts();
         api.create_webhook(json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
             .await;

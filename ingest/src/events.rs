@@ -252,22 +252,17 @@ fn parse_event(
     let now = Utc::now();
     let occurred_at = match obj.get("occurred_at") {
         None | Some(Value::Null) => now,
-        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+        Some(v) => v
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| {
+            .ok_or_else(|| {
                 ApiError::invalid(
                     "invalid_field",
                     field("occurred_at"),
                     "must be an RFC 3339 time such as 2026-11-27T09:00:00Z",
                 )
             })?,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_field",
-                field("occurred_at"),
-                "must be an RFC 3339 time such as 2026-11-27T09:00:00Z",
-            ))
-        }
     };
     let data = match obj.get("data") {
         Some(v @ Value::Object(_)) => v.clone(),

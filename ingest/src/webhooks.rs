@@ -20,6 +20,14 @@ fn webhook_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiEr
         .map_err(|_| ApiError::NotFound("webhook"))
 }
 
+async fn load(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
+    state
+        .store
+        .get_webhook(id)
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))
+}
+
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
     let (_, hooks) = state.store.list_webhooks().await?;
@@ -51,11 +59,7 @@ pub async fn get_one(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
     let id = webhook_id(path)?;
-    let webhook = state
-        .store
-        .get_webhook(&id)
-        .await?
-        .ok_or(ApiError::NotFound("webhook"))?;
+    let webhook = load(&state, &id).await?;
     Ok(Json(webhook.to_public_json()).into_response())
 }
 
@@ -68,11 +72,7 @@ pub async fn update(
     authorize(&state, &headers, Scope::Admin)?;
     let id = webhook_id(path)?;
     let value = json_body(&headers, body, state.max_body_bytes).await?;
-    let webhook = state
-        .store
-        .get_webhook(&id)
-        .await?
-        .ok_or(ApiError::NotFound("webhook"))?;
+    let webhook = load(&state, &id).await?;
     let spec = WebhookSpec::of(&webhook).patched(&value)?;
     if spec.enabled && !webhook.enabled {
         // A fresh start: no disabled reason, no failure streak.
