@@ -238,7 +238,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     }
 
     let metrics = Metrics::new();
-    let Some(store) = connect_store(&config, shutdown.clone()).await else {
+    let redials = metrics
+        .redis_reconnects
+        .with_label_values(&[command.name()]);
+    let Some(store) = connect_store(&config, redials, shutdown.clone()).await else {
         return Ok(());
     };
     let broker: Arc<dyn Broker> = Arc::new(RabbitBroker::new(
@@ -353,10 +356,16 @@ async fn registry_tool(action: WebhooksAction, config: Config) -> anyhow::Result
 }
 
 /// Connect to Redis, retrying with backoff until it answers or shutdown is requested.
-async fn connect_store(config: &Config, mut shutdown: Shutdown) -> Option<Arc<RedisStore>> {
+async fn connect_store(
+    config: &Config,
+    redials: prometheus::IntCounter,
+    mut shutdown: Shutdown,
+) -> Option<Arc<RedisStore>> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match RedisStore::connect(&config.redis_url, &config.prefix).await {
+        match RedisStore::connect_counted(&config.redis_url, &config.prefix, Some(redials.clone()))
+            .await
+        {
             Ok(store) => {
                 let store = store.with_secret_key(config.secret_key.clone());
                 store.check_durability().await;

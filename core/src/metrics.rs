@@ -34,6 +34,7 @@ pub struct Metrics {
     pub amqp_reconnects: IntCounterVec,
     pub amqp_errors: IntCounterVec,
     pub redis_errors: IntCounterVec,
+    pub redis_reconnects: IntCounterVec,
     /// Webhooks in the registry cache, by state (enabled, disabled).
     pub webhooks: IntGaugeVec,
     /// Failed attempts given another try later.
@@ -148,6 +149,11 @@ impl Metrics {
             redis_errors: reg!(counter_vec(
                 "kivihook_redis_errors_total",
                 "Failed Redis operations, by role.",
+                role,
+            )),
+            redis_reconnects: reg!(counter_vec(
+                "kivihook_redis_reconnects_total",
+                "Connections to Redis dialled again after one broke, by role.",
                 role,
             )),
             webhooks: reg!(must(IntGaugeVec::new(

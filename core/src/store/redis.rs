@@ -138,10 +138,23 @@ impl RedisStore {
     /// Connect the pool. Fails if Redis cannot be reached now; the connections reconnect by
     /// themselves after that.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_counted(url, prefix, None).await
+    }
+
+    /// Like `connect`, counting every redial in `redials`.
+    pub async fn connect_counted(
+        url: &str,
+        prefix: &str,
+        redials: Option<prometheus::IntCounter>,
+    ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let mut pool = Vec::with_capacity(POOL_SIZE);
         for _ in 0..POOL_SIZE {
-            pool.push(Conn::open(client.clone()).await.map_err(unavailable)?);
+            pool.push(
+                Conn::open(client.clone(), redials.clone())
+                    .await
+                    .map_err(unavailable)?,
+            );
         }
         Ok(Self {
             keys: Keys::new(prefix),

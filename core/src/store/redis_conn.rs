@@ -18,6 +18,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Slot {
     client: redis::Client,
+    /// Counts dials after the first, for `kivihook_redis_reconnects_total`.
+    redials: Option<prometheus::IntCounter>,
     /// The live connection and the generation it belongs to.
     current: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
     generation: AtomicU64,
@@ -39,10 +41,14 @@ fn needs_redial(e: &RedisError) -> bool {
 
 impl Conn {
     /// A slot, connected now (so a wrong URL or an absent Redis shows at start).
-    pub async fn open(client: redis::Client) -> RedisResult<Self> {
+    pub async fn open(
+        client: redis::Client,
+        redials: Option<prometheus::IntCounter>,
+    ) -> RedisResult<Self> {
         let conn = Self {
             slot: Arc::new(Slot {
                 client,
+                redials,
                 current: tokio::sync::Mutex::new(None),
                 generation: AtomicU64::new(0),
             }),
@@ -65,6 +71,12 @@ impl Conn {
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         let generation = self.slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        if generation > 1 {
+            if let Some(counter) = &self.slot.redials {
+                counter.inc();
+            }
+            tracing::info!("reconnected to Redis");
+        }
         *current = Some((generation, c.clone()));
         Ok((generation, c))
     }
