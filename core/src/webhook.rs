@@ -48,6 +48,90 @@ impl Method {
     }
 }
 
+/// Where an API key goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyLocation {
+    Header,
+    Query,
+}
+
+/// How a webhook authenticates to its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Auth {
+    #[default]
+    None,
+    ApiKey {
+        name: String,
+        value: String,
+        #[serde(rename = "in")]
+        location: KeyLocation,
+    },
+    Bearer {
+        token: String,
+    },
+    Basic {
+        username: String,
+        password: String,
+    },
+}
+
+impl Auth {
+    /// The credential it carries (sealed at rest, masked in answers).
+    pub fn credential_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Self::None => None,
+            Self::ApiKey { value, .. } => Some(value),
+            Self::Bearer { token } => Some(token),
+            Self::Basic { password, .. } => Some(password),
+        }
+    }
+
+    /// The same, with its credential masked.
+    pub fn masked(&self) -> Self {
+        let mut m = self.clone();
+        if let Some(c) = m.credential_mut() {
+            *c = mask_credential(c);
+        }
+        m
+    }
+
+    pub fn credential(&self) -> Option<&str> {
+        match self {
+            Self::None => None,
+            Self::ApiKey { value, .. } => Some(value),
+            Self::Bearer { token } => Some(token),
+            Self::Basic { password, .. } => Some(password),
+        }
+    }
+
+    /// A PATCH that sends back the masked credential it was shown keeps the real one.
+    fn keep_masked(&mut self, current: &Self) {
+        if std::mem::discriminant(self) != std::mem::discriminant(current) {
+            return;
+        }
+        let (Some(real), Some(shown)) = (
+            current.credential(),
+            current.masked().credential().map(str::to_owned),
+        ) else {
+            return;
+        };
+        if let Some(new) = self.credential_mut() {
+            if *new == shown {
+                *new = real.to_owned();
+            }
+        }
+    }
+}
+
+/// A signing secret that was rotated out and still signs until it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    pub secret: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// An event pattern: `*`, `<family>.*`, or one event type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pattern {
@@ -119,6 +203,11 @@ pub struct Webhook {
     /// Requests in flight from one dispatcher; `None` uses the installation's default.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    #[serde(default)]
+    pub auth: Auth,
+    /// Rotated-out secrets that keep signing beside `secret` until they expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<PreviousSecret>,
     /// `whsec_…`; shown once on create, masked everywhere else.
     pub secret: String,
     pub created_at: DateTime<Utc>,
@@ -174,6 +263,8 @@ impl Webhook {
             retry_schedule: None,
             rate_limit: None,
             max_concurrency: None,
+            auth: Auth::None,
+            previous_secrets: Vec::new(),
             secret,
             created_at: now,
             updated_at: now,
@@ -198,6 +289,7 @@ impl Webhook {
         self.retry_schedule = spec.retry_schedule;
         self.rate_limit = spec.rate_limit;
         self.max_concurrency = spec.max_concurrency;
+        self.auth = spec.auth;
         self.updated_at = Utc::now();
     }
 
@@ -206,8 +298,44 @@ impl Webhook {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Some(obj) = v.as_object_mut() {
             obj.insert("secret".into(), Value::String(mask(&self.secret)));
+            obj.insert(
+                "auth".into(),
+                serde_json::to_value(self.auth.masked()).unwrap_or_default(),
+            );
+            let previous: Vec<Value> = self
+                .previous_secrets
+                .iter()
+                .map(|p| serde_json::json!({"secret": mask(&p.secret), "expires_at": p.expires_at}))
+                .collect();
+            obj.insert("previous_secrets".into(), Value::Array(previous));
         }
         v
+    }
+
+    /// Every secret that signs now: the current one first, then rotated-out ones that have
+    /// not expired.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> impl Iterator<Item = &str> {
+        std::iter::once(self.secret.as_str()).chain(
+            self.previous_secrets
+                .iter()
+                .filter(move |p| p.expires_at > now)
+                .map(|p| p.secret.as_str()),
+        )
+    }
+
+    /// Replace the signing secret; the old one keeps signing beside it for `overlap`.
+    pub fn rotate_secret(&mut self, new: String, overlap: chrono::Duration) {
+        let now = Utc::now();
+        self.previous_secrets.retain(|p| p.expires_at > now);
+        let old = std::mem::replace(&mut self.secret, new);
+        self.previous_secrets.insert(
+            0,
+            PreviousSecret {
+                secret: old,
+                expires_at: now + overlap,
+            },
+        );
+        self.updated_at = now;
     }
 }
 
@@ -225,7 +353,7 @@ pub fn parse_export(text: &str) -> Result<Vec<Webhook>, String> {
             "name": w.name, "url": w.url, "method": w.method, "events": w.events,
             "clinic_ids": w.clinic_ids, "headers": w.headers, "enabled": w.enabled,
             "retry_schedule": w.retry_schedule, "rate_limit": w.rate_limit,
-            "max_concurrency": w.max_concurrency,
+            "max_concurrency": w.max_concurrency, "auth": w.auth,
         });
         WebhookSpec::from_json(&user)
             .map_err(|e| format!("webhooks[{i}].{}: {}", e.field, e.message))?;
@@ -245,6 +373,16 @@ pub fn mask(secret: &str) -> String {
         .rev()
         .collect();
     format!("whsec_…{tail}")
+}
+
+/// A credential shown as `…` and its last four characters (only those of a long one).
+pub fn mask_credential(value: &str) -> String {
+    let n = value.chars().count();
+    if n < 12 {
+        return "…".to_owned();
+    }
+    let tail: String = value.chars().skip(n - 4).collect();
+    format!("…{tail}")
 }
 
 /// A field of a webhook definition that is not acceptable.
@@ -275,6 +413,7 @@ pub struct WebhookSpec {
     pub retry_schedule: Option<Vec<f64>>,
     pub rate_limit: Option<f64>,
     pub max_concurrency: Option<u32>,
+    pub auth: Auth,
 }
 
 const FIELDS: &[&str] = &[
@@ -288,6 +427,7 @@ const FIELDS: &[&str] = &[
     "retry_schedule",
     "rate_limit",
     "max_concurrency",
+    "auth",
 ];
 
 /// Headers KiviHook sets itself; a webhook may not override them.
@@ -350,6 +490,11 @@ impl WebhookSpec {
                 .map(parse_concurrency)
                 .transpose()?
                 .flatten(),
+            auth: obj
+                .get("auth")
+                .map(parse_auth)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -369,6 +514,11 @@ impl WebhookSpec {
                 "retry_schedule" => self.retry_schedule = parse_schedule(value)?,
                 "rate_limit" => self.rate_limit = parse_rate(value)?,
                 "max_concurrency" => self.max_concurrency = parse_concurrency(value)?,
+                "auth" => {
+                    let mut auth = parse_auth(value)?;
+                    auth.keep_masked(&self.auth);
+                    self.auth = auth;
+                }
                 _ => unreachable!("check_fields admits only known fields"),
             }
         }
@@ -387,6 +537,7 @@ impl WebhookSpec {
             retry_schedule: webhook.retry_schedule.clone(),
             rate_limit: webhook.rate_limit,
             max_concurrency: webhook.max_concurrency,
+            auth: webhook.auth.clone(),
         }
     }
 }
@@ -597,6 +748,88 @@ fn parse_concurrency(v: &Value) -> Result<Option<u32>, InvalidField> {
         })
 }
 
+fn parse_auth(v: &Value) -> Result<Auth, InvalidField> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("auth", "must be an object with a `type`"))?;
+    let text = |key: &str| -> Result<String, InvalidField> {
+        let field = format!("auth.{key}");
+        let s = obj
+            .get(key)
+            .ok_or_else(|| invalid(field.as_str(), "is required"))?
+            .as_str()
+            .ok_or_else(|| invalid(field.as_str(), "must be a string"))?;
+        if s.is_empty() || s.len() > 4096 || s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(invalid(
+                field,
+                "must be 1 to 4096 characters without CR, LF or NUL",
+            ));
+        }
+        Ok(s.to_owned())
+    };
+    let allowed: &[&str] = match obj.get("type").and_then(Value::as_str) {
+        Some("none") => &["type"],
+        Some("api_key") => &["type", "name", "value", "in"],
+        Some("bearer") => &["type", "token"],
+        Some("basic") => &["type", "username", "password"],
+        _ => {
+            return Err(invalid(
+                "auth.type",
+                "must be one of none, api_key, bearer, basic",
+            ))
+        }
+    };
+    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(invalid(
+            format!("auth.{k}"),
+            format!(
+                "is not a field of this auth type; fields are {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok(match obj.get("type").and_then(Value::as_str) {
+        Some("api_key") => {
+            let name = text("name")?;
+            let location = match obj.get("in").and_then(Value::as_str) {
+                Some("header") | None => KeyLocation::Header,
+                Some("query") => KeyLocation::Query,
+                Some(_) => return Err(invalid("auth.in", "must be header or query")),
+            };
+            if location == KeyLocation::Header {
+                let token = name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token || RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                    return Err(invalid(
+                        "auth.name",
+                        "must be an HTTP header name that KiviHook does not set itself",
+                    ));
+                }
+            }
+            Auth::ApiKey {
+                name,
+                value: text("value")?,
+                location,
+            }
+        }
+        Some("bearer") => Auth::Bearer {
+            token: text("token")?,
+        },
+        Some("basic") => {
+            let username = text("username")?;
+            if username.contains(':') {
+                return Err(invalid("auth.username", "must not contain ':'"));
+            }
+            Auth::Basic {
+                username,
+                password: text("password")?,
+            }
+        }
+        _ => Auth::None,
+    })
+}
+
 fn parse_bool(field: &str, v: &Value) -> Result<bool, InvalidField> {
     v.as_bool()
         .ok_or_else(|| invalid(field, "must be true or false"))
@@ -629,6 +862,8 @@ mod tests {
             retry_schedule: None,
             rate_limit: None,
             max_concurrency: None,
+            auth: Auth::None,
+            previous_secrets: Vec::new(),
             secret: crate::signing::generate_secret(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
@@ -729,6 +964,44 @@ mod tests {
         assert!(!spec.enabled);
         assert_eq!(spec.clinic_ids, vec!["7"]);
         assert_eq!(spec.url, h.url);
+    }
+
+    #[test]
+    fn a_patch_that_sends_back_a_masked_credential_keeps_the_real_one() {
+        let mut h = hook(&["*"], &[]);
+        h.auth = Auth::Bearer {
+            token: "tok_0123456789abcdef".into(),
+        };
+        let shown = h.to_public_json();
+        assert_eq!(shown["auth"]["token"], "…cdef");
+        let spec = WebhookSpec::of(&h)
+            .patched(&json!({"auth": shown["auth"].clone()}))
+            .unwrap();
+        assert_eq!(spec.auth, h.auth);
+        let spec = WebhookSpec::of(&h)
+            .patched(&json!({"auth": {"type": "bearer", "token": "tok_new"}}))
+            .unwrap();
+        assert_eq!(
+            spec.auth,
+            Auth::Bearer {
+                token: "tok_new".into()
+            }
+        );
+    }
+
+    #[test]
+    fn rotated_secrets_sign_until_they_expire() {
+        let mut h = hook(&["*"], &[]);
+        let old = h.secret.clone();
+        h.rotate_secret(
+            crate::signing::generate_secret(),
+            chrono::Duration::hours(24),
+        );
+        let now = Utc::now();
+        let signing: Vec<&str> = h.signing_secrets(now).collect();
+        assert_eq!(signing, vec![h.secret.as_str(), old.as_str()]);
+        let later = now + chrono::Duration::hours(25);
+        assert_eq!(h.signing_secrets(later).count(), 1);
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! One signed HTTP request to one receiver.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use chrono::Utc;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
+};
 
 use kivihook_core::retry::parse_retry_after;
 use kivihook_core::signing::SigningKey;
-use kivihook_core::webhook::Method;
+use kivihook_core::webhook::{Auth, KeyLocation, Method, Webhook};
 
 use crate::target::Target;
 
@@ -141,21 +146,64 @@ fn classify(e: &reqwest::Error) -> ErrorKind {
     }
 }
 
+/// Add the webhook's credential to the request: a header, or a query parameter on the URL
+/// (returned, since only that case changes it).
+fn authenticate<'a>(webhook: &'a Webhook, headers: &mut HeaderMap) -> Cow<'a, str> {
+    let header = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    match &webhook.auth {
+        Auth::None => {}
+        Auth::ApiKey {
+            name,
+            value,
+            location: KeyLocation::Header,
+        } => {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                header(headers, n, value);
+            }
+        }
+        Auth::ApiKey {
+            name,
+            value,
+            location: KeyLocation::Query,
+        } => {
+            if let Ok(mut u) = url::Url::parse(&webhook.url) {
+                u.query_pairs_mut().append_pair(name, value);
+                return Cow::Owned(u.into());
+            }
+        }
+        Auth::Bearer { token } => header(headers, AUTHORIZATION, &format!("Bearer {token}")),
+        Auth::Basic { username, password } => {
+            let basic = STANDARD.encode(format!("{username}:{password}"));
+            header(headers, AUTHORIZATION, &format!("Basic {basic}"));
+        }
+    }
+    Cow::Borrowed(&webhook.url)
+}
+
 /// Send the target's envelope to its webhook, signed.
 pub async fn send(client: &reqwest::Client, target: &Target) -> Attempt {
     let started = Instant::now();
     let webhook = &target.webhook;
-    let key = match SigningKey::parse(&webhook.secret) {
-        Ok(k) => k,
-        Err(e) => {
-            return Attempt::failed(
-                ErrorKind::Config,
-                format!("the webhook's signing secret is unusable: {e}"),
-                started,
-            )
+    let now = Utc::now();
+    let timestamp = now.timestamp();
+    // The current secret signs first; a rotated-out one signs beside it until it expires.
+    let mut signatures = Vec::with_capacity(1 + webhook.previous_secrets.len());
+    for secret in webhook.signing_secrets(now) {
+        match SigningKey::parse(secret) {
+            Ok(key) => signatures.push(key.sign(&target.message_id, timestamp, &target.body)),
+            Err(e) => {
+                return Attempt::failed(
+                    ErrorKind::Config,
+                    format!("the webhook's signing secret is unusable: {e}"),
+                    started,
+                )
+            }
         }
-    };
-    let timestamp = Utc::now().timestamp();
+    }
     let mut headers = HeaderMap::with_capacity(webhook.headers.len() + 4);
     for (name, value) in &webhook.headers {
         // Both were checked when the webhook was saved; skip rather than fail if not.
@@ -167,13 +215,11 @@ pub async fn send(client: &reqwest::Client, target: &Target) -> Attempt {
         }
     }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let url = authenticate(webhook, &mut headers);
     let signed = [
         ("webhook-id", target.message_id.clone()),
         ("webhook-timestamp", timestamp.to_string()),
-        (
-            "webhook-signature",
-            key.sign(&target.message_id, timestamp, &target.body),
-        ),
+        ("webhook-signature", signatures.join(" ")),
     ];
     for (name, value) in signed {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -181,7 +227,7 @@ pub async fn send(client: &reqwest::Client, target: &Target) -> Attempt {
         }
     }
     let result = client
-        .request(method(webhook.method), &webhook.url)
+        .request(method(webhook.method), url.as_ref())
         .headers(headers)
         .body(target.body.clone())
         .send()

@@ -74,6 +74,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(webhooks::delete),
         )
         .route("/v1/webhooks/{id}/attempts", get(deliveries::attempts))
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
         .route("/v1/dead-letters", get(deliveries::dead_letters))
         .route("/v1/dead-letters/{id}/replay", post(deliveries::replay))
         .route("/v1/attempts/{id}/resend", post(deliveries::resend))

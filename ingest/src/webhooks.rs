@@ -99,3 +99,30 @@ pub async fn delete(
         Err(ApiError::NotFound("webhook"))
     }
 }
+
+/// How long a rotated-out signing secret keeps signing beside the new one.
+const ROTATION_OVERLAP_HOURS: i64 = 24;
+
+/// `POST /v1/webhooks/{id}/rotate-secret`: a new signing secret, shown once; the old one
+/// keeps signing beside it for 24 hours so that receivers can switch without a gap.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let id = webhook_id(path)?;
+    let mut webhook = load(&state, &id).await?;
+    webhook.rotate_secret(
+        generate_secret(),
+        chrono::Duration::hours(ROTATION_OVERLAP_HOURS),
+    );
+    state.store.put_webhook(&webhook).await?;
+    tracing::info!(webhook_id = %webhook.id, "signing secret rotated");
+    Ok(Json(json!({
+        "id": webhook.id,
+        "secret": webhook.secret,
+        "previous_secret_expires_at": webhook.previous_secrets.first().map(|p| p.expires_at),
+    }))
+    .into_response())
+}

@@ -174,20 +174,32 @@ impl RedisStore {
         self
     }
 
+    /// Every secret a webhook holds: its signing secrets and its endpoint credential.
+    fn secrets_of(w: &mut Webhook) -> Vec<&mut String> {
+        let mut out = vec![&mut w.secret];
+        out.extend(w.previous_secrets.iter_mut().map(|p| &mut p.secret));
+        out.extend(w.auth.credential_mut());
+        out
+    }
+
     fn seal(&self, webhook: &Webhook) -> Webhook {
         let mut stored = webhook.clone();
         if let Some(b) = &self.sealer {
-            stored.secret = b.seal(&webhook.secret);
+            for s in Self::secrets_of(&mut stored) {
+                *s = b.seal(s);
+            }
         }
         stored
     }
 
     fn open(&self, mut stored: Webhook) -> Result<Webhook, StoreError> {
-        if is_sealed(&stored.secret) {
-            let b = self.sealer.as_ref().ok_or_else(|| {
-                corrupt("stored secrets are encrypted, and KIVIHOOK_SECRET_KEY is not set")
-            })?;
-            stored.secret = b.open(&stored.secret).map_err(corrupt)?;
+        for s in Self::secrets_of(&mut stored) {
+            if is_sealed(s) {
+                let b = self.sealer.as_ref().ok_or_else(|| {
+                    corrupt("stored secrets are encrypted, and KIVIHOOK_SECRET_KEY is not set")
+                })?;
+                *s = b.open(s).map_err(corrupt)?;
+            }
         }
         Ok(stored)
     }
