@@ -332,6 +332,7 @@ fn start_role(
         .env("KIVIHOOK_ADMIN_TOKEN", ADMIN)
         .env("KIVIHOOK_INGEST_TOKEN", INGEST)
         .env("KIVIHOOK_LOG", "warn,kivihook=info")
+        .env("KIVIHOOK_OUTBOUND_ALLOW", "127.0.0.0/8")
         .env("KIVIHOOK_PREFETCH", "1024")
         .env("KIVIHOOK_WEBHOOK_CONCURRENCY", "256")
         .env("KIVIHOOK_MAX_BODY_BYTES", "4194304")

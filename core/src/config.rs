@@ -72,6 +72,8 @@ pub struct Config {
     pub webhooks_file: Option<std::path::PathBuf>,
     /// Seals signing secrets at rest in Redis.
     pub secret_key: Option<crate::crypto::SecretBox>,
+    /// Which addresses webhooks may reach.
+    pub outbound: crate::outbound::Guard,
 }
 
 /// One configuration problem: which setting, from which source, and why.
@@ -179,6 +181,16 @@ const SETTINGS: &[Setting] = &[
         key: "auto_disable_after",
         env: "KIVIHOOK_AUTO_DISABLE_AFTER",
         flag: "--auto-disable-after",
+    },
+    Setting {
+        key: "outbound_allow",
+        env: "KIVIHOOK_OUTBOUND_ALLOW",
+        flag: "--outbound-allow",
+    },
+    Setting {
+        key: "require_https",
+        env: "KIVIHOOK_REQUIRE_HTTPS",
+        flag: "--require-https",
     },
     Setting {
         key: "secret_key",
@@ -349,6 +361,20 @@ impl Config {
             ),
             None => None,
         };
+        let allow = match raw("outbound_allow") {
+            Some((name, v)) => {
+                crate::outbound::Guard::parse_allow(&v).map_err(|m| err(&name, m))?
+            }
+            None => Vec::new(),
+        };
+        let require_https = match raw("require_https") {
+            Some((name, v)) => match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" | "" => false,
+                _ => return Err(err(&name, format!("must be true or false (got {v:?})"))),
+            },
+            None => false,
+        };
         let retry_schedule = match raw("retry_schedule") {
             Some((name, v)) => RetrySchedule::parse(&v).map_err(|m| err(&name, m))?,
             None => RetrySchedule::default(),
@@ -422,6 +448,10 @@ impl Config {
             webhook_concurrency,
             webhooks_file: raw("webhooks_file").map(|(_, v)| v.into()),
             secret_key,
+            outbound: crate::outbound::Guard {
+                allow,
+                require_https,
+            },
         })
     }
 }
@@ -533,6 +563,8 @@ mod tests {
             ("KIVIHOOK_WEBHOOK_CONCURRENCY", "0"),
             ("KIVIHOOK_RETRY_LEASE", "0"),
             ("KIVIHOOK_SECRET_KEY", "dG9vIHNob3J0"),
+            ("KIVIHOOK_OUTBOUND_ALLOW", "10.0.0.0/40"),
+            ("KIVIHOOK_REQUIRE_HTTPS", "maybe"),
         ] {
             let e = Config::from_sources(&map(&[(k, v)]), &map(&[]), &map(&[])).unwrap_err();
             assert_eq!(e.setting, k);

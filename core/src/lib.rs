@@ -14,6 +14,7 @@ pub mod event;
 pub mod keys;
 pub mod metrics;
 pub mod ops;
+pub mod outbound;
 pub mod retry;
 pub mod shutdown;
 pub mod signing;

@@ -205,6 +205,9 @@ pub struct Webhook {
     pub max_concurrency: Option<u32>,
     #[serde(default)]
     pub auth: Auth,
+    /// Follow redirects (each hop checked by the outbound guard); off by default.
+    #[serde(default)]
+    pub follow_redirects: bool,
     /// Rotated-out secrets that keep signing beside `secret` until they expire.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_secrets: Vec<PreviousSecret>,
@@ -264,6 +267,7 @@ impl Webhook {
             rate_limit: None,
             max_concurrency: None,
             auth: Auth::None,
+            follow_redirects: false,
             previous_secrets: Vec::new(),
             secret,
             created_at: now,
@@ -290,6 +294,7 @@ impl Webhook {
         self.rate_limit = spec.rate_limit;
         self.max_concurrency = spec.max_concurrency;
         self.auth = spec.auth;
+        self.follow_redirects = spec.follow_redirects;
         self.updated_at = Utc::now();
     }
 
@@ -354,6 +359,7 @@ pub fn parse_export(text: &str) -> Result<Vec<Webhook>, String> {
             "clinic_ids": w.clinic_ids, "headers": w.headers, "enabled": w.enabled,
             "retry_schedule": w.retry_schedule, "rate_limit": w.rate_limit,
             "max_concurrency": w.max_concurrency, "auth": w.auth,
+            "follow_redirects": w.follow_redirects,
         });
         WebhookSpec::from_json(&user)
             .map_err(|e| format!("webhooks[{i}].{}: {}", e.field, e.message))?;
@@ -414,6 +420,7 @@ pub struct WebhookSpec {
     pub rate_limit: Option<f64>,
     pub max_concurrency: Option<u32>,
     pub auth: Auth,
+    pub follow_redirects: bool,
 }
 
 const FIELDS: &[&str] = &[
@@ -428,6 +435,7 @@ const FIELDS: &[&str] = &[
     "rate_limit",
     "max_concurrency",
     "auth",
+    "follow_redirects",
 ];
 
 /// Headers KiviHook sets itself; a webhook may not override them.
@@ -495,6 +503,11 @@ impl WebhookSpec {
                 .map(parse_auth)
                 .transpose()?
                 .unwrap_or_default(),
+            follow_redirects: obj
+                .get("follow_redirects")
+                .map(|v| parse_bool("follow_redirects", v))
+                .transpose()?
+                .unwrap_or(false),
         })
     }
 
@@ -514,6 +527,9 @@ impl WebhookSpec {
                 "retry_schedule" => self.retry_schedule = parse_schedule(value)?,
                 "rate_limit" => self.rate_limit = parse_rate(value)?,
                 "max_concurrency" => self.max_concurrency = parse_concurrency(value)?,
+                "follow_redirects" => {
+                    self.follow_redirects = parse_bool("follow_redirects", value)?
+                }
                 "auth" => {
                     let mut auth = parse_auth(value)?;
                     auth.keep_masked(&self.auth);
@@ -538,6 +554,7 @@ impl WebhookSpec {
             rate_limit: webhook.rate_limit,
             max_concurrency: webhook.max_concurrency,
             auth: webhook.auth.clone(),
+            follow_redirects: webhook.follow_redirects,
         }
     }
 }
@@ -863,6 +880,7 @@ mod tests {
             rate_limit: None,
             max_concurrency: None,
             auth: Auth::None,
+            follow_redirects: false,
             previous_secrets: Vec::new(),
             secret: crate::signing::generate_secret(),
             created_at: Utc::now(),

@@ -196,7 +196,7 @@ async fn attempt(d: &Dispatcher, target: &Target) -> Processed {
         }
     };
     d.metrics.deliveries_in_flight.inc();
-    let result = send::send(&d.client, target).await;
+    let result = send::send(&d.clients, target).await;
     d.metrics.deliveries_in_flight.dec();
     drop(permit);
     observe(d, target, &result);

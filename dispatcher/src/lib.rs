@@ -28,7 +28,7 @@ pub struct Dispatcher {
     pub metrics: Metrics,
     pub registry: Arc<Registry>,
     pub gates: gate::Gates,
-    pub client: reqwest::Client,
+    pub clients: send::Clients,
     pub prefetch: u16,
     pub retry_prefetch: u16,
     pub delivery_timeout: Duration,
@@ -50,7 +50,7 @@ impl Dispatcher {
         Self {
             registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
             gates: gate::Gates::default(),
-            client: send::client(config.delivery_timeout),
+            clients: send::Clients::new(config.delivery_timeout, config.outbound.clone()),
             broker,
             store,
             metrics,

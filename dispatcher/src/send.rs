@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
@@ -11,6 +12,7 @@ use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
 };
 
+use kivihook_core::outbound::{Guard, GuardedResolver, Refused};
 use kivihook_core::retry::parse_retry_after;
 use kivihook_core::signing::SigningKey;
 use kivihook_core::webhook::{Auth, KeyLocation, Method, Webhook};
@@ -31,6 +33,8 @@ pub enum ErrorKind {
     Request,
     HttpStatus,
     Config,
+    /// Refused by the outbound guard (a private address, or plain http where https is required).
+    Blocked,
 }
 
 impl ErrorKind {
@@ -43,6 +47,7 @@ impl ErrorKind {
             Self::Request => "request",
             Self::HttpStatus => "http_status",
             Self::Config => "config",
+            Self::Blocked => "blocked",
         }
     }
 }
@@ -89,16 +94,68 @@ impl Attempt {
 }
 
 /// The outbound HTTP client: no redirects, a per-request timeout, KiviHook's User-Agent.
-pub fn client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .user_agent(kivihook_core::user_agent())
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+/// The outbound HTTP clients: every name they resolve and every redirect they follow goes
+/// through the outbound guard. One follows no redirects (the default for every webhook);
+/// the other follows up to five, for webhooks that opt in.
+#[derive(Clone)]
+pub struct Clients {
+    pub plain: reqwest::Client,
+    pub following: reqwest::Client,
+    pub guard: Arc<Guard>,
+}
+
+impl Clients {
+    pub fn new(timeout: Duration, guard: Guard) -> Self {
+        let guard = Arc::new(guard);
+        let build = |redirect: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .user_agent(kivihook_core::user_agent())
+                .redirect(redirect)
+                .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new())
+        };
+        let hop_guard = guard.clone();
+        let follow = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                return attempt.error("more than 5 redirects");
+            }
+            // Names are checked by the resolver; literal addresses and the scheme here.
+            let refused = match attempt.url().host() {
+                _ if hop_guard.require_https && attempt.url().scheme() != "https" => {
+                    Some(Refused::NotHttps)
+                }
+                Some(url::Host::Ipv4(ip)) => hop_guard.check_ip(ip.into()).err(),
+                Some(url::Host::Ipv6(ip)) => hop_guard.check_ip(ip.into()).err(),
+                _ => None,
+            };
+            match refused {
+                Some(r) => attempt.error(r),
+                None => attempt.follow(),
+            }
+        });
+        Self {
+            plain: build(reqwest::redirect::Policy::none()),
+            following: build(follow),
+            guard,
+        }
+    }
+
+    /// Refuse, before any connection, what the guard can tell from the URL alone.
+    fn precheck(&self, url: &str) -> Result<(), String> {
+        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        let refused = match parsed.host() {
+            _ if self.guard.require_https && parsed.scheme() != "https" => Some(Refused::NotHttps),
+            Some(url::Host::Ipv4(ip)) => self.guard.check_ip(ip.into()).err(),
+            Some(url::Host::Ipv6(ip)) => self.guard.check_ip(ip.into()).err(),
+            _ => None,
+        };
+        refused.map_or(Ok(()), |r| Err(format!("the URL {r}")))
+    }
 }
 
 /// The `webhook-id` of an event for one webhook: the same on every attempt and every
@@ -126,15 +183,21 @@ fn classify(e: &reqwest::Error) -> ErrorKind {
     if e.is_timeout() {
         return ErrorKind::Timeout;
     }
-    // reqwest folds DNS and TLS failures into "connect"; the source chain tells them apart.
+    // reqwest folds DNS, TLS and guard failures into "connect"; the source chain tells them
+    // apart.
     let mut chain = String::new();
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = source {
+        if s.downcast_ref::<Refused>().is_some() {
+            return ErrorKind::Blocked;
+        }
         chain.push_str(&s.to_string().to_ascii_lowercase());
         chain.push(' ');
         source = s.source();
     }
-    if chain.contains("dns") || chain.contains("lookup") || chain.contains("resolve") {
+    if chain.contains("kivihook_outbound_allow") || chain.contains("require_https") {
+        ErrorKind::Blocked
+    } else if chain.contains("dns") || chain.contains("lookup") || chain.contains("resolve") {
         ErrorKind::Dns
     } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake")
     {
@@ -185,9 +248,17 @@ fn authenticate<'a>(webhook: &'a Webhook, headers: &mut HeaderMap) -> Cow<'a, st
 }
 
 /// Send the target's envelope to its webhook, signed.
-pub async fn send(client: &reqwest::Client, target: &Target) -> Attempt {
+pub async fn send(clients: &Clients, target: &Target) -> Attempt {
     let started = Instant::now();
     let webhook = &target.webhook;
+    if let Err(e) = clients.precheck(&webhook.url) {
+        return Attempt::failed(ErrorKind::Blocked, e, started);
+    }
+    let client = if webhook.follow_redirects {
+        &clients.following
+    } else {
+        &clients.plain
+    };
     let now = Utc::now();
     let timestamp = now.timestamp();
     // The current secret signs first; a rotated-out one signs beside it until it expires.

@@ -33,6 +33,8 @@ pub struct AppState {
     pub ingest_token: Secret,
     pub max_body_bytes: usize,
     pub dedup_window: Duration,
+    /// Which addresses webhooks may point at (checked when they are saved).
+    pub outbound: Arc<kivihook_core::outbound::Guard>,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
             ingest_token: config.ingest_token.clone(),
             max_body_bytes: config.max_body_bytes,
             dedup_window: config.dedup_window,
+            outbound: Arc::new(config.outbound.clone()),
         }
     }
 }

@@ -20,6 +20,18 @@ fn webhook_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiEr
         .map_err(|_| ApiError::NotFound("webhook"))
 }
 
+/// Refuse a URL that the outbound guard would refuse at delivery: better a 422 now than
+/// a dead letter later.
+async fn check_destination(state: &AppState, url: &str) -> Result<(), ApiError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| ApiError::invalid("invalid_field", "url", e.to_string()))?;
+    state
+        .outbound
+        .check_url(&parsed)
+        .await
+        .map_err(|e| ApiError::invalid("forbidden_destination", "url", e.to_string()))
+}
+
 async fn load(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
     state
         .store
@@ -43,6 +55,7 @@ pub async fn create(
     authorize(&state, &headers, Scope::Admin)?;
     let value = json_body(&headers, body, state.max_body_bytes).await?;
     let spec = WebhookSpec::from_json(&value)?;
+    check_destination(&state, &spec.url).await?;
     let webhook = Webhook::create(spec, generate_secret());
     state.store.put_webhook(&webhook).await?;
     tracing::info!(webhook_id = %webhook.id, "webhook created");
@@ -74,6 +87,9 @@ pub async fn update(
     let value = json_body(&headers, body, state.max_body_bytes).await?;
     let webhook = load(&state, &id).await?;
     let spec = WebhookSpec::of(&webhook).patched(&value)?;
+    if spec.url != webhook.url {
+        check_destination(&state, &spec.url).await?;
+    }
     if spec.enabled && !webhook.enabled {
         // A fresh start: no disabled reason, no failure streak.
         state.store.reset_health(&webhook.id).await?;

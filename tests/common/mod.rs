@@ -45,6 +45,9 @@ impl Kivihook {
             .env("KIVIHOOK_ADMIN_TOKEN", ADMIN)
             .env("KIVIHOOK_INGEST_TOKEN", INGEST)
             .env("KIVIHOOK_LOG", "info")
+            // The test receivers listen on loopback, which the outbound guard refuses
+            // unless it is allowed.
+            .env("KIVIHOOK_OUTBOUND_ALLOW", "127.0.0.0/8")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

@@ -1,0 +1,155 @@
+//! The outbound guard: internal addresses are refused when a webhook is saved and again at
+//! delivery (a name that resolves somewhere else later is caught too); an allowed block works.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_addresses_are_refused_at_save_and_at_delivery() {
+    let prefix = unique_prefix();
+    // No allowance at all: the guard's defaults.
+    let strict = Kivihook::start("all", &prefix, &[("KIVIHOOK_OUTBOUND_ALLOW", "")]);
+    let api = Api::new(&strict);
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "http://[::1]:8080/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+    ] {
+        let r = api
+            .http
+            .post(strict.url("/v1/webhooks"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": "ssrf", "url": url, "events": ["*"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{url}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "forbidden_destination",
+            "{url}: {body}"
+        );
+        assert_eq!(body["error"]["field"], "url");
+    }
+    assert_eq!(
+        get_json(&api, "/v1/webhooks").await["webhooks"],
+        json!([]),
+        "nothing stored"
+    );
+    drop(strict);
+
+    // Saved where loopback was allowed, then delivered by a dispatcher where it is not: the
+    // delivery is refused (the name `localhost` and the literal address alike).
+    let open = Kivihook::start("ingest", &prefix, &[]);
+    let api = Api::new(&open);
+    let r = Receiver::start().await;
+    let port = r.addr.port();
+    let by_name = api
+        .create_webhook(json!({"name": "by-name", "url": format!("http://localhost:{port}/hook"), "events": ["*"]}))
+        .await;
+    let by_ip = api
+        .create_webhook(json!({"name": "by-ip", "url": format!("http://127.0.0.1:{port}/hook"), "events": ["*"]}))
+        .await;
+    let _dispatcher = Kivihook::start(
+        "dispatcher",
+        &prefix,
+        &[
+            ("KIVIHOOK_OUTBOUND_ALLOW", ""),
+            ("KIVIHOOK_RETRY_SCHEDULE", ""),
+        ],
+    );
+    assert_eq!(
+        api.post_event(&event("evt_ssrf", "patient.created", None))
+            .await
+            .status(),
+        202
+    );
+    for hook in [&by_name, &by_ip] {
+        let path = format!("/v1/webhooks/{}/attempts", hook["id"].as_str().unwrap());
+        eventually(Duration::from_secs(10), "the refused attempt", || async {
+            get_json(&api, &path).await["total"] == 1
+        })
+        .await;
+        let attempt = &get_json(&api, &path).await["attempts"][0];
+        assert_eq!(attempt["error_kind"], "blocked", "{attempt}");
+        assert!(attempt["status"].is_null());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.count(), 0, "nothing reached the internal receiver");
+    drop(open);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_unless_the_webhook_opts_in_and_then_are_checked() {
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &[("KIVIHOOK_RETRY_SCHEDULE", "")]);
+    let api = Api::new(&k);
+    let target = Receiver::start().await;
+    let hop = Receiver::start().await;
+    // Every request to `hop` is answered with a redirect to `target`.
+    hop.respond_with(307);
+    hop.script(vec![(307, vec![("location", target.url())]); 4]);
+    api.create_webhook(json!({"name": "stays", "url": hop.url(), "events": ["bill.paid"]}))
+        .await;
+    api.create_webhook(json!({"name": "follows", "url": hop.url(), "events": ["bill.created"], "follow_redirects": true}))
+        .await;
+    assert_eq!(
+        api.post_event(&event("evt_r1", "bill.paid", None))
+            .await
+            .status(),
+        202
+    );
+    wait_until(Duration::from_secs(10), "the first request", || {
+        hop.count() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(target.count(), 0, "a redirect is not followed by default");
+    assert_eq!(
+        api.post_event(&event("evt_r2", "bill.created", None))
+            .await
+            .status(),
+        202
+    );
+    wait_until(Duration::from_secs(10), "the followed redirect", || {
+        target.count() == 1
+    })
+    .await;
+    assert_eq!(target.received()[0].json()["id"], "evt_r2");
+
+    // A followed redirect to an internal address is refused like any other request.
+    let sneaky = Receiver::start().await;
+    sneaky.script(vec![(
+        302,
+        vec![(
+            "location",
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+        )],
+    )]);
+    let w = api
+        .create_webhook(json!({"name": "sneaky", "url": sneaky.url(), "events": ["patient.created"], "follow_redirects": true}))
+        .await;
+    assert_eq!(
+        api.post_event(&event("evt_r3", "patient.created", None))
+            .await
+            .status(),
+        202
+    );
+    let path = format!("/v1/webhooks/{}/attempts", w["id"].as_str().unwrap());
+    eventually(Duration::from_secs(10), "the refused redirect", || async {
+        get_json(&api, &path).await["total"] == 1
+    })
+    .await;
+    let attempt = &get_json(&api, &path).await["attempts"][0];
+    assert_eq!(attempt["error_kind"], "blocked", "{attempt}");
+    drop(k);
+    cleanup(&prefix).await;
+}
