@@ -113,8 +113,11 @@ pub struct AttemptRecord {
     pub at: DateTime<Utc>,
     pub method: String,
     pub url: String,
-    /// The request body as sent (for resend), cut at 64 KiB.
+    /// The event envelope (what a resend sends again), empty past 64 KiB.
     pub request_body: String,
+    /// The body as sent, where the webhook's templates made it differ from the envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendered_body: Option<String>,
     pub status: Option<u16>,
     pub response_headers: BTreeMap<String, String>,
     /// At most 4 KiB of the response body.

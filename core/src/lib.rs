@@ -16,10 +16,12 @@ pub mod metrics;
 pub mod ops;
 pub mod outbound;
 pub mod retry;
+pub mod samples;
 pub mod shutdown;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod template;
 pub mod webhook;
 
 pub use broker::{Broker, BrokerError};

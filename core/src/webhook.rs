@@ -125,6 +125,19 @@ impl Auth {
     }
 }
 
+/// What a delivery's body is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    /// The signed JSON envelope.
+    #[default]
+    Default,
+    /// A JSON document rendered from a template.
+    Json { template: String },
+    /// `application/x-www-form-urlencoded` fields, each rendered from a template.
+    Form { fields: BTreeMap<String, String> },
+}
+
 /// A signing secret that was rotated out and still signs until it expires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousSecret {
@@ -208,6 +221,11 @@ pub struct Webhook {
     /// Follow redirects (each hop checked by the outbound guard); off by default.
     #[serde(default)]
     pub follow_redirects: bool,
+    /// Query parameters added to the URL, name → template.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Body,
     /// Rotated-out secrets that keep signing beside `secret` until they expire.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_secrets: Vec<PreviousSecret>,
@@ -268,6 +286,8 @@ impl Webhook {
             max_concurrency: None,
             auth: Auth::None,
             follow_redirects: false,
+            query: BTreeMap::new(),
+            body: Body::Default,
             previous_secrets: Vec::new(),
             secret,
             created_at: now,
@@ -295,6 +315,8 @@ impl Webhook {
         self.max_concurrency = spec.max_concurrency;
         self.auth = spec.auth;
         self.follow_redirects = spec.follow_redirects;
+        self.query = spec.query;
+        self.body = spec.body;
         self.updated_at = Utc::now();
     }
 
@@ -315,6 +337,10 @@ impl Webhook {
             obj.insert("previous_secrets".into(), Value::Array(previous));
         }
         v
+    }
+
+    pub fn has_templates(&self) -> bool {
+        templated(&self.url, &self.headers, &self.query, &self.body)
     }
 
     /// Every secret that signs now: the current one first, then rotated-out ones that have
@@ -359,7 +385,7 @@ pub fn parse_export(text: &str) -> Result<Vec<Webhook>, String> {
             "clinic_ids": w.clinic_ids, "headers": w.headers, "enabled": w.enabled,
             "retry_schedule": w.retry_schedule, "rate_limit": w.rate_limit,
             "max_concurrency": w.max_concurrency, "auth": w.auth,
-            "follow_redirects": w.follow_redirects,
+            "follow_redirects": w.follow_redirects, "query": w.query, "body": w.body,
         });
         WebhookSpec::from_json(&user)
             .map_err(|e| format!("webhooks[{i}].{}: {}", e.field, e.message))?;
@@ -421,6 +447,27 @@ pub struct WebhookSpec {
     pub max_concurrency: Option<u32>,
     pub auth: Auth,
     pub follow_redirects: bool,
+    pub query: BTreeMap<String, String>,
+    pub body: Body,
+}
+
+/// Whether any part of a request is a template (else the envelope goes as it is).
+fn templated(
+    url: &str,
+    headers: &BTreeMap<String, String>,
+    query: &BTreeMap<String, String>,
+    body: &Body,
+) -> bool {
+    crate::template::is_template(url)
+        || headers.values().any(|v| crate::template::is_template(v))
+        || !query.is_empty()
+        || *body != Body::Default
+}
+
+impl WebhookSpec {
+    pub fn has_templates(&self) -> bool {
+        templated(&self.url, &self.headers, &self.query, &self.body)
+    }
 }
 
 const FIELDS: &[&str] = &[
@@ -436,6 +483,8 @@ const FIELDS: &[&str] = &[
     "max_concurrency",
     "auth",
     "follow_redirects",
+    "query",
+    "body",
 ];
 
 /// Headers KiviHook sets itself; a webhook may not override them.
@@ -508,6 +557,16 @@ impl WebhookSpec {
                 .map(|v| parse_bool("follow_redirects", v))
                 .transpose()?
                 .unwrap_or(false),
+            query: obj
+                .get("query")
+                .map(parse_query)
+                .transpose()?
+                .unwrap_or_default(),
+            body: obj
+                .get("body")
+                .map(parse_body)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -555,6 +614,8 @@ impl WebhookSpec {
             max_concurrency: webhook.max_concurrency,
             auth: webhook.auth.clone(),
             follow_redirects: webhook.follow_redirects,
+            query: webhook.query.clone(),
+            body: webhook.body.clone(),
         }
     }
 }
@@ -596,6 +657,13 @@ fn parse_url(v: &Value) -> Result<String, InvalidField> {
         .ok_or_else(|| invalid("url", "must be a string"))?;
     if s.len() > 2048 {
         return Err(invalid("url", "must be at most 2048 characters"));
+    }
+    if crate::template::is_template(s) {
+        // Kept as written; checked when rendered against sample events (`check_templates`).
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            return Err(invalid("url", "must be an http:// or https:// URL"));
+        }
+        return Ok(s.to_owned());
     }
     let url = url::Url::parse(s).map_err(|e| invalid("url", format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -714,6 +782,156 @@ fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
         out.insert(name.clone(), value.to_owned());
     }
     Ok(out)
+}
+
+fn parse_query(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("query", "must be an object of parameter names to templates"))?;
+    if obj.len() > 50 {
+        return Err(invalid("query", "must hold at most 50 parameters"));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in obj {
+        let field = format!("query.{name}");
+        if name.is_empty() || name.len() > 256 {
+            return Err(invalid(field, "must be a name of 1 to 256 characters"));
+        }
+        let value = value.as_str().filter(|s| s.len() <= 8192).ok_or_else(|| {
+            invalid(
+                field.as_str(),
+                "must be a string of at most 8192 characters",
+            )
+        })?;
+        out.insert(name.clone(), value.to_owned());
+    }
+    Ok(out)
+}
+
+fn parse_body(v: &Value) -> Result<Body, InvalidField> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("body", "must be an object with a `type`"))?;
+    let allowed: &[&str] = match obj.get("type").and_then(Value::as_str) {
+        Some("default") => &["type"],
+        Some("json") => &["type", "template"],
+        Some("form") => &["type", "fields"],
+        _ => return Err(invalid("body.type", "must be one of default, json, form")),
+    };
+    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(invalid(
+            format!("body.{k}"),
+            format!(
+                "is not a field of this body type; fields are {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok(match obj.get("type").and_then(Value::as_str) {
+        Some("json") => Body::Json {
+            template: obj
+                .get("template")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty() && s.len() <= 65_536)
+                .ok_or_else(|| {
+                    invalid(
+                        "body.template",
+                        "must be a template of 1 to 65536 characters",
+                    )
+                })?
+                .to_owned(),
+        },
+        Some("form") => {
+            let fields = obj
+                .get("fields")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    invalid(
+                        "body.fields",
+                        "must be an object of field names to templates",
+                    )
+                })?;
+            let mut out = BTreeMap::new();
+            for (name, value) in fields {
+                let value = value.as_str().filter(|s| s.len() <= 8192).ok_or_else(|| {
+                    invalid(
+                        format!("body.fields.{name}"),
+                        "must be a string of at most 8192 characters",
+                    )
+                })?;
+                out.insert(name.clone(), value.to_owned());
+            }
+            Body::Form { fields: out }
+        }
+        _ => Body::Default,
+    })
+}
+
+/// Render every template of a definition against a sample event of every type it subscribes
+/// to, strictly: an undefined placeholder, a JSON body that is not JSON, or a URL that is not
+/// a URL is refused here, naming the template, the placeholder and the line, never at delivery.
+pub fn check_templates(spec: &WebhookSpec) -> Result<(), InvalidField> {
+    use crate::template::{render, render_form, Escape};
+    if !spec.has_templates() {
+        return Ok(());
+    }
+    let mut types: Vec<String> = spec
+        .events
+        .iter()
+        .filter_map(|p| Pattern::parse(p).ok())
+        .flat_map(|p| crate::samples::types_matching(&p))
+        .collect();
+    types.sort();
+    types.dedup();
+    for t in &types {
+        let ctx = crate::template::context(&crate::samples::sample_event(t));
+        let at = |field: &str, e: crate::template::TemplateError| {
+            invalid(field, format!("{e} (checked against a sample `{t}` event)"))
+        };
+        let url = render(&spec.url, Escape::Url, &ctx, true).map_err(|e| at("url", e))?;
+        if crate::template::is_template(&spec.url) {
+            parse_url(&Value::String(url.clone())).map_err(|e| {
+                invalid(
+                    "url",
+                    format!(
+                        "renders to `{url}`, which {} (sample `{t}` event)",
+                        e.message
+                    ),
+                )
+            })?;
+        }
+        for (name, source) in &spec.headers {
+            let field = format!("headers.{name}");
+            let v = render(source, Escape::Raw, &ctx, true).map_err(|e| at(&field, e))?;
+            if v.bytes().any(|b| b == b'\r' || b == b'\n') {
+                return Err(invalid(field, "renders to a value with CR or LF"));
+            }
+        }
+        for (name, source) in &spec.query {
+            render(source, Escape::Raw, &ctx, true).map_err(|e| at(&format!("query.{name}"), e))?;
+        }
+        match &spec.body {
+            Body::Default => {}
+            Body::Json { template } => {
+                let out = render(template, Escape::Json, &ctx, true)
+                    .map_err(|e| at("body.template", e))?;
+                if let Err(e) = serde_json::from_str::<Value>(&out) {
+                    return Err(invalid(
+                        "body.template",
+                        format!(
+                            "line {}: does not render to valid JSON ({e}) for a sample `{t}` event",
+                            e.line()
+                        ),
+                    ));
+                }
+            }
+            Body::Form { fields } => {
+                render_form(fields, &ctx, true)
+                    .map_err(|(name, e)| at(&format!("body.fields.{name}"), e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_schedule(v: &Value) -> Result<Option<Vec<f64>>, InvalidField> {
@@ -881,6 +1099,8 @@ mod tests {
             max_concurrency: None,
             auth: Auth::None,
             follow_redirects: false,
+            query: BTreeMap::new(),
+            body: Body::Default,
             previous_secrets: Vec::new(),
             secret: crate::signing::generate_secret(),
             created_at: Utc::now(),

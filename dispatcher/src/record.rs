@@ -107,6 +107,8 @@ pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Proc
         other => other,
     };
     let mut request_body = String::from_utf8_lossy(&target.body).into_owned();
+    let rendered_body = (!attempt.request_body.is_empty() && attempt.request_body != target.body)
+        .then(|| String::from_utf8_lossy(&attempt.request_body).into_owned());
     if request_body.len() > KEPT_REQUEST_BODY {
         request_body = String::new();
     }
@@ -119,8 +121,13 @@ pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Proc
         attempt: target.attempt,
         at: now,
         method: webhook.method.as_str().to_owned(),
-        url: webhook.url.clone(),
+        url: if attempt.url.is_empty() {
+            webhook.url.clone()
+        } else {
+            attempt.url.clone()
+        },
         request_body,
+        rendered_body,
         status: attempt.status,
         response_headers: attempt.response_headers.clone(),
         response_body: attempt.response_body.clone(),

@@ -12,10 +12,12 @@ use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
 };
 
+use bytes::Bytes;
 use kivihook_core::outbound::{Guard, GuardedResolver, Refused};
 use kivihook_core::retry::parse_retry_after;
 use kivihook_core::signing::SigningKey;
-use kivihook_core::webhook::{Auth, KeyLocation, Method, Webhook};
+use kivihook_core::template::{self, Escape};
+use kivihook_core::webhook::{Auth, Body, KeyLocation, Method, Webhook};
 
 use crate::target::Target;
 
@@ -63,6 +65,9 @@ pub struct Attempt {
     /// What a 429 or 503 asked for.
     pub retry_after: Option<Duration>,
     pub duration: Duration,
+    /// The URL and body as sent (the URL without a query credential), for the attempt log.
+    pub url: String,
+    pub request_body: Bytes,
 }
 
 impl Attempt {
@@ -89,7 +94,15 @@ impl Attempt {
             error: Some(error),
             retry_after: None,
             duration: started.elapsed(),
+            url: String::new(),
+            request_body: Bytes::new(),
         }
+    }
+
+    fn with_request(mut self, p: &Prepared) -> Self {
+        self.url = p.url.clone();
+        self.request_body = p.body.clone();
+        self
     }
 }
 
@@ -211,7 +224,7 @@ fn classify(e: &reqwest::Error) -> ErrorKind {
 
 /// Add the webhook's credential to the request: a header, or a query parameter on the URL
 /// (returned, since only that case changes it).
-fn authenticate<'a>(webhook: &'a Webhook, headers: &mut HeaderMap) -> Cow<'a, str> {
+fn authenticate<'a>(webhook: &Webhook, base: &'a str, headers: &mut HeaderMap) -> Cow<'a, str> {
     let header = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
@@ -233,7 +246,7 @@ fn authenticate<'a>(webhook: &'a Webhook, headers: &mut HeaderMap) -> Cow<'a, st
             value,
             location: KeyLocation::Query,
         } => {
-            if let Ok(mut u) = url::Url::parse(&webhook.url) {
+            if let Ok(mut u) = url::Url::parse(base) {
                 u.query_pairs_mut().append_pair(name, value);
                 return Cow::Owned(u.into());
             }
@@ -244,15 +257,16 @@ fn authenticate<'a>(webhook: &'a Webhook, headers: &mut HeaderMap) -> Cow<'a, st
             header(headers, AUTHORIZATION, &format!("Basic {basic}"));
         }
     }
-    Cow::Borrowed(&webhook.url)
+    Cow::Borrowed(base)
 }
 
 /// Send the target's envelope to its webhook, signed.
 pub async fn send(clients: &Clients, target: &Target) -> Attempt {
     let started = Instant::now();
     let webhook = &target.webhook;
-    if let Err(e) = clients.precheck(&webhook.url) {
-        return Attempt::failed(ErrorKind::Blocked, e, started);
+    let prepared = prepare(target);
+    if let Err(e) = clients.precheck(&prepared.url) {
+        return Attempt::failed(ErrorKind::Blocked, e, started).with_request(&prepared);
     }
     let client = if webhook.follow_redirects {
         &clients.following
@@ -265,19 +279,20 @@ pub async fn send(clients: &Clients, target: &Target) -> Attempt {
     let mut signatures = Vec::with_capacity(1 + webhook.previous_secrets.len());
     for secret in webhook.signing_secrets(now) {
         match SigningKey::parse(secret) {
-            Ok(key) => signatures.push(key.sign(&target.message_id, timestamp, &target.body)),
+            Ok(key) => signatures.push(key.sign(&target.message_id, timestamp, &prepared.body)),
             Err(e) => {
                 return Attempt::failed(
                     ErrorKind::Config,
                     format!("the webhook's signing secret is unusable: {e}"),
                     started,
                 )
+                .with_request(&prepared)
             }
         }
     }
-    let mut headers = HeaderMap::with_capacity(webhook.headers.len() + 4);
-    for (name, value) in &webhook.headers {
-        // Both were checked when the webhook was saved; skip rather than fail if not.
+    let mut headers = HeaderMap::with_capacity(prepared.headers.len() + 4);
+    for (name, value) in &prepared.headers {
+        // Names were checked when the webhook was saved; a value that renders badly is skipped.
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
@@ -285,8 +300,11 @@ pub async fn send(clients: &Clients, target: &Target) -> Attempt {
             headers.insert(n, v);
         }
     }
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let url = authenticate(webhook, &mut headers);
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(prepared.content_type),
+    );
+    let url = authenticate(webhook, &prepared.url, &mut headers);
     let signed = [
         ("webhook-id", target.message_id.clone()),
         ("webhook-timestamp", timestamp.to_string()),
@@ -297,15 +315,17 @@ pub async fn send(clients: &Clients, target: &Target) -> Attempt {
             headers.insert(HeaderName::from_static(name), v);
         }
     }
-    let result = client
+    let mut request = client
         .request(method(webhook.method), url.as_ref())
-        .headers(headers)
-        .body(target.body.clone())
-        .send()
-        .await;
-    let mut response = match result {
+        .headers(headers);
+    if prepared.has_body {
+        request = request.body(prepared.body.clone());
+    }
+    let mut response = match request.send().await {
         Ok(r) => r,
-        Err(e) => return Attempt::failed(classify(&e), format!("{e}"), started),
+        Err(e) => {
+            return Attempt::failed(classify(&e), format!("{e}"), started).with_request(&prepared)
+        }
     };
     let status = response.status().as_u16();
     let retry_after = if status == 429 || status == 503 {
@@ -360,6 +380,77 @@ pub async fn send(clients: &Clients, target: &Target) -> Attempt {
         error,
         retry_after,
         duration: started.elapsed(),
+        url: String::new(),
+        request_body: Bytes::new(),
+    }
+    .with_request(&prepared)
+}
+
+/// The request a target makes: its URL, headers and body rendered from the webhook's
+/// templates (checked when it was saved), or the envelope as it is.
+pub struct Prepared {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub has_body: bool,
+    pub content_type: &'static str,
+}
+
+pub fn prepare(target: &Target) -> Prepared {
+    let webhook = &target.webhook;
+    let sends_body = matches!(webhook.method, Method::Post | Method::Put | Method::Patch);
+    if !webhook.has_templates() {
+        return Prepared {
+            url: webhook.url.clone(),
+            headers: webhook
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            body: target.body.clone(),
+            has_body: sends_body,
+            content_type: "application/json",
+        };
+    }
+    // Lenient at delivery: a field missing from a real event renders empty, never fails.
+    let ctx = serde_json::from_slice::<kivihook_core::Event>(&target.body)
+        .map(|e| template::context(&e))
+        .unwrap_or_default();
+    let render = |s: &str, escape| template::render(s, escape, &ctx, false).unwrap_or_default();
+    let mut url = render(&webhook.url, Escape::Url);
+    if !webhook.query.is_empty() {
+        if let Ok(mut u) = url::Url::parse(&url) {
+            for (name, source) in &webhook.query {
+                u.query_pairs_mut()
+                    .append_pair(name, &render(source, Escape::Raw));
+            }
+            url = u.into();
+        }
+    }
+    let headers = webhook
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), render(v, Escape::Raw).replace(['\r', '\n'], " ")))
+        .collect();
+    let (body, content_type, explicit) = match &webhook.body {
+        Body::Default => (target.body.clone(), "application/json", false),
+        Body::Json { template } => (
+            Bytes::from(render(template, Escape::Json)),
+            "application/json",
+            true,
+        ),
+        Body::Form { fields } => (
+            Bytes::from(template::render_form(fields, &ctx, false).unwrap_or_default()),
+            "application/x-www-form-urlencoded",
+            true,
+        ),
+    };
+    Prepared {
+        url,
+        headers,
+        body,
+        has_body: sends_body || explicit,
+        content_type,
     }
 }
 

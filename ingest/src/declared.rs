@@ -12,7 +12,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use kivihook_core::signing::{generate_secret, SigningKey};
-use kivihook_core::webhook::{Webhook, WebhookSpec};
+use kivihook_core::webhook::{check_templates, Webhook, WebhookSpec};
 use kivihook_core::Store;
 
 /// One declared webhook, parsed.
@@ -50,6 +50,7 @@ fn parse(path: &Path) -> Result<Vec<Declared>, String> {
             Some(_) => return Err(format!("webhooks[{i}].secret: must be a whsec_ string")),
         };
         let spec = WebhookSpec::from_json(&item)
+            .and_then(|spec| check_templates(&spec).map(|()| spec))
             .map_err(|e| format!("webhooks[{i}].{}: {}", e.field, e.message))?;
         if !names.insert(spec.name.clone()) {
             return Err(format!(

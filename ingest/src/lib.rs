@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/batch", post(events::post_batch))
         .route("/v1/events/{id}", get(deliveries::event_status))
         .route("/v1/event-types", get(event_types))
+        .route("/v1/event-types/{type}/sample", get(sample))
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route(
             "/v1/webhooks/{id}",
@@ -91,6 +92,28 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
         .merge(ops)
+}
+
+/// `GET /v1/event-types/{type}/sample`: a sample event and the placeholders it offers.
+async fn sample(
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::extract::Path(name) = path.map_err(|_| ApiError::NotFound("event type"))?;
+    let event_type =
+        kivihook_core::EventType::parse(&name).map_err(|_| ApiError::NotFound("event type"))?;
+    let event = kivihook_core::samples::sample_event(event_type.as_str());
+    let context = kivihook_core::template::context(&event);
+    let mut placeholders: Vec<&String> = context
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| !v.is_object())
+                .map(|(k, _)| k)
+                .collect()
+        })
+        .unwrap_or_default();
+    placeholders.sort();
+    Ok(Json(json!({"event": event, "placeholders": placeholders})))
 }
 
 async fn event_types() -> Json<serde_json::Value> {
