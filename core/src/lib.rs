@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod delivery;
 pub mod event;
+pub mod http_client;
 pub mod keys;
 pub mod metrics;
 pub mod ops;

@@ -13,8 +13,7 @@ use rand::Rng;
 
 use kivihook_core::broker::Acker;
 use kivihook_core::delivery::{
-    new_attempt_id, new_dead_letter_id, AttemptRecord, DeadLetter, Health, JobKind, Outcome,
-    TargetResult,
+    new_attempt_id, new_dead_letter_id, DeadLetter, Health, JobKind, Outcome, TargetResult,
 };
 use kivihook_core::retry::RetrySchedule;
 use kivihook_core::webhook::Webhook;
@@ -23,9 +22,7 @@ use kivihook_core::Shutdown;
 use crate::send::Attempt;
 use crate::target::Target;
 use crate::Dispatcher;
-
-/// Request bodies longer than this are not kept whole in the attempt log.
-const KEPT_REQUEST_BODY: usize = 64 * 1024;
+use kivihook_core::http_client::AttemptOf;
 
 /// One target's result, with what it means for its webhook.
 pub struct Processed {
@@ -106,37 +103,19 @@ pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Proc
         }
         other => other,
     };
-    let mut request_body = String::from_utf8_lossy(&target.body).into_owned();
-    let rendered_body = (!attempt.request_body.is_empty() && attempt.request_body != target.body)
-        .then(|| String::from_utf8_lossy(&attempt.request_body).into_owned());
-    if request_body.len() > KEPT_REQUEST_BODY {
-        request_body = String::new();
-    }
-    let record = AttemptRecord {
-        id: attempt_id,
-        webhook_id: webhook.id.clone(),
-        event_id: target.event_id.clone(),
-        event_type: target.event_type.clone(),
-        message_id: target.message_id.clone(),
-        attempt: target.attempt,
-        at: now,
-        method: webhook.method.as_str().to_owned(),
-        url: if attempt.url.is_empty() {
-            webhook.url.clone()
-        } else {
-            attempt.url.clone()
+    let record = attempt.record(
+        attempt_id,
+        &webhook,
+        AttemptOf {
+            event_id: &target.event_id,
+            event_type: &target.event_type,
+            message_id: &target.message_id,
+            attempt: target.attempt,
+            envelope: &target.body,
         },
-        request_body,
-        rendered_body,
-        status: attempt.status,
-        response_headers: attempt.response_headers.clone(),
-        response_body: attempt.response_body.clone(),
-        duration_ms: attempt.duration.as_millis() as u64,
-        error_kind: attempt.error_kind.map(|k| k.as_str().to_owned()),
-        error: attempt.error.clone(),
-        outcome: label.to_owned(),
-        test: false,
-    };
+        label,
+        false,
+    );
     Processed {
         result: TargetResult {
             event_id: target.event_id.clone(),

@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod query;
 pub mod request;
+pub mod trial;
 pub mod webhooks;
 
 use error::ApiError;
@@ -33,8 +34,8 @@ pub struct AppState {
     pub ingest_token: Secret,
     pub max_body_bytes: usize,
     pub dedup_window: Duration,
-    /// Which addresses webhooks may point at (checked when they are saved).
-    pub outbound: Arc<kivihook_core::outbound::Guard>,
+    /// The outbound client (test deliveries) and its guard (checked when webhooks are saved).
+    pub clients: kivihook_core::http_client::Clients,
 }
 
 impl AppState {
@@ -52,7 +53,10 @@ impl AppState {
             ingest_token: config.ingest_token.clone(),
             max_body_bytes: config.max_body_bytes,
             dedup_window: config.dedup_window,
-            outbound: Arc::new(config.outbound.clone()),
+            clients: kivihook_core::http_client::Clients::new(
+                config.delivery_timeout,
+                config.outbound.clone(),
+            ),
         }
     }
 }
@@ -82,6 +86,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/webhooks/{id}/rotate-secret",
             post(webhooks::rotate_secret),
         )
+        .route("/v1/webhooks/{id}/preview", post(trial::preview))
+        .route("/v1/webhooks/{id}/test", post(trial::test))
         .route("/v1/dead-letters", get(deliveries::dead_letters))
         .route("/v1/dead-letters/{id}/replay", post(deliveries::replay))
         .route("/v1/attempts/{id}/resend", post(deliveries::resend))

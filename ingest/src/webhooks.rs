@@ -30,7 +30,8 @@ async fn check_destination(state: &AppState, url: &str) -> Result<(), ApiError> 
     let parsed = url::Url::parse(url)
         .map_err(|e| ApiError::invalid("invalid_field", "url", e.to_string()))?;
     state
-        .outbound
+        .clients
+        .guard
         .check_url(&parsed)
         .await
         .map_err(|e| ApiError::invalid("forbidden_destination", "url", e.to_string()))

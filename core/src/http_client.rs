@@ -1,0 +1,529 @@
+//! The outbound HTTP client: one signed request to one receiver, built from a webhook and an
+//! event envelope, through the outbound guard. The dispatcher sends every delivery with it;
+//! ingest sends test deliveries and previews requests with it.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use chrono::Utc;
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER,
+};
+
+use crate::delivery::AttemptRecord;
+use crate::outbound::{Guard, GuardedResolver, Refused};
+use crate::retry::parse_retry_after;
+use crate::signing::SigningKey;
+use crate::template::{self, Escape};
+use crate::webhook::{Auth, Body, KeyLocation, Method, Webhook};
+use bytes::Bytes;
+
+/// How much of a response body is read and kept.
+const RESPONSE_EXCERPT: usize = 4096;
+const MAX_RESPONSE_HEADERS: usize = 50;
+
+/// Why an attempt failed before a status arrived, or that the status was not 2xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Timeout,
+    Connect,
+    Dns,
+    Tls,
+    Request,
+    HttpStatus,
+    Config,
+    /// Refused by the outbound guard (a private address, or plain http where https is required).
+    Blocked,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Dns => "dns",
+            Self::Tls => "tls",
+            Self::Request => "request",
+            Self::HttpStatus => "http_status",
+            Self::Config => "config",
+            Self::Blocked => "blocked",
+        }
+    }
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub status: Option<u16>,
+    pub response_headers: BTreeMap<String, String>,
+    pub response_body: String,
+    pub error_kind: Option<ErrorKind>,
+    pub error: Option<String>,
+    /// What a 429 or 503 asked for.
+    pub retry_after: Option<Duration>,
+    pub duration: Duration,
+    /// The URL and body as sent (the URL without a query credential), for the attempt log.
+    pub url: String,
+    pub request_body: Bytes,
+}
+
+impl Attempt {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    /// What went wrong, in one line, for dead letters and logs.
+    pub fn describe(&self) -> String {
+        match (&self.error, self.status) {
+            (Some(e), _) => e.clone(),
+            (None, Some(s)) if (200..300).contains(&s) => format!("HTTP {s}"),
+            (None, Some(s)) => format!("the receiver answered HTTP {s}"),
+            (None, None) => "no response".into(),
+        }
+    }
+
+    fn failed(kind: ErrorKind, error: String, started: Instant) -> Self {
+        Self {
+            status: None,
+            response_headers: BTreeMap::new(),
+            response_body: String::new(),
+            error_kind: Some(kind),
+            error: Some(error),
+            retry_after: None,
+            duration: started.elapsed(),
+            url: String::new(),
+            request_body: Bytes::new(),
+        }
+    }
+
+    fn with_request(mut self, p: &Prepared) -> Self {
+        self.url = p.url.clone();
+        self.request_body = p.body.clone();
+        self
+    }
+}
+
+/// The outbound HTTP client: no redirects, a per-request timeout, KiviHook's User-Agent.
+/// Request bodies longer than this are not kept whole in the attempt log.
+const KEPT_REQUEST_BODY: usize = 64 * 1024;
+
+/// Which delivery an attempt belongs to.
+pub struct AttemptOf<'a> {
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub message_id: &'a str,
+    pub attempt: u32,
+    pub envelope: &'a Bytes,
+}
+
+impl Attempt {
+    /// The attempt-log entry of this attempt (`outcome`: what followed it).
+    pub fn record(
+        &self,
+        id: String,
+        webhook: &Webhook,
+        of: AttemptOf<'_>,
+        outcome: &str,
+        test: bool,
+    ) -> AttemptRecord {
+        let mut request_body = String::from_utf8_lossy(of.envelope).into_owned();
+        if request_body.len() > KEPT_REQUEST_BODY {
+            request_body = String::new();
+        }
+        let rendered_body = (!self.request_body.is_empty() && self.request_body != *of.envelope)
+            .then(|| String::from_utf8_lossy(&self.request_body).into_owned());
+        AttemptRecord {
+            id,
+            webhook_id: webhook.id.clone(),
+            event_id: of.event_id.to_owned(),
+            event_type: of.event_type.to_owned(),
+            message_id: of.message_id.to_owned(),
+            attempt: of.attempt,
+            at: Utc::now(),
+            method: webhook.method.as_str().to_owned(),
+            url: if self.url.is_empty() {
+                webhook.url.clone()
+            } else {
+                self.url.clone()
+            },
+            request_body,
+            rendered_body,
+            status: self.status,
+            response_headers: self.response_headers.clone(),
+            response_body: self.response_body.clone(),
+            duration_ms: self.duration.as_millis() as u64,
+            error_kind: self.error_kind.map(|k| k.as_str().to_owned()),
+            error: self.error.clone(),
+            outcome: outcome.to_owned(),
+            test,
+        }
+    }
+}
+
+/// The outbound HTTP clients: every name they resolve and every redirect they follow goes
+/// through the outbound guard. One follows no redirects (the default for every webhook);
+/// the other follows up to five, for webhooks that opt in.
+#[derive(Clone)]
+pub struct Clients {
+    pub plain: reqwest::Client,
+    pub following: reqwest::Client,
+    pub guard: Arc<Guard>,
+}
+
+impl Clients {
+    pub fn new(timeout: Duration, guard: Guard) -> Self {
+        let guard = Arc::new(guard);
+        let build = |redirect: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .user_agent(crate::user_agent())
+                .redirect(redirect)
+                .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new())
+        };
+        let hop_guard = guard.clone();
+        let follow = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                return attempt.error("more than 5 redirects");
+            }
+            // Names are checked by the resolver; literal addresses and the scheme here.
+            let refused = match attempt.url().host() {
+                _ if hop_guard.require_https && attempt.url().scheme() != "https" => {
+                    Some(Refused::NotHttps)
+                }
+                Some(url::Host::Ipv4(ip)) => hop_guard.check_ip(ip.into()).err(),
+                Some(url::Host::Ipv6(ip)) => hop_guard.check_ip(ip.into()).err(),
+                _ => None,
+            };
+            match refused {
+                Some(r) => attempt.error(r),
+                None => attempt.follow(),
+            }
+        });
+        Self {
+            plain: build(reqwest::redirect::Policy::none()),
+            following: build(follow),
+            guard,
+        }
+    }
+
+    /// Refuse, before any connection, what the guard can tell from the URL alone.
+    fn precheck(&self, url: &str) -> Result<(), String> {
+        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        let refused = match parsed.host() {
+            _ if self.guard.require_https && parsed.scheme() != "https" => Some(Refused::NotHttps),
+            Some(url::Host::Ipv4(ip)) => self.guard.check_ip(ip.into()).err(),
+            Some(url::Host::Ipv6(ip)) => self.guard.check_ip(ip.into()).err(),
+            _ => None,
+        };
+        refused.map_or(Ok(()), |r| Err(format!("the URL {r}")))
+    }
+}
+
+/// The `webhook-id` of an event for one webhook: the same on every attempt and every
+/// redelivery, so receivers can de-duplicate on it.
+pub fn message_id(event_id: &str, webhook_id: &str) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b1f_1c0e_9d3a_4f6e_8a1b_2c3d_4e5f_6a7b);
+    let name = format!("{event_id}\u{0}{webhook_id}");
+    format!(
+        "msg_{}",
+        uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).simple()
+    )
+}
+
+fn method(m: Method) -> reqwest::Method {
+    match m {
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+        Method::Patch => reqwest::Method::PATCH,
+        Method::Get => reqwest::Method::GET,
+        Method::Delete => reqwest::Method::DELETE,
+    }
+}
+
+fn classify(e: &reqwest::Error) -> ErrorKind {
+    if e.is_timeout() {
+        return ErrorKind::Timeout;
+    }
+    // reqwest folds DNS, TLS and guard failures into "connect"; the source chain tells them
+    // apart.
+    let mut chain = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<Refused>().is_some() {
+            return ErrorKind::Blocked;
+        }
+        chain.push_str(&s.to_string().to_ascii_lowercase());
+        chain.push(' ');
+        source = s.source();
+    }
+    if chain.contains("kivihook_outbound_allow") || chain.contains("require_https") {
+        ErrorKind::Blocked
+    } else if chain.contains("dns") || chain.contains("lookup") || chain.contains("resolve") {
+        ErrorKind::Dns
+    } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake")
+    {
+        ErrorKind::Tls
+    } else if e.is_connect() {
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Request
+    }
+}
+
+/// Add the webhook's credential to the request: a header, or a query parameter on the URL
+/// (returned, since only that case changes it).
+fn authenticate<'a>(webhook: &Webhook, base: &'a str, headers: &mut HeaderMap) -> Cow<'a, str> {
+    let header = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    match &webhook.auth {
+        Auth::None => {}
+        Auth::ApiKey {
+            name,
+            value,
+            location: KeyLocation::Header,
+        } => {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                header(headers, n, value);
+            }
+        }
+        Auth::ApiKey {
+            name,
+            value,
+            location: KeyLocation::Query,
+        } => {
+            if let Ok(mut u) = url::Url::parse(base) {
+                u.query_pairs_mut().append_pair(name, value);
+                return Cow::Owned(u.into());
+            }
+        }
+        Auth::Bearer { token } => header(headers, AUTHORIZATION, &format!("Bearer {token}")),
+        Auth::Basic { username, password } => {
+            let basic = STANDARD.encode(format!("{username}:{password}"));
+            header(headers, AUTHORIZATION, &format!("Basic {basic}"));
+        }
+    }
+    Cow::Borrowed(base)
+}
+
+/// Send an event to a webhook, signed: the envelope, or what its templates render.
+pub async fn send(
+    clients: &Clients,
+    webhook: &Webhook,
+    message_id: &str,
+    envelope: &Bytes,
+) -> Attempt {
+    let started = Instant::now();
+    let prepared = prepare(webhook, envelope);
+    if let Err(e) = clients.precheck(&prepared.url) {
+        return Attempt::failed(ErrorKind::Blocked, e, started).with_request(&prepared);
+    }
+    let client = if webhook.follow_redirects {
+        &clients.following
+    } else {
+        &clients.plain
+    };
+    let now = Utc::now();
+    let timestamp = now.timestamp();
+    // The current secret signs first; a rotated-out one signs beside it until it expires.
+    let mut signatures = Vec::with_capacity(1 + webhook.previous_secrets.len());
+    for secret in webhook.signing_secrets(now) {
+        match SigningKey::parse(secret) {
+            Ok(key) => signatures.push(key.sign(&message_id, timestamp, &prepared.body)),
+            Err(e) => {
+                return Attempt::failed(
+                    ErrorKind::Config,
+                    format!("the webhook's signing secret is unusable: {e}"),
+                    started,
+                )
+                .with_request(&prepared)
+            }
+        }
+    }
+    let mut headers = HeaderMap::with_capacity(prepared.headers.len() + 4);
+    for (name, value) in &prepared.headers {
+        // Names were checked when the webhook was saved; a value that renders badly is skipped.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(prepared.content_type),
+    );
+    let url = authenticate(webhook, &prepared.url, &mut headers);
+    let signed = [
+        ("webhook-id", message_id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signatures.join(" ")),
+    ];
+    for (name, value) in signed {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    let mut request = client
+        .request(method(webhook.method), url.as_ref())
+        .headers(headers);
+    if prepared.has_body {
+        request = request.body(prepared.body.clone());
+    }
+    let mut response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Attempt::failed(classify(&e), format!("{e}"), started).with_request(&prepared)
+        }
+    };
+    let status = response.status().as_u16();
+    let retry_after = if status == 429 || status == 503 {
+        response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()))
+    } else {
+        None
+    };
+    let response_headers = response
+        .headers()
+        .iter()
+        .take(MAX_RESPONSE_HEADERS)
+        .map(|(k, v)| {
+            let mut value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            value.truncate(512);
+            (k.as_str().to_owned(), value)
+        })
+        .collect();
+    // Read a little of the body (kept for the log, and so the connection can be reused);
+    // never all of it.
+    let mut body = Vec::new();
+    let mut read_error = None;
+    while body.len() < RESPONSE_EXCERPT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => {
+                read_error = Some(e);
+                break;
+            }
+        }
+    }
+    body.truncate(RESPONSE_EXCERPT);
+    let ok = (200..300).contains(&status);
+    let (error_kind, error) = match read_error {
+        // A 2xx whose body broke off still counts: the receiver said yes.
+        Some(e) if !ok => (
+            Some(classify(&e)),
+            Some(format!("reading the response failed: {e}")),
+        ),
+        _ if !ok => (Some(ErrorKind::HttpStatus), None),
+        _ => (None, None),
+    };
+    Attempt {
+        status: Some(status),
+        response_headers,
+        response_body: String::from_utf8_lossy(&body).into_owned(),
+        error_kind,
+        error,
+        retry_after,
+        duration: started.elapsed(),
+        url: String::new(),
+        request_body: Bytes::new(),
+    }
+    .with_request(&prepared)
+}
+
+/// The request a webhook makes for an event: its URL, headers and body rendered from its
+/// templates (checked when it was saved), or the envelope as it is.
+pub struct Prepared {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub has_body: bool,
+    pub content_type: &'static str,
+}
+
+pub fn prepare(webhook: &Webhook, envelope: &Bytes) -> Prepared {
+    let sends_body = matches!(webhook.method, Method::Post | Method::Put | Method::Patch);
+    if !webhook.has_templates() {
+        return Prepared {
+            url: webhook.url.clone(),
+            headers: webhook
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            body: envelope.clone(),
+            has_body: sends_body,
+            content_type: "application/json",
+        };
+    }
+    // Lenient at delivery: a field missing from a real event renders empty, never fails.
+    let ctx = serde_json::from_slice::<crate::Event>(envelope)
+        .map(|e| template::context(&e))
+        .unwrap_or_default();
+    let render = |s: &str, escape| template::render(s, escape, &ctx, false).unwrap_or_default();
+    let mut url = render(&webhook.url, Escape::Url);
+    if !webhook.query.is_empty() {
+        if let Ok(mut u) = url::Url::parse(&url) {
+            for (name, source) in &webhook.query {
+                u.query_pairs_mut()
+                    .append_pair(name, &render(source, Escape::Raw));
+            }
+            url = u.into();
+        }
+    }
+    let headers = webhook
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), render(v, Escape::Raw).replace(['\r', '\n'], " ")))
+        .collect();
+    let (body, content_type, explicit) = match &webhook.body {
+        Body::Default => (envelope.clone(), "application/json", false),
+        Body::Json { template } => (
+            Bytes::from(render(template, Escape::Json)),
+            "application/json",
+            true,
+        ),
+        Body::Form { fields } => (
+            Bytes::from(template::render_form(fields, &ctx, false).unwrap_or_default()),
+            "application/x-www-form-urlencoded",
+            true,
+        ),
+    };
+    Prepared {
+        url,
+        headers,
+        body,
+        has_body: sends_body || explicit,
+        content_type,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_stable_per_event_and_webhook() {
+        let a = message_id("evt_1", "wh_1");
+        assert_eq!(a, message_id("evt_1", "wh_1"));
+        assert_ne!(a, message_id("evt_1", "wh_2"));
+        assert_ne!(a, message_id("evt_2", "wh_1"));
+        assert!(a.starts_with("msg_"));
+    }
+}

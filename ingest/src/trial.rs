@@ -1,0 +1,167 @@
+//! Trying a webhook out: `POST /v1/webhooks/{id}/preview` shows the request a sample event
+//! makes, without sending it; `POST /v1/webhooks/{id}/test` sends it for real, signed, and
+//! answers with the response. A test send is logged like any attempt, marked as a test.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use kivihook_core::delivery::new_attempt_id;
+use kivihook_core::http_client::{self, AttemptOf};
+use kivihook_core::samples::{sample_event, types_matching};
+use kivihook_core::webhook::{mask_credential, Auth, KeyLocation, Pattern, Webhook};
+use kivihook_core::{Event, EventType};
+
+use crate::error::ApiError;
+use crate::request::{authorize, Scope};
+use crate::AppState;
+
+async fn webhook_and_event(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    q: &HashMap<String, String>,
+) -> Result<(Webhook, Event), ApiError> {
+    authorize(state, headers, Scope::Admin)?;
+    let Path(id) = path.map_err(|_| ApiError::NotFound("webhook"))?;
+    let webhook = state
+        .store
+        .get_webhook(&id)
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    // The event type asked for, or the first one the webhook subscribes to.
+    let event_type = match q.get("type") {
+        Some(t) => EventType::parse(t)
+            .map_err(|e| ApiError::invalid("unknown_event_type", "type", e.to_string()))?
+            .as_str()
+            .to_owned(),
+        None => webhook
+            .events
+            .iter()
+            .filter_map(|p| Pattern::parse(p).ok())
+            .flat_map(|p| types_matching(&p))
+            .next()
+            .unwrap_or_else(|| "custom.sample".to_owned()),
+    };
+    let mut event = sample_event(&event_type);
+    event.id = format!("evt_test_{}", uuid::Uuid::new_v4().simple());
+    event.received_at = Utc::now();
+    Ok((webhook, event))
+}
+
+fn envelope(event: &Event) -> Bytes {
+    Bytes::from(serde_json::to_vec(event).unwrap_or_default())
+}
+
+/// The request as it would go, credentials and signature masked.
+pub async fn preview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (webhook, event) = webhook_and_event(&state, &headers, path, &q).await?;
+    let body = envelope(&event);
+    let prepared = http_client::prepare(&webhook, &body);
+    let mut shown: Vec<(String, String)> = prepared.headers.clone();
+    shown.push(("content-type".into(), prepared.content_type.into()));
+    let mut url = prepared.url.clone();
+    match &webhook.auth {
+        Auth::None => {}
+        Auth::ApiKey {
+            name,
+            value,
+            location: KeyLocation::Header,
+        } => {
+            shown.push((name.clone(), mask_credential(value)));
+        }
+        Auth::ApiKey {
+            name,
+            value,
+            location: KeyLocation::Query,
+        } => {
+            if let Ok(mut u) = url::Url::parse(&url) {
+                u.query_pairs_mut()
+                    .append_pair(name, &mask_credential(value));
+                url = u.into();
+            }
+        }
+        Auth::Bearer { token } => shown.push((
+            "authorization".into(),
+            format!("Bearer {}", mask_credential(token)),
+        )),
+        Auth::Basic { username, .. } => {
+            shown.push(("authorization".into(), format!("Basic {username}:…")))
+        }
+    }
+    shown.push((
+        "webhook-id".into(),
+        http_client::message_id(&event.id, &webhook.id),
+    ));
+    shown.push((
+        "webhook-timestamp".into(),
+        Utc::now().timestamp().to_string(),
+    ));
+    shown.push(("webhook-signature".into(), "v1,…".into()));
+    Ok(Json(json!({
+        "event_type": event.event_type,
+        "method": webhook.method.as_str(),
+        "url": url,
+        "headers": shown.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<String, Value>>(),
+        "body": if prepared.has_body { Some(String::from_utf8_lossy(&prepared.body).into_owned()) } else { None },
+    }))
+    .into_response())
+}
+
+/// A real, signed delivery of a sample event; the response comes back in the answer.
+pub async fn test(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (webhook, event) = webhook_and_event(&state, &headers, path, &q).await?;
+    let body = envelope(&event);
+    let message_id = http_client::message_id(&event.id, &webhook.id);
+    let attempt = http_client::send(&state.clients, &webhook, &message_id, &body).await;
+    let outcome = if attempt.succeeded() {
+        "delivered"
+    } else {
+        "failed"
+    };
+    let record = attempt.record(
+        new_attempt_id(&webhook.id),
+        &webhook,
+        AttemptOf {
+            event_id: &event.id,
+            event_type: &event.event_type,
+            message_id: &message_id,
+            attempt: 1,
+            envelope: &body,
+        },
+        outcome,
+        true,
+    );
+    if let Err(e) = state.store.log_attempt(&record).await {
+        tracing::warn!(webhook_id = %webhook.id, error = %e, "could not log a test send");
+    }
+    Ok(Json(json!({
+        "attempt_id": record.id,
+        "event_type": event.event_type,
+        "delivered": attempt.succeeded(),
+        "status": attempt.status,
+        "response_headers": attempt.response_headers,
+        "response_body": attempt.response_body,
+        "duration_ms": record.duration_ms,
+        "error_kind": record.error_kind,
+        "error": attempt.error,
+    }))
+    .into_response())
+}
