@@ -340,7 +340,7 @@ pub async fn send(
     let mut signatures = Vec::with_capacity(1 + webhook.previous_secrets.len());
     for secret in webhook.signing_secrets(now) {
         match SigningKey::parse(secret) {
-            Ok(key) => signatures.push(key.sign(&message_id, timestamp, &prepared.body)),
+            Ok(key) => signatures.push(key.sign(message_id, timestamp, &prepared.body)),
             Err(e) => {
                 return Attempt::failed(
                     ErrorKind::Config,
