@@ -17,6 +17,7 @@ pub mod declared;
 pub mod deliveries;
 pub mod error;
 pub mod events;
+pub mod import;
 pub mod query;
 pub mod request;
 pub mod trial;
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/webhooks/{id}/rotate-secret",
             post(webhooks::rotate_secret),
         )
+        .route("/v1/webhooks/import/kivicare", post(import::kivicare))
         .route("/v1/webhooks/{id}/preview", post(trial::preview))
         .route("/v1/webhooks/{id}/test", post(trial::test))
         .route("/v1/dead-letters", get(deliveries::dead_letters))

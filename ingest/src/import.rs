@@ -1,0 +1,312 @@
+//! `POST /v1/webhooks/import/kivicare`: move webhooks from KiviCare's webhook add-on.
+//!
+//! Takes the add-on's rows (`name`, `module_name`, `event_name`, `methods`, `status`, and
+//! `webhook_data` with `url`, `headers[]`, `query_parameters[]`, `content_type`,
+//! `form_data[]`, `json_data`, as an object or as the JSON text the add-on stores) and
+//! creates the equivalent webhooks. Every row is translated and checked first; if any
+//! cannot be, nothing is created and each problem is reported with its row.
+
+use axum::body::Body as HttpBody;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+use kivihook_core::signing::generate_secret;
+use kivihook_core::webhook::{check_templates, Webhook, WebhookSpec};
+
+use crate::error::ApiError;
+use crate::request::{authorize, json_body, Scope};
+use crate::AppState;
+
+/// One row that cannot be imported, and why.
+struct RowError {
+    field: String,
+    message: String,
+}
+
+fn row_error(field: impl Into<String>, message: impl Into<String>) -> RowError {
+    RowError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// `[{"key": …, "value": …}]` (the add-on's lists) as pairs; also `{"name": "value"}`.
+fn pairs(v: Option<&Value>, field: &str) -> Result<Vec<(String, String)>, RowError> {
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let key = item.get("key").or_else(|| item.get("name")).and_then(text);
+                let value = item.get("value").and_then(text).unwrap_or_default();
+                match key {
+                    Some(k) if k.trim().is_empty() => None,
+                    Some(k) => Some(Ok((k.trim().to_owned(), value))),
+                    None => Some(Err(row_error(
+                        format!("{field}[{i}]"),
+                        "needs a `key` and a `value`",
+                    ))),
+                }
+            })
+            .collect(),
+        Some(Value::Object(obj)) => Ok(obj
+            .iter()
+            .filter_map(|(k, v)| text(v).map(|t| (k.clone(), t)))
+            .collect()),
+        Some(_) => Err(row_error(field, "must be a list of {\"key\", \"value\"}")),
+    }
+}
+
+/// KiviCare's placeholders are `{{name}}` already; spaces inside the braces are normalised
+/// and the same names are offered (`patient_name`, `appointment_date`, …), so the template
+/// itself carries over. Names KiviHook does not offer are reported when the row is checked.
+fn translate(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find("}}") {
+            Some(end) => {
+                let name = rest[start + 2..start + end].trim();
+                out.push_str("{{ ");
+                out.push_str(name);
+                out.push_str(" }}");
+                rest = &rest[start + end + 2..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One add-on row as a KiviHook webhook definition.
+fn translate_row(row: &Value) -> Result<Value, RowError> {
+    let obj = row
+        .as_object()
+        .ok_or_else(|| row_error("", "a row must be a JSON object"))?;
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| row_error("name", "is required"))?;
+    let event = obj
+        .get("event_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| row_error("event_name", "is required"))?;
+    let method = obj
+        .get("methods")
+        .or_else(|| obj.get("method"))
+        .and_then(Value::as_str)
+        .unwrap_or("POST");
+    let enabled = match obj.get("status") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_i64() == Some(1),
+        Some(Value::String(s)) => matches!(
+            s.to_ascii_lowercase().as_str(),
+            "1" | "active" | "enabled" | "yes" | "true"
+        ),
+        Some(_) => {
+            return Err(row_error(
+                "status",
+                "must be 1/0, true/false or active/inactive",
+            ))
+        }
+    };
+    let data = match obj.get("webhook_data") {
+        Some(Value::String(text)) => serde_json::from_str::<Value>(text)
+            .map_err(|e| row_error("webhook_data", format!("is not JSON ({e})")))?,
+        Some(v @ Value::Object(_)) => v.clone(),
+        _ => {
+            return Err(row_error(
+                "webhook_data",
+                "is required (an object, or its JSON text)",
+            ))
+        }
+    };
+    let url = data
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| row_error("webhook_data.url", "is required"))?;
+
+    let mut headers = Map::new();
+    let mut auth = json!({"type": "none"});
+    for (k, v) in pairs(data.get("headers"), "webhook_data.headers")? {
+        // A literal Authorization header becomes the webhook's auth, so that it is sealed
+        // at rest and masked; a templated one stays a header.
+        if k.eq_ignore_ascii_case("authorization") && !v.contains("{{") {
+            if let Some(token) = v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+            {
+                auth = json!({"type": "bearer", "token": token.trim()});
+                continue;
+            }
+            if let Some(b64) = v
+                .strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+            {
+                let decoded = STANDARD
+                    .decode(b64.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())));
+                if let Some((username, password)) = decoded {
+                    auth = json!({"type": "basic", "username": username, "password": password});
+                    continue;
+                }
+            }
+        }
+        headers.insert(k, Value::String(translate(&v)));
+    }
+    let query: Map<String, Value> = pairs(
+        data.get("query_parameters"),
+        "webhook_data.query_parameters",
+    )?
+    .into_iter()
+    .map(|(k, v)| (k, Value::String(translate(&v))))
+    .collect();
+    let content_type = data
+        .get("content_type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let form = pairs(data.get("form_data"), "webhook_data.form_data")?;
+    let json_data = match data.get("json_data") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => Some(v.to_string()),
+    };
+    let body = if content_type.contains("form") || (json_data.is_none() && !form.is_empty()) {
+        let fields: Map<String, Value> = form
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(translate(&v))))
+            .collect();
+        json!({"type": "form", "fields": fields})
+    } else if let Some(template) = json_data {
+        json!({"type": "json", "template": translate(&template)})
+    } else {
+        json!({"type": "default"})
+    };
+    headers.remove("Content-Type");
+    headers.remove("content-type");
+    Ok(json!({
+        "name": name.trim(),
+        "url": translate(url),
+        "method": method.to_ascii_uppercase(),
+        "events": [event],
+        "headers": headers,
+        "query": query,
+        "body": body,
+        "auth": auth,
+        "enabled": enabled,
+    }))
+}
+
+pub async fn kivicare(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: HttpBody,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let value = json_body(&headers, body, state.max_body_bytes).await?;
+    let rows = match &value {
+        Value::Array(rows) => rows.clone(),
+        Value::Object(o) => o
+            .get("webhooks")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_field",
+                    "webhooks",
+                    "must be an array of add-on rows",
+                )
+            })?,
+        _ => {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "webhooks",
+                "must be an array of add-on rows",
+            ))
+        }
+    };
+    if rows.is_empty() || rows.len() > 500 {
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "webhooks",
+            "must hold 1 to 500 rows",
+        ));
+    }
+    let mut specs = Vec::with_capacity(rows.len());
+    let mut errors = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let spec = translate_row(row).and_then(|def| {
+            WebhookSpec::from_json(&def)
+                .and_then(|spec| check_templates(&spec).map(|()| spec))
+                .map_err(|e| row_error(e.field, e.message))
+        });
+        match spec {
+            Ok(spec) => specs.push(spec),
+            Err(e) => errors.push(json!({
+                "row": i,
+                "name": row.get("name"),
+                "field": e.field,
+                "message": e.message,
+            })),
+        }
+    }
+    if !errors.is_empty() {
+        // Nothing half-imported: one bad row and no webhook is created.
+        return Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": {"code": "import_failed", "message": format!("{} of {} rows cannot be imported; nothing was created", errors.len(), rows.len()), "field": "webhooks"},
+                "rows": errors,
+            })),
+        )
+            .into_response());
+    }
+    let mut imported = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let webhook = Webhook::create(spec, generate_secret());
+        state.store.put_webhook(&webhook).await?;
+        imported.push(
+            json!({"row": i, "id": webhook.id, "name": webhook.name, "secret": webhook.secret}),
+        );
+    }
+    tracing::info!(count = imported.len(), "KiviCare webhooks imported");
+    Ok((StatusCode::CREATED, Json(json!({"imported": imported}))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_normalised_and_kept() {
+        assert_eq!(
+            translate("Hi {{patient_name}}, {{ doctor_name }}!"),
+            "Hi {{ patient_name }}, {{ doctor_name }}!"
+        );
+        assert_eq!(translate("no braces"), "no braces");
+        assert_eq!(translate("open {{ end"), "open {{ end");
+    }
+}
