@@ -8,15 +8,17 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use kivihook_core::broker::RabbitBroker;
+use kivihook_core::broker::{MemoryBroker, RabbitBroker};
 use kivihook_core::config::Overrides;
 use kivihook_core::ops::{self, OpsState};
 use kivihook_core::shutdown::{self, Shutdown};
-use kivihook_core::store::RedisStore;
+use kivihook_core::store::{MemoryStore, RedisStore};
 use kivihook_core::{Broker, Config, Metrics, Store};
 use kivihook_dispatcher::Dispatcher;
 use kivihook_ingest::AppState;
 use kivihook_scheduler::Scheduler;
+
+mod dev;
 
 /// The per-delivery path allocates many small buffers (JSON, headers, futures); mimalloc
 /// spends a fraction of glibc's time on them (measured with the benchmark, BENCHMARKS.md).
@@ -46,6 +48,9 @@ enum Command {
     Scheduler,
     /// All three roles in one process.
     All,
+    /// Everything in one process with an in-memory broker and store, for trying KiviHook
+    /// with no services at all. Nothing survives a restart.
+    Dev,
     /// Back up and restore the webhook registry (talks to Redis directly).
     Webhooks {
         #[command(subcommand)]
@@ -68,12 +73,21 @@ impl Command {
             Self::Dispatcher => "dispatcher",
             Self::Scheduler => "scheduler",
             Self::All => "all",
+            Self::Dev => "dev",
             Self::Webhooks { .. } => "webhooks",
         }
     }
 
     fn serves_api(&self) -> bool {
-        matches!(self, Self::Ingest | Self::All)
+        matches!(self, Self::Ingest | Self::All | Self::Dev)
+    }
+
+    fn dispatches(&self) -> bool {
+        matches!(self, Self::Dispatcher | Self::All | Self::Dev)
+    }
+
+    fn schedules(&self) -> bool {
+        matches!(self, Self::Scheduler | Self::All | Self::Dev)
     }
 }
 
@@ -184,6 +198,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.command != Command::Dev && config.secret_key.is_none() {
+        eprintln!(
+            "kivihook: invalid configuration: KIVIHOOK_SECRET_KEY: is required to seal signing secrets and credentials in Redis: 32 random bytes in base64 (openssl rand -base64 32); `kivihook dev` runs without it"
+        );
+        return ExitCode::from(2);
+    }
     if cli.command.serves_api() {
         if let Some(path) = &config.webhooks_file {
             if let Err(e) = kivihook_ingest::declared::check(path) {
@@ -220,7 +240,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
     let (trigger, shutdown) = shutdown::channel();
     tokio::spawn(async move {
         shutdown::os_signal().await;
@@ -228,7 +248,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         trigger.trigger();
     });
 
-    if config.generated_tokens && command.serves_api() {
+    if config.generated_tokens && command.serves_api() && command != Command::Dev {
         // Shown once, on stderr and not in the log stream.
         eprintln!(
             "kivihook: no tokens configured; generated for this run:\n  KIVIHOOK_ADMIN_TOKEN={}\n  KIVIHOOK_INGEST_TOKEN={}",
@@ -238,19 +258,24 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     }
 
     let metrics = Metrics::new();
-    let redials = metrics
-        .redis_reconnects
-        .with_label_values(&[command.name()]);
-    let Some(store) = connect_store(&config, redials, shutdown.clone()).await else {
-        return Ok(());
+    let (broker, store): (Arc<dyn Broker>, Arc<dyn Store>) = if command == Command::Dev {
+        dev::prepare(&mut config);
+        (Arc::new(MemoryBroker::new()), Arc::new(MemoryStore::new()))
+    } else {
+        let redials = metrics
+            .redis_reconnects
+            .with_label_values(&[command.name()]);
+        let Some(store) = connect_store(&config, redials, shutdown.clone()).await else {
+            return Ok(());
+        };
+        let broker = Arc::new(RabbitBroker::new(
+            &config.amqp_url,
+            &config.prefix,
+            metrics.clone(),
+            command.name(),
+        ));
+        (broker, store)
     };
-    let broker: Arc<dyn Broker> = Arc::new(RabbitBroker::new(
-        &config.amqp_url,
-        &config.prefix,
-        metrics.clone(),
-        command.name(),
-    ));
-    let store: Arc<dyn Store> = store;
     if let (true, Some(path)) = (command.serves_api(), &config.webhooks_file) {
         let applied = kivihook_ingest::declared::apply(store.as_ref(), path)
             .await
@@ -276,7 +301,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (KIVIHOOK_BIND)", config.bind))?;
     let addr = listener.local_addr()?;
 
-    let router = if command.serves_api() {
+    let router = if command == Command::Dev {
+        let router = kivihook_ingest::router(AppState::new(
+            &config,
+            broker.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
+        dev::start(router, store.as_ref(), addr, &config).await?
+    } else if command.serves_api() {
         kivihook_ingest::router(AppState::new(
             &config,
             broker.clone(),
@@ -292,7 +325,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     };
 
     let mut roles = tokio::task::JoinSet::new();
-    if matches!(command, Command::Dispatcher | Command::All) {
+    if command.dispatches() {
         let d = Arc::new(Dispatcher::new(
             &config,
             broker.clone(),
@@ -301,7 +334,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         ));
         roles.spawn(d.run(shutdown.clone()));
     }
-    if matches!(command, Command::Scheduler | Command::All) {
+    if command.schedules() {
         let s = Arc::new(Scheduler::new(
             &config,
             broker.clone(),
@@ -369,9 +402,6 @@ async fn connect_store(
             Ok(store) => {
                 let store = store.with_secret_key(config.secret_key.clone());
                 store.check_durability().await;
-                if config.secret_key.is_none() {
-                    tracing::warn!("KIVIHOOK_SECRET_KEY is not set: webhook signing secrets are stored unencrypted in Redis");
-                }
                 return Some(Arc::new(store));
             }
             Err(e) => {

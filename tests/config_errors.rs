@@ -43,3 +43,19 @@ fn unreadable_config_file_exits_2_naming_it() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("--config"), "{stderr}");
 }
+
+#[test]
+fn a_missing_secret_key_stops_every_role_but_dev() {
+    for role in ["all", "ingest", "dispatcher", "scheduler"] {
+        let (code, stderr) = run_with(&[], &[role]);
+        assert_eq!(code, Some(2), "{role}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("KIVIHOOK_SECRET_KEY"), "{stderr}");
+    }
+    let (code, stderr) = run_with(&[("KIVIHOOK_SECRET_KEY", "c2hvcnQ=")], &["all"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("KIVIHOOK_SECRET_KEY") && stderr.contains("32 bytes"),
+        "{stderr}"
+    );
+}

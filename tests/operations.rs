@@ -98,6 +98,7 @@ async fn declared_webhooks_are_applied_at_start_and_matched_by_name() {
     let out = Command::new(env!("CARGO_BIN_EXE_kivihook"))
         .arg("ingest")
         .env("KIVIHOOK_PREFIX", &prefix)
+        .env("KIVIHOOK_SECRET_KEY", SECRET_KEY)
         .env("KIVIHOOK_WEBHOOKS_FILE", &bad)
         .output()
         .unwrap();
@@ -114,6 +115,7 @@ fn export(prefix: &str) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_kivihook"))
         .args(["webhooks", "export"])
         .env("KIVIHOOK_PREFIX", prefix)
+        .env("KIVIHOOK_SECRET_KEY", SECRET_KEY)
         .output()
         .unwrap();
     assert!(
@@ -147,6 +149,7 @@ async fn the_registry_exports_and_imports_with_its_secrets() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kivihook"))
         .args(["webhooks", "import", "-"])
         .env("KIVIHOOK_PREFIX", &to)
+        .env("KIVIHOOK_SECRET_KEY", SECRET_KEY)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -174,6 +177,7 @@ async fn the_registry_exports_and_imports_with_its_secrets() {
         .args(["webhooks", "import"])
         .arg(&file)
         .env("KIVIHOOK_PREFIX", &other)
+        .env("KIVIHOOK_SECRET_KEY", SECRET_KEY)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -348,8 +352,16 @@ async fn signing_secrets_are_encrypted_at_rest_and_still_sign() {
     assert!(verify_signature(secret, &r.received()[0]));
     drop(k);
 
-    // Without the key, the sealed registry is not readable: reads fail loudly, never silently.
-    let k = Kivihook::start("ingest", &prefix, &[]);
+    // Under another key, the sealed registry is not readable: reads fail loudly, never
+    // silently.
+    let k = Kivihook::start(
+        "ingest",
+        &prefix,
+        &[(
+            "KIVIHOOK_SECRET_KEY",
+            "b3RoZXIta2V5LWZvci1zZWFsaW5nLXNlY3JldHMtMzI=",
+        )],
+    );
     let r = reqwest::Client::new()
         .get(k.url("/v1/webhooks"))
         .bearer_auth(ADMIN)

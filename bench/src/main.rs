@@ -333,6 +333,10 @@ fn start_role(
         .env("KIVIHOOK_INGEST_TOKEN", INGEST)
         .env("KIVIHOOK_LOG", "warn,kivihook=info")
         .env("KIVIHOOK_OUTBOUND_ALLOW", "127.0.0.0/8")
+        .env(
+            "KIVIHOOK_SECRET_KEY",
+            "YmVuY2gta2V5LWZvci1zZWFsaW5nLXNlY3JldHMtMzI=",
+        )
         .env("KIVIHOOK_PREFETCH", "1024")
         .env("KIVIHOOK_WEBHOOK_CONCURRENCY", "256")
         .env("KIVIHOOK_MAX_BODY_BYTES", "4194304")

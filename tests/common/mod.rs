@@ -21,6 +21,8 @@ use sha2::Sha256;
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 pub const INGEST: &str = "test-ingest-token-0123456789";
+/// 32 bytes in base64, for sealing secrets at rest in tests.
+pub const SECRET_KEY: &str = "dGVzdC1rZXktZm9yLXNlYWxpbmctc2VjcmV0cy0zMmI=";
 
 /// A prefix of its own for every test, so tests share RabbitMQ and Redis safely.
 pub fn unique_prefix() -> String {
@@ -48,6 +50,7 @@ impl Kivihook {
             // The test receivers listen on loopback, which the outbound guard refuses
             // unless it is allowed.
             .env("KIVIHOOK_OUTBOUND_ALLOW", "127.0.0.0/8")
+            .env("KIVIHOOK_SECRET_KEY", SECRET_KEY)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

@@ -6,8 +6,10 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+pub mod memory;
 pub mod rabbitmq;
 
+pub use memory::MemoryBroker;
 pub use rabbitmq::RabbitBroker;
 
 /// What went wrong talking to the broker.

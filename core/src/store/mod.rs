@@ -16,9 +16,11 @@ use crate::delivery::{
 };
 use crate::webhook::Webhook;
 
+pub mod memory;
 pub mod redis;
 mod redis_conn;
 
+pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
 /// What went wrong talking to the store.

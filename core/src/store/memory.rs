@@ -1,0 +1,465 @@
+//! The embedded store of `kivihook dev`: every piece of state in one process, behind the same
+//! trait as Redis. Nothing survives a restart.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
+use crate::delivery::{
+    AttemptRecord, DeadLetter, Health, Job, Outcome, TargetResult, TargetState, WebhookStats,
+};
+use crate::webhook::Webhook;
+
+const ATTEMPT_LOG_CAP: usize = 100;
+
+#[derive(Default)]
+struct Stats {
+    successes: u64,
+    failures: u64,
+    retries: u64,
+    last_status: Option<u16>,
+    last_attempt_at: Option<DateTime<Utc>>,
+    consecutive_failures: u64,
+    failing_since: Option<DateTime<Utc>>,
+    /// Hour (Unix time / 3600) → (successes, failures).
+    hours: HashMap<i64, (u64, u64)>,
+}
+
+#[derive(Default)]
+struct State {
+    dedup: HashMap<String, (Option<EventInfo>, Instant)>,
+    webhooks: HashMap<String, Webhook>,
+    version: u64,
+    targets: HashMap<String, HashMap<String, TargetState>>,
+    /// (due in ms, job id), ordered by due time.
+    schedule: BTreeSet<(i64, String)>,
+    jobs: HashMap<String, Job>,
+    leases: HashMap<String, i64>,
+    attempts: HashMap<String, VecDeque<AttemptRecord>>,
+    dead: HashMap<String, DeadLetter>,
+    dead_order: Vec<String>,
+    stats: HashMap<String, Stats>,
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+/// Everything in one mutex: dev mode is about trying KiviHook, not about throughput.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s)
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn schedule(s: &mut State, job: &Job, due: DateTime<Utc>) {
+    s.schedule.retain(|(_, id)| *id != job.id);
+    s.schedule.insert((due.timestamp_millis(), job.id.clone()));
+    s.jobs.insert(job.id.clone(), job.clone());
+}
+
+fn page<T: Clone>(
+    items: impl Iterator<Item = T>,
+    total: usize,
+    offset: usize,
+    limit: usize,
+) -> Page<T> {
+    Page {
+        items: items.skip(offset).take(limit).collect(),
+        total: total as u64,
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn claim_events(&self, ids: &[String]) -> Result<(Vec<Claim>, u64), StoreError> {
+        Ok(self.with(|s| {
+            let now = Instant::now();
+            let claims = ids
+                .iter()
+                .map(|id| match s.dedup.get(id) {
+                    Some((info, until)) if *until > now => {
+                        if info.is_some() {
+                            Claim::Duplicate
+                        } else {
+                            Claim::InProgress
+                        }
+                    }
+                    _ => {
+                        s.dedup
+                            .insert(id.clone(), (None, now + Duration::from_secs(60)));
+                        Claim::New
+                    }
+                })
+                .collect();
+            (claims, s.version)
+        }))
+    }
+
+    async fn confirm_events(
+        &self,
+        events: &[EventInfo],
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        self.with(|s| {
+            for e in events {
+                s.dedup
+                    .insert(e.id.clone(), (Some(e.clone()), Instant::now() + window));
+            }
+        });
+        Ok(())
+    }
+
+    async fn release_events(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.with(|s| ids.iter().for_each(|id| drop(s.dedup.remove(id))));
+        Ok(())
+    }
+
+    async fn event_info(&self, id: &str) -> Result<Option<EventInfo>, StoreError> {
+        Ok(self.with(|s| {
+            s.dedup
+                .get(id)
+                .filter(|(_, until)| *until > Instant::now())
+                .and_then(|(info, _)| info.clone())
+        }))
+    }
+
+    async fn registry_version(&self) -> Result<u64, StoreError> {
+        Ok(self.with(|s| s.version))
+    }
+
+    async fn list_webhooks(&self) -> Result<(u64, Vec<Webhook>), StoreError> {
+        Ok(self.with(|s| {
+            let mut hooks: Vec<Webhook> = s.webhooks.values().cloned().collect();
+            hooks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            (s.version, hooks)
+        }))
+    }
+
+    async fn get_webhook(&self, id: &str) -> Result<Option<Webhook>, StoreError> {
+        Ok(self.with(|s| s.webhooks.get(id).cloned()))
+    }
+
+    async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
+        Ok(self.with(|s| {
+            s.webhooks.insert(webhook.id.clone(), webhook.clone());
+            s.version += 1;
+            s.version
+        }))
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.with(|s| {
+            s.version += 1;
+            s.webhooks.remove(id).is_some()
+        }))
+    }
+
+    async fn target_states(
+        &self,
+        event_id: &str,
+        webhook_ids: &[&str],
+    ) -> Result<Vec<Option<TargetState>>, StoreError> {
+        Ok(self.with(|s| {
+            let t = s.targets.get(event_id);
+            webhook_ids
+                .iter()
+                .map(|w| t.and_then(|t| t.get(*w)).cloned())
+                .collect()
+        }))
+    }
+
+    async fn all_target_states(
+        &self,
+        event_id: &str,
+    ) -> Result<HashMap<String, TargetState>, StoreError> {
+        Ok(self.with(|s| s.targets.get(event_id).cloned().unwrap_or_default()))
+    }
+
+    async fn record(&self, results: &[TargetResult]) -> Result<Vec<Option<Health>>, StoreError> {
+        Ok(self.with(|s| {
+            let now = Utc::now();
+            results
+                .iter()
+                .map(|r| {
+                    let state = match &r.outcome {
+                        Outcome::Delivered => Some(TargetState::Delivered { at: now }),
+                        Outcome::Retry { job, due } => {
+                            schedule(s, job, *due);
+                            Some(TargetState::Retrying {
+                                attempt: job.attempt,
+                                due: *due,
+                                job_id: job.id.clone(),
+                            })
+                        }
+                        Outcome::Dead(dl) => {
+                            s.dead.insert(dl.id.clone(), (**dl).clone());
+                            s.dead_order.push(dl.id.clone());
+                            Some(TargetState::Dead {
+                                dead_letter_id: dl.id.clone(),
+                            })
+                        }
+                        Outcome::Untouched => None,
+                    };
+                    if let Some(state) = state {
+                        s.targets
+                            .entry(r.event_id.clone())
+                            .or_default()
+                            .insert(r.webhook_id.clone(), state);
+                    }
+                    let a = r.attempt.as_ref()?;
+                    let ok = matches!(r.outcome, Outcome::Delivered);
+                    let log = s.attempts.entry(a.webhook_id.clone()).or_default();
+                    log.push_front(a.clone());
+                    log.truncate(ATTEMPT_LOG_CAP);
+                    let st = s.stats.entry(a.webhook_id.clone()).or_default();
+                    let hour = st.hours.entry(a.at.timestamp() / 3600).or_default();
+                    if ok {
+                        st.successes += 1;
+                        st.consecutive_failures = 0;
+                        st.failing_since = None;
+                        hour.0 += 1;
+                    } else {
+                        st.failures += 1;
+                        st.consecutive_failures += 1;
+                        st.failing_since.get_or_insert(a.at);
+                        hour.1 += 1;
+                    }
+                    if a.attempt > 1 {
+                        st.retries += 1;
+                    }
+                    st.last_status = a.status;
+                    st.last_attempt_at = Some(a.at);
+                    Some(Health {
+                        consecutive_failures: st.consecutive_failures,
+                        failing_since: st.failing_since,
+                    })
+                })
+                .collect()
+        }))
+    }
+
+    async fn schedule_job(&self, job: &Job, due: DateTime<Utc>) -> Result<(), StoreError> {
+        self.with(|s| schedule(s, job, due));
+        Ok(())
+    }
+
+    async fn claim_due_jobs(&self, limit: usize, lease: Duration) -> Result<Vec<Job>, StoreError> {
+        Ok(self.with(|s| {
+            let now = now_ms();
+            let due: Vec<(i64, String)> = s
+                .schedule
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .take(limit)
+                .cloned()
+                .collect();
+            let mut jobs = Vec::with_capacity(due.len());
+            for entry in due {
+                s.schedule.remove(&entry);
+                s.leases
+                    .insert(entry.1.clone(), now + lease.as_millis() as i64);
+                if let Some(j) = s.jobs.get(&entry.1) {
+                    jobs.push(j.clone());
+                }
+            }
+            jobs
+        }))
+    }
+
+    async fn complete_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.with(|s| {
+            for id in ids {
+                s.leases.remove(id);
+                s.jobs.remove(id);
+            }
+        });
+        Ok(())
+    }
+
+    async fn release_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.with(|s| {
+            let now = now_ms();
+            for id in ids {
+                s.leases.remove(id);
+                s.schedule.insert((now, id.clone()));
+            }
+        });
+        Ok(())
+    }
+
+    async fn sweep_leases(&self) -> Result<u64, StoreError> {
+        Ok(self.with(|s| {
+            let now = now_ms();
+            let expired: Vec<String> = s
+                .leases
+                .iter()
+                .filter(|(_, until)| **until <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &expired {
+                s.leases.remove(id);
+                s.schedule.insert((now, id.clone()));
+            }
+            expired.len() as u64
+        }))
+    }
+
+    async fn schedule_status(&self) -> Result<ScheduleStatus, StoreError> {
+        Ok(self.with(|s| {
+            let now = now_ms();
+            let lag = s
+                .schedule
+                .iter()
+                .next()
+                .map(|(due, _)| ((now - due).max(0)) as u64)
+                .unwrap_or(0);
+            ScheduleStatus {
+                depth: s.schedule.len() as u64,
+                leased: s.leases.len() as u64,
+                lag: Duration::from_millis(lag),
+                dead_letters: s.dead.len() as u64,
+            }
+        }))
+    }
+
+    async fn list_attempts(
+        &self,
+        webhook_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<AttemptRecord>, StoreError> {
+        Ok(self.with(|s| {
+            let log = s.attempts.get(webhook_id);
+            let total = log.map_or(0, VecDeque::len);
+            page(log.into_iter().flatten().cloned(), total, offset, limit)
+        }))
+    }
+
+    async fn find_attempt(&self, attempt_id: &str) -> Result<Option<AttemptRecord>, StoreError> {
+        Ok(self.with(|s| {
+            s.attempts
+                .values()
+                .flatten()
+                .find(|a| a.id == attempt_id)
+                .cloned()
+        }))
+    }
+
+    async fn log_attempt(&self, attempt: &AttemptRecord) -> Result<(), StoreError> {
+        self.with(|s| {
+            let log = s.attempts.entry(attempt.webhook_id.clone()).or_default();
+            log.push_front(attempt.clone());
+            log.truncate(ATTEMPT_LOG_CAP);
+        });
+        Ok(())
+    }
+
+    async fn list_dead_letters(
+        &self,
+        webhook_id: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<DeadLetter>, StoreError> {
+        Ok(self.with(|s| {
+            let matching: Vec<DeadLetter> = s
+                .dead_order
+                .iter()
+                .rev()
+                .filter_map(|id| s.dead.get(id))
+                .filter(|d| webhook_id.is_none_or(|w| d.webhook_id == w))
+                .cloned()
+                .collect();
+            let total = matching.len();
+            page(matching.into_iter(), total, offset, limit)
+        }))
+    }
+
+    async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.with(|s| {
+            s.dead_order.retain(|d| d != id);
+            s.dead.remove(id)
+        }))
+    }
+
+    async fn webhook_stats(&self, webhook_ids: &[&str]) -> Result<Vec<WebhookStats>, StoreError> {
+        Ok(self.with(|s| {
+            let hour = Utc::now().timestamp() / 3600;
+            webhook_ids
+                .iter()
+                .map(|id| match s.stats.get(*id) {
+                    None => WebhookStats::default(),
+                    Some(st) => {
+                        let (ok, failed) = ((hour - 23)..=hour)
+                            .filter_map(|h| st.hours.get(&h))
+                            .fold((0, 0), |(a, b), (s2, f)| (a + s2, b + f));
+                        WebhookStats {
+                            successes: st.successes,
+                            failures: st.failures,
+                            retries: st.retries,
+                            last_status: st.last_status,
+                            last_attempt_at: st.last_attempt_at,
+                            consecutive_failures: st.consecutive_failures,
+                            failing_since: st.failing_since,
+                            success_rate_24h: (ok + failed > 0)
+                                .then(|| ok as f64 / (ok + failed) as f64),
+                            attempts_24h: ok + failed,
+                        }
+                    }
+                })
+                .collect()
+        }))
+    }
+
+    async fn reset_health(&self, webhook_id: &str) -> Result<(), StoreError> {
+        self.with(|s| {
+            if let Some(st) = s.stats.get_mut(webhook_id) {
+                st.consecutive_failures = 0;
+                st.failing_since = None;
+            }
+        });
+        Ok(())
+    }
+
+    async fn take_token(
+        &self,
+        webhook_id: &str,
+        rate: f64,
+        burst: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        Ok(self.with(|s| {
+            let now = Instant::now();
+            let (tokens, at) = s
+                .buckets
+                .entry(webhook_id.to_owned())
+                .or_insert((burst as f64, now));
+            *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst as f64);
+            *at = now;
+            if *tokens >= 1.0 {
+                *tokens -= 1.0;
+                None
+            } else {
+                Some(Duration::from_secs_f64((1.0 - *tokens) / rate))
+            }
+        }))
+    }
+}
