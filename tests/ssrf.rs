@@ -47,7 +47,15 @@ async fn internal_addresses_are_refused_at_save_and_at_delivery() {
 
     // Saved where loopback was allowed, then delivered by a dispatcher where it is not: the
     // delivery is refused (the name `localhost` and the literal address alike).
-    let open = Kivihook::start("ingest", &prefix, &[]);
+    // (Saving only checks literal addresses against the list: nothing connects to them.)
+    let open = Kivihook::start(
+        "ingest",
+        &prefix,
+        &[(
+            "KIVIHOOK_OUTBOUND_ALLOW",
+            "127.0.0.0/8,10.0.0.0/8,169.254.0.0/16,::1/128",
+        )],
+    );
     let api = Api::new(&open);
     let r = Receiver::start().await;
     let port = r.addr.port();
@@ -57,6 +65,18 @@ async fn internal_addresses_are_refused_at_save_and_at_delivery() {
     let by_ip = api
         .create_webhook(json!({"name": "by-ip", "url": format!("http://127.0.0.1:{port}/hook"), "events": ["*"]}))
         .await;
+    let mut literals = Vec::new();
+    for url in [
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://10.0.0.1/hook".to_owned(),
+        format!("http://[::1]:{port}/hook"),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+    ] {
+        literals.push(
+            api.create_webhook(json!({"name": url, "url": url, "events": ["*"]}))
+                .await,
+        );
+    }
     let _dispatcher = Kivihook::start(
         "dispatcher",
         &prefix,
@@ -71,7 +91,7 @@ async fn internal_addresses_are_refused_at_save_and_at_delivery() {
             .status(),
         202
     );
-    for hook in [&by_name, &by_ip] {
+    for hook in [&by_name, &by_ip].into_iter().chain(literals.iter()) {
         let path = format!("/v1/webhooks/{}/attempts", hook["id"].as_str().unwrap());
         eventually(Duration::from_secs(10), "the refused attempt", || async {
             get_json(&api, &path).await["total"] == 1
