@@ -341,7 +341,7 @@ fn start_role(
         .env("KIVIHOOK_WEBHOOK_CONCURRENCY", "256")
         .env("KIVIHOOK_MAX_BODY_BYTES", "4194304")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::inherit());
     for (k, v) in extra {
         cmd.env(k, v);
     }
