@@ -62,7 +62,7 @@ pub async fn start(
     let base = format!("http://127.0.0.1:{port}");
     eprintln!(
         "\nkivihook dev: everything is in memory; nothing survives a restart.\n\
-         API:        {base}  (dashboard at {base}/ when it ships)\n\
+         API:        {base}\n\
          admin token:  {}\n\
          ingest token: {}\n\
          A demo webhook sends every event to the built-in echo receiver ({base}/dev/echo). Try:\n\n  \
