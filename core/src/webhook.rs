@@ -1084,28 +1084,7 @@ mod tests {
             "name": "t", "url": "https://example.com/h", "events": events, "clinic_ids": clinics
         }))
         .unwrap();
-        Webhook {
-            id: "wh_1".into(),
-            name: spec.name,
-            url: spec.url,
-            method: spec.method,
-            events: spec.events,
-            clinic_ids: spec.clinic_ids,
-            headers: spec.headers,
-            enabled: true,
-            disabled_reason: None,
-            retry_schedule: None,
-            rate_limit: None,
-            max_concurrency: None,
-            auth: Auth::None,
-            follow_redirects: false,
-            query: BTreeMap::new(),
-            body: Body::Default,
-            previous_secrets: Vec::new(),
-            secret: crate::signing::generate_secret(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
+        Webhook::create(spec, crate::signing::generate_secret())
     }
 
     #[test]
