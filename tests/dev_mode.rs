@@ -78,15 +78,11 @@ async fn behaviour(role: &str) {
     let dl = get_json(&api, &path).await["dead_letters"][0].clone();
     down.respond_with(200);
     let r = api
-        .http
-        .post(k.url(&format!(
+        .admin_post(&format!(
             "/v1/dead-letters/{}/replay",
             dl["id"].as_str().unwrap()
-        )))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(r.status(), 202, "{role}");
     wait_until(Duration::from_secs(10), "the replay", || down.count() == 4).await;
     // Dev mode adds its demo webhook, which subscribes to everything: count what is there.

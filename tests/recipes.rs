@@ -51,12 +51,8 @@ async fn every_recipe_sends_what_its_service_expects() {
         let created = api.create_webhook(local(&recipe, &receiver)).await;
         let id = created["id"].as_str().unwrap();
         let sent: Value = api
-            .http
-            .post(k.url(&format!("/v1/webhooks/{id}/test")))
-            .bearer_auth(ADMIN)
-            .send()
+            .admin_post(&format!("/v1/webhooks/{id}/test"))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();

@@ -138,12 +138,8 @@ async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
     let old = w["secret"].as_str().unwrap().to_owned();
 
     let rotated: Value = api
-        .http
-        .post(k.url(&format!("/v1/webhooks/{id}/rotate-secret")))
-        .bearer_auth(ADMIN)
-        .send()
+        .admin_post(&format!("/v1/webhooks/{id}/rotate-secret"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -175,13 +171,7 @@ async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
         verify_with_standardwebhooks(secret, got);
     }
 
-    let r404 = api
-        .http
-        .post(k.url("/v1/webhooks/wh_nope/rotate-secret"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r404 = api.admin_post("/v1/webhooks/wh_nope/rotate-secret").await;
     assert_eq!(r404.status(), 404);
     drop(k);
     cleanup(&prefix).await;

@@ -133,15 +133,11 @@ async fn an_exhausted_delivery_is_a_dead_letter_and_a_replay_delivers_it() {
 
     r.respond_with(200);
     let replay = api
-        .http
-        .post(k.url(&format!(
+        .admin_post(&format!(
             "/v1/dead-letters/{}/replay",
             dl["id"].as_str().unwrap()
-        )))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(replay.status(), 202);
     wait_until(Duration::from_secs(10), "the replayed delivery", || {
         r.count() == 4
@@ -169,12 +165,8 @@ async fn an_exhausted_delivery_is_a_dead_letter_and_a_replay_delivers_it() {
     assert_eq!(log["next_offset"], 1);
     let attempt_id = log["attempts"][0]["id"].as_str().unwrap().to_owned();
     let resend = api
-        .http
-        .post(k.url(&format!("/v1/attempts/{attempt_id}/resend")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+        .admin_post(&format!("/v1/attempts/{attempt_id}/resend"))
+        .await;
     assert_eq!(resend.status(), 202);
     wait_until(Duration::from_secs(10), "the resent request", || {
         r.count() == 5
@@ -187,22 +179,10 @@ async fn an_exhausted_delivery_is_a_dead_letter_and_a_replay_delivers_it() {
         format!("/v1/dead-letters/{}/replay", dl["id"].as_str().unwrap()),
         "/v1/attempts/att_nope_123/resend".to_owned(),
     ] {
-        let r = api
-            .http
-            .post(k.url(&path))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
+        let r = api.admin_post(&path).await;
         assert_eq!(r.status(), 404, "{path}");
     }
-    let r = api
-        .http
-        .get(k.url("/v1/dead-letters?limit=0"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = api.admin_get("/v1/dead-letters?limit=0").await;
     assert_eq!(r.status(), 422);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["field"], "limit");
     drop(k);

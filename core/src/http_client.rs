@@ -101,7 +101,7 @@ impl Attempt {
     }
 
     fn with_request(mut self, p: &Prepared) -> Self {
-        self.url = p.url.clone();
+        self.url = p.url.to_string();
         self.request_body = p.body.clone();
         self
     }
@@ -352,7 +352,7 @@ pub async fn send(
         }
     }
     let mut headers = HeaderMap::with_capacity(prepared.headers.len() + 4);
-    for (name, value) in &prepared.headers {
+    for (name, value) in prepared.headers.iter() {
         // Names were checked when the webhook was saved; a value that renders badly is skipped.
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
@@ -449,24 +449,22 @@ pub async fn send(
 
 /// The request a webhook makes for an event: its URL, headers and body rendered from its
 /// templates (checked when it was saved), or the envelope as it is.
-pub struct Prepared {
-    pub url: String,
-    pub headers: Vec<(String, String)>,
+pub struct Prepared<'a> {
+    /// Borrowed from the webhook unless templates rendered it: the per-delivery path of an
+    /// untemplated webhook copies nothing.
+    pub url: Cow<'a, str>,
+    pub headers: Cow<'a, BTreeMap<String, String>>,
     pub body: Bytes,
     pub has_body: bool,
     pub content_type: &'static str,
 }
 
-pub fn prepare(webhook: &Webhook, envelope: &Bytes) -> Prepared {
+pub fn prepare<'a>(webhook: &'a Webhook, envelope: &Bytes) -> Prepared<'a> {
     let sends_body = matches!(webhook.method, Method::Post | Method::Put | Method::Patch);
     if !webhook.has_templates() {
         return Prepared {
-            url: webhook.url.clone(),
-            headers: webhook
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            url: Cow::Borrowed(&webhook.url),
+            headers: Cow::Borrowed(&webhook.headers),
             body: envelope.clone(),
             has_body: sends_body,
             content_type: "application/json",
@@ -487,7 +485,7 @@ pub fn prepare(webhook: &Webhook, envelope: &Bytes) -> Prepared {
             url = u.into();
         }
     }
-    let headers = webhook
+    let headers: BTreeMap<String, String> = webhook
         .headers
         .iter()
         .map(|(k, v)| (k.clone(), render(v, Escape::Raw).replace(['\r', '\n'], " ")))
@@ -506,8 +504,8 @@ pub fn prepare(webhook: &Webhook, envelope: &Bytes) -> Prepared {
         ),
     };
     Prepared {
-        url,
-        headers,
+        url: Cow::Owned(url),
+        headers: Cow::Owned(headers),
         body,
         has_body: sends_body || explicit,
         content_type,

@@ -70,9 +70,13 @@ pub async fn preview(
     let (webhook, event) = webhook_and_event(&state, &headers, path, &q).await?;
     let body = envelope(&event);
     let prepared = http_client::prepare(&webhook, &body);
-    let mut shown: Vec<(String, String)> = prepared.headers.clone();
+    let mut shown: Vec<(String, String)> = prepared
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     shown.push(("content-type".into(), prepared.content_type.into()));
-    let mut url = prepared.url.clone();
+    let mut url = prepared.url.to_string();
     match &webhook.auth {
         Auth::None => {}
         Auth::ApiKey {

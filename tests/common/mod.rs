@@ -132,6 +132,26 @@ impl Api {
         r.json().await.expect("webhook json")
     }
 
+    /// POST with the admin token and no body.
+    pub async fn admin_post(&self, path: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}{}", self.base, path))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("admin POST")
+    }
+
+    /// GET with the admin token, whatever the status.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("admin GET")
+    }
+
     pub async fn post_event(&self, body: &Value) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/events", self.base))
