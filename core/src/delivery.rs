@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Why a job exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +103,7 @@ impl TargetState {
 }
 
 /// One attempt as shown in the attempt log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct AttemptRecord {
     pub id: String,
     pub webhook_id: String,
@@ -146,7 +147,7 @@ pub fn webhook_of_attempt(attempt_id: &str) -> Option<&str> {
 }
 
 /// A delivery that could not be made, kept so that it can be inspected and replayed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct DeadLetter {
     pub id: String,
     pub event_id: String,
@@ -199,7 +200,7 @@ pub struct Health {
 }
 
 /// Per-webhook statistics (`GET /v1/stats`).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]
 pub struct WebhookStats {
     pub successes: u64,
     pub failures: u64,
@@ -214,7 +215,7 @@ pub struct WebhookStats {
 }
 
 /// Installation-wide counters.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]
 pub struct TotalStats {
     pub successes: u64,
     pub failures: u64,

@@ -2,14 +2,16 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// One entry of the event catalogue (`GET /v1/event-types`).
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct EventTypeInfo {
     #[serde(rename = "type")]
     pub name: &'static str,
     pub description: &'static str,
     /// KiviCare's own action names that map to this type.
+    #[schema(value_type = Vec<String>)]
     pub kivicare_actions: &'static [&'static str],
 }
 
@@ -130,7 +132,7 @@ pub fn metric_label(event_type: &str) -> &str {
 ///
 /// The AMQP payload *is* this JSON, so a dispatcher signs and sends the bytes it received
 /// without serializing them again.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Event {
     pub id: String,
     #[serde(rename = "type")]

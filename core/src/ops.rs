@@ -1,4 +1,7 @@
 //! The operational endpoints every role serves: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! They are documented here, beside their handlers, so that ingest's OpenAPI document can
+//! include them (`OpsApi`) without restating what they answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +11,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::{Broker, Metrics, Store};
 
@@ -31,6 +35,58 @@ pub fn router(state: OpsState) -> Router {
         .with_state(state)
 }
 
+/// The OpenAPI description of the operational endpoints. They take no token: probes and
+/// Prometheus scrape them from inside the cluster.
+#[derive(OpenApi)]
+#[openapi(paths(metrics, healthz, readyz))]
+pub struct OpsApi;
+
+/// `GET /healthz`: the process is up.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: Live,
+}
+
+/// The only answer liveness has.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Live {
+    Ok,
+}
+
+/// `GET /readyz`: whether RabbitMQ and Redis answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: Ready,
+    pub checks: ReadinessChecks,
+}
+
+/// `ready` when every check passed, else `not_ready`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ready {
+    Ready,
+    NotReady,
+}
+
+/// Each dependency's check: `ok`, or why it failed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessChecks {
+    pub rabbitmq: String,
+    pub redis: String,
+}
+
+/// Prometheus metrics of this process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4",
+            body = String, content_type = "text/plain"),
+    ),
+)]
 async fn metrics(State(state): State<OpsState>) -> Response {
     (
         [(
@@ -42,10 +98,31 @@ async fn metrics(State(state): State<OpsState>) -> Response {
         .into_response()
 }
 
+/// Liveness: the process is up and serving HTTP; it checks nothing else, so that a broker
+/// outage never gets a healthy process restarted.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    responses((status = 200, description = "The process is up", body = Health)),
+)]
 async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(Health { status: Live::Ok }).into_response()
 }
 
+/// Readiness: RabbitMQ and Redis both answer within 2 seconds.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "RabbitMQ and Redis answer", body = Readiness),
+        (status = 503, description = "RabbitMQ or Redis does not answer; `checks` says which",
+            body = Readiness),
+    ),
+)]
 async fn readyz(State(state): State<OpsState>) -> Response {
     let broker = async {
         match tokio::time::timeout(CHECK_TIMEOUT, state.broker.ready()).await {
@@ -63,13 +140,20 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     };
     let (broker, store) = tokio::join!(broker, store);
     let show = |r: &Result<(), String>| match r {
-        Ok(()) => json!("ok"),
-        Err(e) => json!(e),
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
     };
-    let body = json!({
-        "status": if broker.is_ok() && store.is_ok() { "ready" } else { "not_ready" },
-        "checks": { "rabbitmq": show(&broker), "redis": show(&store) },
-    });
+    let body = Readiness {
+        status: if broker.is_ok() && store.is_ok() {
+            Ready::Ready
+        } else {
+            Ready::NotReady
+        },
+        checks: ReadinessChecks {
+            rabbitmq: show(&broker),
+            redis: show(&store),
+        },
+    };
     let code = if broker.is_ok() && store.is_ok() {
         StatusCode::OK
     } else {

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::event::{EventType, FAMILIES};
 use crate::retry::RetrySchedule;
 
 /// HTTP methods a webhook may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     #[default]
@@ -49,7 +50,7 @@ impl Method {
 }
 
 /// Where an API key goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyLocation {
     Header,
@@ -57,7 +58,7 @@ pub enum KeyLocation {
 }
 
 /// How a webhook authenticates to its endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Auth {
     #[default]
@@ -126,7 +127,7 @@ impl Auth {
 }
 
 /// What a delivery's body is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Body {
     /// The signed JSON envelope.
@@ -139,7 +140,7 @@ pub enum Body {
 }
 
 /// A signing secret that was rotated out and still signs until it expires.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PreviousSecret {
     pub secret: String,
     pub expires_at: DateTime<Utc>,
@@ -192,8 +193,9 @@ impl Pattern {
     }
 }
 
-/// A stored webhook.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// A stored webhook; the API shows it with `secret` masked (except once, on create) and
+/// credentials in `auth` masked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Webhook {
     pub id: String,
     pub name: String,
@@ -470,7 +472,8 @@ impl WebhookSpec {
     }
 }
 
-const FIELDS: &[&str] = &[
+/// Every field a webhook definition may carry.
+pub const FIELDS: &[&str] = &[
     "name",
     "url",
     "method",
@@ -487,8 +490,39 @@ const FIELDS: &[&str] = &[
     "body",
 ];
 
+/// Limits of a webhook definition, in characters unless named otherwise. Public so that the
+/// API description states the very numbers the parser enforces.
+pub mod limits {
+    pub const NAME: usize = 200;
+    pub const URL: usize = 2048;
+    /// Event patterns per webhook.
+    pub const PATTERNS: usize = 100;
+    pub const CLINIC_ID: usize = 100;
+    /// Clinic ids per webhook.
+    pub const CLINIC_IDS: usize = 10_000;
+    /// Headers, and query parameters, per webhook.
+    pub const PAIRS: usize = 50;
+    /// A header or query parameter name.
+    pub const PAIR_NAME: usize = 256;
+    /// A header value, query parameter value or form field template.
+    pub const VALUE: usize = 8192;
+    /// A JSON body template.
+    pub const TEMPLATE: usize = 65_536;
+    /// An auth credential, user name or API key name.
+    pub const CREDENTIAL: usize = 4096;
+    /// Requests per second.
+    pub const RATE_LIMIT: f64 = 100_000.0;
+    /// Requests in flight per dispatcher.
+    pub const CONCURRENCY: u64 = 10_000;
+}
+
+/// Characters in a string: limits count what a person sees, not UTF-8 bytes.
+fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
 /// Headers KiviHook sets itself; a webhook may not override them.
-const RESERVED_HEADERS: &[&str] = &[
+pub const RESERVED_HEADERS: &[&str] = &[
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
@@ -594,7 +628,15 @@ impl WebhookSpec {
                     auth.keep_masked(&self.auth);
                     self.auth = auth;
                 }
-                _ => unreachable!("check_fields admits only known fields"),
+                "query" => self.query = parse_query(value)?,
+                "body" => self.body = parse_body(value)?,
+                // A field `check_fields` admits but no arm handles is refused, never a panic.
+                other => {
+                    return Err(invalid(
+                        other,
+                        "cannot be changed with PATCH; delete and create the webhook instead",
+                    ))
+                }
             }
         }
         Ok(self)
@@ -642,8 +684,11 @@ fn parse_name(v: &Value) -> Result<String, InvalidField> {
         .as_str()
         .ok_or_else(|| invalid("name", "must be a string"))?
         .trim();
-    if s.is_empty() || s.chars().count() > 200 {
-        return Err(invalid("name", "must be 1 to 200 characters"));
+    if s.is_empty() || chars(s) > limits::NAME {
+        return Err(invalid(
+            "name",
+            format!("must be 1 to {} characters", limits::NAME),
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err(invalid("name", "must not contain control characters"));
@@ -655,8 +700,11 @@ fn parse_url(v: &Value) -> Result<String, InvalidField> {
     let s = v
         .as_str()
         .ok_or_else(|| invalid("url", "must be a string"))?;
-    if s.len() > 2048 {
-        return Err(invalid("url", "must be at most 2048 characters"));
+    if chars(s) > limits::URL {
+        return Err(invalid(
+            "url",
+            format!("must be at most {} characters", limits::URL),
+        ));
     }
     if crate::template::is_template(s) {
         // Kept as written; checked when rendered against sample events (`check_templates`).
@@ -694,8 +742,11 @@ fn parse_events(v: &Value) -> Result<Vec<String>, InvalidField> {
     let items = v
         .as_array()
         .ok_or_else(|| invalid("events", "must be an array of event patterns"))?;
-    if items.is_empty() || items.len() > 100 {
-        return Err(invalid("events", "must hold 1 to 100 patterns"));
+    if items.is_empty() || items.len() > limits::PATTERNS {
+        return Err(invalid(
+            "events",
+            format!("must hold 1 to {} patterns", limits::PATTERNS),
+        ));
     }
     let mut out: Vec<String> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -712,13 +763,35 @@ fn parse_events(v: &Value) -> Result<Vec<String>, InvalidField> {
     Ok(out)
 }
 
+/// A JSON integer within the range of i64 and u64: `12`, or `12.0`, which JSON (and JSON
+/// Schema) count as the same number.
+pub fn integer_of(v: &Value) -> Option<i128> {
+    /// 2^53: past it a number with a fraction part cannot be told from an integer literal
+    /// outside i64 and u64 that the JSON parser rounded to the nearest f64.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let n = v.as_number()?;
+    if let Some(i) = n.as_i64() {
+        return Some(i.into());
+    }
+    if let Some(u) = n.as_u64() {
+        return Some(u.into());
+    }
+    n.as_f64()
+        .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT)
+        .map(|f| f as i128)
+}
+
 /// Clinic ids are strings; KiviCare's numeric ids are accepted and stored as text.
 pub fn clinic_id_of(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) if !s.is_empty() && s.len() <= 100 && !s.chars().any(char::is_control) => {
+        Value::String(s)
+            if !s.is_empty()
+                && chars(s) <= limits::CLINIC_ID
+                && !s.chars().any(char::is_control) =>
+        {
             Some(s.clone())
         }
-        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        Value::Number(_) => integer_of(v).map(|n| n.to_string()),
         _ => None,
     }
 }
@@ -727,8 +800,11 @@ fn parse_clinic_ids(v: &Value) -> Result<Vec<String>, InvalidField> {
     let items = v
         .as_array()
         .ok_or_else(|| invalid("clinic_ids", "must be an array of clinic ids"))?;
-    if items.len() > 10_000 {
-        return Err(invalid("clinic_ids", "must hold at most 10000 ids"));
+    if items.len() > limits::CLINIC_IDS {
+        return Err(invalid(
+            "clinic_ids",
+            format!("must hold at most {} ids", limits::CLINIC_IDS),
+        ));
     }
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -749,14 +825,17 @@ fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
     let obj = v
         .as_object()
         .ok_or_else(|| invalid("headers", "must be an object of header names to values"))?;
-    if obj.len() > 50 {
-        return Err(invalid("headers", "must hold at most 50 headers"));
+    if obj.len() > limits::PAIRS {
+        return Err(invalid(
+            "headers",
+            format!("must hold at most {} headers", limits::PAIRS),
+        ));
     }
     let mut out = BTreeMap::new();
     for (name, value) in obj {
         let field = format!("headers.{name}");
         let token = !name.is_empty()
-            && name.len() <= 256
+            && name.len() <= limits::PAIR_NAME
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
@@ -773,10 +852,14 @@ fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
         let value = value
             .as_str()
             .ok_or_else(|| invalid(field.as_str(), "must be a string"))?;
-        if value.len() > 8192 || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        if chars(value) > limits::VALUE || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+        {
             return Err(invalid(
                 field,
-                "must be at most 8192 characters without CR, LF or NUL",
+                format!(
+                    "must be at most {} characters without CR, LF or NUL",
+                    limits::VALUE
+                ),
             ));
         }
         out.insert(name.clone(), value.to_owned());
@@ -788,21 +871,30 @@ fn parse_query(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
     let obj = v
         .as_object()
         .ok_or_else(|| invalid("query", "must be an object of parameter names to templates"))?;
-    if obj.len() > 50 {
-        return Err(invalid("query", "must hold at most 50 parameters"));
+    if obj.len() > limits::PAIRS {
+        return Err(invalid(
+            "query",
+            format!("must hold at most {} parameters", limits::PAIRS),
+        ));
     }
     let mut out = BTreeMap::new();
     for (name, value) in obj {
         let field = format!("query.{name}");
-        if name.is_empty() || name.len() > 256 {
-            return Err(invalid(field, "must be a name of 1 to 256 characters"));
+        if name.is_empty() || chars(name) > limits::PAIR_NAME {
+            return Err(invalid(
+                field,
+                format!("must be a name of 1 to {} characters", limits::PAIR_NAME),
+            ));
         }
-        let value = value.as_str().filter(|s| s.len() <= 8192).ok_or_else(|| {
-            invalid(
-                field.as_str(),
-                "must be a string of at most 8192 characters",
-            )
-        })?;
+        let value = value
+            .as_str()
+            .filter(|s| chars(s) <= limits::VALUE)
+            .ok_or_else(|| {
+                invalid(
+                    field.as_str(),
+                    format!("must be a string of at most {} characters", limits::VALUE),
+                )
+            })?;
         out.insert(name.clone(), value.to_owned());
     }
     Ok(out)
@@ -832,11 +924,11 @@ fn parse_body(v: &Value) -> Result<Body, InvalidField> {
             template: obj
                 .get("template")
                 .and_then(Value::as_str)
-                .filter(|s| !s.is_empty() && s.len() <= 65_536)
+                .filter(|s| !s.is_empty() && chars(s) <= limits::TEMPLATE)
                 .ok_or_else(|| {
                     invalid(
                         "body.template",
-                        "must be a template of 1 to 65536 characters",
+                        format!("must be a template of 1 to {} characters", limits::TEMPLATE),
                     )
                 })?
                 .to_owned(),
@@ -853,12 +945,15 @@ fn parse_body(v: &Value) -> Result<Body, InvalidField> {
                 })?;
             let mut out = BTreeMap::new();
             for (name, value) in fields {
-                let value = value.as_str().filter(|s| s.len() <= 8192).ok_or_else(|| {
-                    invalid(
-                        format!("body.fields.{name}"),
-                        "must be a string of at most 8192 characters",
-                    )
-                })?;
+                let value = value
+                    .as_str()
+                    .filter(|s| chars(s) <= limits::VALUE)
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("body.fields.{name}"),
+                            format!("must be a string of at most {} characters", limits::VALUE),
+                        )
+                    })?;
                 out.insert(name.clone(), value.to_owned());
             }
             Body::Form { fields: out }
@@ -958,12 +1053,15 @@ fn parse_rate(v: &Value) -> Result<Option<f64>, InvalidField> {
         return Ok(None);
     }
     v.as_f64()
-        .filter(|r| *r > 0.0 && *r <= 100_000.0)
+        .filter(|r| *r > 0.0 && *r <= limits::RATE_LIMIT)
         .map(Some)
         .ok_or_else(|| {
             invalid(
                 "rate_limit",
-                "must be requests per second above 0 and at most 100000, or null",
+                format!(
+                    "must be requests per second above 0 and at most {}, or null",
+                    limits::RATE_LIMIT
+                ),
             )
         })
 }
@@ -972,13 +1070,16 @@ fn parse_concurrency(v: &Value) -> Result<Option<u32>, InvalidField> {
     if v.is_null() {
         return Ok(None);
     }
-    v.as_u64()
-        .filter(|n| (1..=10_000).contains(n))
+    integer_of(v)
+        .filter(|n| (1..=i128::from(limits::CONCURRENCY)).contains(n))
         .map(|n| Some(n as u32))
         .ok_or_else(|| {
             invalid(
                 "max_concurrency",
-                "must be an integer from 1 to 10000, or null",
+                format!(
+                    "must be an integer from 1 to {}, or null",
+                    limits::CONCURRENCY
+                ),
             )
         })
 }
@@ -994,10 +1095,16 @@ fn parse_auth(v: &Value) -> Result<Auth, InvalidField> {
             .ok_or_else(|| invalid(field.as_str(), "is required"))?
             .as_str()
             .ok_or_else(|| invalid(field.as_str(), "must be a string"))?;
-        if s.is_empty() || s.len() > 4096 || s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        if s.is_empty()
+            || chars(s) > limits::CREDENTIAL
+            || s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+        {
             return Err(invalid(
                 field,
-                "must be 1 to 4096 characters without CR, LF or NUL",
+                format!(
+                    "must be 1 to {} characters without CR, LF or NUL",
+                    limits::CREDENTIAL
+                ),
             ));
         }
         Ok(s.to_owned())
@@ -1026,9 +1133,10 @@ fn parse_auth(v: &Value) -> Result<Auth, InvalidField> {
     Ok(match obj.get("type").and_then(Value::as_str) {
         Some("api_key") => {
             let name = text("name")?;
-            let location = match obj.get("in").and_then(Value::as_str) {
-                Some("header") | None => KeyLocation::Header,
-                Some("query") => KeyLocation::Query,
+            let location = match obj.get("in").map(Value::as_str) {
+                Some(Some("header")) | None => KeyLocation::Header,
+                Some(Some("query")) => KeyLocation::Query,
+                // Not text (`"in": 5`) is refused too; it once fell back to the header.
                 Some(_) => return Err(invalid("auth.in", "must be header or query")),
             };
             if location == KeyLocation::Header {
@@ -1170,6 +1278,64 @@ mod tests {
             err_field(json!({"url": "https://x.example", "events": ["*"]})),
             "name"
         );
+    }
+
+    #[test]
+    fn every_field_of_a_definition_can_be_patched() {
+        let h = hook(&["*"], &[]);
+        let spec = WebhookSpec::of(&h)
+            .patched(&json!({
+                "query": {"clinic": "{{ clinic_id }}"},
+                "body": {"type": "form", "fields": {"who": "{{ patient_name }}"}},
+            }))
+            .unwrap();
+        assert_eq!(
+            spec.query.get("clinic").map(String::as_str),
+            Some("{{ clinic_id }}")
+        );
+        assert!(matches!(spec.body, Body::Form { .. }));
+        // No field that a definition may carry panics a PATCH (a missing arm once did).
+        let shown = h.to_public_json();
+        for field in FIELDS {
+            let patch = json!({ *field: shown[*field].clone() });
+            assert!(
+                WebhookSpec::of(&h).patched(&patch).is_ok(),
+                "PATCH {field}: {patch}"
+            );
+        }
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        assert_eq!(clinic_id_of(&json!(12)), Some("12".into()));
+        assert_eq!(clinic_id_of(&json!(12.0)), Some("12".into()));
+        assert_eq!(clinic_id_of(&json!(-3.0)), Some("-3".into()));
+        assert_eq!(clinic_id_of(&json!(u64::MAX)), Some(u64::MAX.to_string()));
+        assert_eq!(clinic_id_of(&json!(12.5)), None);
+        assert_eq!(clinic_id_of(&json!(1e20)), None);
+        // Out of i64 and u64, and so parsed as the nearest f64: refused, never rounded.
+        let below: Value = serde_json::from_str("-9223372036854775809").unwrap();
+        assert_eq!(clinic_id_of(&below), None);
+        let spec = |v: Value| {
+            WebhookSpec::from_json(&json!({
+                "name": "n", "url": "https://x.example/h", "events": ["*"], "max_concurrency": v
+            }))
+        };
+        assert_eq!(spec(json!(4.0)).unwrap().max_concurrency, Some(4));
+        assert!(spec(json!(4.5)).is_err());
+    }
+
+    #[test]
+    fn an_api_key_location_that_is_not_text_is_refused() {
+        let with = |auth: Value| {
+            WebhookSpec::from_json(&json!({
+                "name": "n", "url": "https://x.example/h", "events": ["*"], "auth": auth
+            }))
+        };
+        let key = |location: Value| json!({"type": "api_key", "name": "X-Key", "value": "v", "in": location});
+        assert!(with(key(json!("query"))).is_ok());
+        assert_eq!(with(key(json!(5))).unwrap_err().field, "auth.in");
+        assert_eq!(with(key(Value::Null)).unwrap_err().field, "auth.in");
     }
 
     #[test]

@@ -8,14 +8,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Utc;
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use kivihook_core::delivery::{new_job_id, Job, JobKind, TargetState, TotalStats};
+use kivihook_core::delivery::{
+    new_job_id, AttemptRecord, DeadLetter, Job, JobKind, TargetState, TotalStats, WebhookStats,
+};
 use kivihook_core::webhook::Subscription;
 
 use crate::error::ApiError;
-use crate::query::{page_fields, paging};
+use crate::openapi::{errors, WebhookId};
+use crate::query::{paging, PageInfo, PageParams};
 use crate::request::{authorize, Scope};
 use crate::AppState;
 
@@ -27,7 +31,77 @@ fn path_id(
         .map_err(|_| ApiError::NotFound(what))
 }
 
+/// Where one event stands, per webhook that wants it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventStatus {
+    pub id: String,
+    /// Null when only delivery outcomes are left (the event's record expired).
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub clinic_id: Option<String>,
+    pub received_at: Option<DateTime<Utc>>,
+    /// Ordered by webhook id.
+    pub webhooks: Vec<TargetStatus>,
+}
+
+/// Where an event stands with one webhook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetStatus {
+    pub webhook_id: String,
+    /// Null when the webhook has since been deleted.
+    pub name: Option<String>,
+    pub status: TargetStage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The number of the attempt that is scheduled next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Replay it with `POST /v1/dead-letters/{id}/replay`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_id: Option<String>,
+}
+
+/// `pending` (no outcome yet), `delivered`, `retrying` (an attempt is scheduled) or `dead`
+/// (retries exhausted; a dead letter holds it).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetStage {
+    Pending,
+    Delivered,
+    Retrying,
+    Dead,
+}
+
+impl TargetStatus {
+    fn new(webhook_id: String, name: Option<String>, status: TargetStage) -> Self {
+        Self {
+            webhook_id,
+            name,
+            status,
+            delivered_at: None,
+            next_attempt: None,
+            next_attempt_at: None,
+            dead_letter_id: None,
+        }
+    }
+}
+
 /// `GET /v1/events/{id}`: per webhook, pending / delivered / retrying / dead.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "events",
+    operation_id = "event_status",
+    params(("id" = String, Path, description = "The event id")),
+    responses(
+        (status = 200, description = "The event and its state with every webhook that wants it",
+            body = EventStatus),
+        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn event_status(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -47,23 +121,25 @@ pub async fn event_status(
         .iter()
         .map(|w| (w.id.as_str(), w.name.as_str()))
         .collect();
-    let mut webhooks: Vec<Value> = states
+    let mut webhooks: Vec<TargetStatus> = states
         .iter()
         .map(|(webhook_id, s)| {
-            let mut v = json!({
-                "webhook_id": webhook_id,
-                "name": names.get(webhook_id.as_str()),
-                "status": s.name(),
-            });
+            let name = names.get(webhook_id.as_str()).map(|n| (*n).to_owned());
             match s {
-                TargetState::Delivered { at } => v["delivered_at"] = json!(at),
-                TargetState::Retrying { attempt, due, .. } => {
-                    v["next_attempt"] = json!(attempt);
-                    v["next_attempt_at"] = json!(due);
-                }
-                TargetState::Dead { dead_letter_id } => v["dead_letter_id"] = json!(dead_letter_id),
+                TargetState::Delivered { at } => TargetStatus {
+                    delivered_at: Some(*at),
+                    ..TargetStatus::new(webhook_id.clone(), name, TargetStage::Delivered)
+                },
+                TargetState::Retrying { attempt, due, .. } => TargetStatus {
+                    next_attempt: Some(*attempt),
+                    next_attempt_at: Some(*due),
+                    ..TargetStatus::new(webhook_id.clone(), name, TargetStage::Retrying)
+                },
+                TargetState::Dead { dead_letter_id } => TargetStatus {
+                    dead_letter_id: Some(dead_letter_id.clone()),
+                    ..TargetStatus::new(webhook_id.clone(), name, TargetStage::Dead)
+                },
             }
-            v
         })
         .collect();
     // Webhooks that subscribe but have no outcome yet are pending.
@@ -74,26 +150,47 @@ pub async fn event_status(
             }
             let sub = Subscription::new(w);
             if sub.matches(&info.event_type, info.clinic_id.as_deref()) {
-                webhooks.push(json!({
-                    "webhook_id": sub.webhook.id,
-                    "name": sub.webhook.name,
-                    "status": "pending",
-                }));
+                webhooks.push(TargetStatus::new(
+                    sub.webhook.id.clone(),
+                    Some(sub.webhook.name.clone()),
+                    TargetStage::Pending,
+                ));
             }
         }
     }
-    webhooks.sort_by(|a, b| a["webhook_id"].as_str().cmp(&b["webhook_id"].as_str()));
-    Ok(Json(json!({
-        "id": id,
-        "type": info.as_ref().map(|i| &i.event_type),
-        "clinic_id": info.as_ref().and_then(|i| i.clinic_id.as_ref()),
-        "received_at": info.as_ref().map(|i| i.received_at),
-        "webhooks": webhooks,
-    }))
+    webhooks.sort_by(|a, b| a.webhook_id.cmp(&b.webhook_id));
+    Ok(Json(EventStatus {
+        id,
+        event_type: info.as_ref().map(|i| i.event_type.clone()),
+        clinic_id: info.as_ref().and_then(|i| i.clinic_id.clone()),
+        received_at: info.as_ref().map(|i| i.received_at),
+        webhooks,
+    })
     .into_response())
 }
 
+/// A page of a webhook's attempt log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptPage {
+    #[serde(flatten)]
+    pub page: PageInfo,
+    pub attempts: Vec<AttemptRecord>,
+}
+
 /// `GET /v1/webhooks/{id}/attempts`, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/attempts",
+    tag = "deliveries",
+    operation_id = "webhook_attempts",
+    params(WebhookId, PageParams),
+    responses(
+        (status = 200, description = "The attempt log, newest first: request, response status, headers and body excerpt, duration, error",
+            body = AttemptPage),
+        errors::AdminAuth, errors::NotFound, errors::InvalidParameter, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn attempts(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -107,12 +204,37 @@ pub async fn attempts(
         return Err(ApiError::NotFound("webhook"));
     }
     let page = state.store.list_attempts(&id, p.offset, p.limit).await?;
-    let mut body = page_fields(p, page.items.len(), page.total);
-    body["attempts"] = json!(page.items);
-    Ok(Json(body).into_response())
+    Ok(Json(AttemptPage {
+        page: PageInfo::of(p, page.items.len(), page.total),
+        attempts: page.items,
+    })
+    .into_response())
+}
+
+/// A page of dead letters.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    #[serde(flatten)]
+    pub page: PageInfo,
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 /// `GET /v1/dead-letters?webhook_id=`, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    tag = "deliveries",
+    operation_id = "list_dead_letters",
+    params(
+        ("webhook_id" = Option<String>, Query, description = "Only this webhook's dead letters"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "Deliveries whose retries ran out, newest first", body = DeadLetterPage),
+        errors::AdminAuth, errors::InvalidParameter, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn dead_letters(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -134,12 +256,52 @@ pub async fn dead_letters(
         .store
         .list_dead_letters(q.get("webhook_id").map(String::as_str), p.offset, p.limit)
         .await?;
-    let mut body = page_fields(p, page.items.len(), page.total);
-    body["dead_letters"] = json!(page.items);
-    Ok(Json(body).into_response())
+    Ok(Json(DeadLetterPage {
+        page: PageInfo::of(p, page.items.len(), page.total),
+        dead_letters: page.items,
+    })
+    .into_response())
+}
+
+/// `scheduled`: the attempt is in the retry schedule, due now.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduled {
+    Scheduled,
+}
+
+/// The answer to a replay.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub dead_letter_id: String,
+    /// The scheduled attempt.
+    pub job_id: String,
+    pub status: Scheduled,
+}
+
+/// The answer to a resend.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Resent {
+    pub attempt_id: String,
+    /// The scheduled attempt.
+    pub job_id: String,
+    pub status: Scheduled,
 }
 
 /// `POST /v1/dead-letters/{id}/replay`: one more attempt, now.
+#[utoipa::path(
+    post,
+    path = "/v1/dead-letters/{id}/replay",
+    tag = "deliveries",
+    operation_id = "replay_dead_letter",
+    params(("id" = String, Path, description = "The dead letter id (`dl_…`)")),
+    responses(
+        (status = 202, description = "One more attempt is scheduled now; the dead letter is removed",
+            body = Replayed),
+        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -167,12 +329,28 @@ pub async fn replay(
     tracing::info!(dead_letter_id = %id, job_id = %job.id, webhook_id = %dl.webhook_id, "dead letter replayed");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"dead_letter_id": id, "job_id": job.id, "status": "scheduled"})),
+        Json(Replayed {
+            dead_letter_id: id,
+            job_id: job.id,
+            status: Scheduled::Scheduled,
+        }),
     )
         .into_response())
 }
 
 /// `POST /v1/attempts/{id}/resend`: the same request again, now.
+#[utoipa::path(
+    post,
+    path = "/v1/attempts/{id}/resend",
+    tag = "deliveries",
+    operation_id = "resend_attempt",
+    params(("id" = String, Path, description = "The attempt id (`att_…`)")),
+    responses(
+        (status = 202, description = "The same request is scheduled again now", body = Resent),
+        errors::AdminAuth, errors::NotFound, errors::NotResendable, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn resend(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -186,11 +364,7 @@ pub async fn resend(
         .await?
         .ok_or(ApiError::NotFound("attempt"))?;
     if attempt.test || attempt.request_body.is_empty() {
-        return Err(ApiError::invalid(
-            "not_resendable",
-            "id",
-            "this attempt's request body was not kept (a test send, or a body over 64 KiB); replay its dead letter instead",
-        ));
+        return Err(ApiError::NotResendable);
     }
     if state
         .store
@@ -214,12 +388,57 @@ pub async fn resend(
     state.store.schedule_job(&job, Utc::now()).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"attempt_id": id, "job_id": job.id, "status": "scheduled"})),
+        Json(Resent {
+            attempt_id: id,
+            job_id: job.id,
+            status: Scheduled::Scheduled,
+        }),
     )
         .into_response())
 }
 
+/// `GET /v1/stats`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub totals: TotalStats,
+    pub retry_schedule: ScheduleStats,
+    pub webhooks: Vec<WebhookStatsView>,
+}
+
+/// The retry schedule at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleStats {
+    /// Attempts waiting for their time.
+    pub depth: u64,
+    /// Attempts claimed by a scheduler and not yet published.
+    pub leased: u64,
+    /// How long the oldest due attempt has been waiting past its time.
+    pub lag_seconds: f64,
+}
+
+/// One webhook's statistics.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookStatsView {
+    pub webhook_id: String,
+    pub name: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    #[serde(flatten)]
+    pub stats: WebhookStats,
+}
+
 /// `GET /v1/stats`: totals and per webhook.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "deliveries",
+    operation_id = "stats",
+    responses(
+        (status = 200, description = "Totals, the retry schedule, and per webhook", body = Stats),
+        errors::AdminAuth, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn stats(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -233,22 +452,27 @@ pub async fn stats(
     )?;
     let mut totals = TotalStats::default();
     let mut webhooks = Vec::with_capacity(hooks.len());
-    for (w, s) in hooks.iter().zip(&per) {
+    for (w, s) in hooks.into_iter().zip(per) {
         totals.successes += s.successes;
         totals.failures += s.failures;
         totals.retries += s.retries;
-        let mut v = serde_json::to_value(s).unwrap_or_default();
-        v["webhook_id"] = json!(w.id);
-        v["name"] = json!(w.name);
-        v["enabled"] = json!(w.enabled);
-        v["disabled_reason"] = json!(w.disabled_reason);
-        webhooks.push(v);
+        webhooks.push(WebhookStatsView {
+            webhook_id: w.id,
+            name: w.name,
+            enabled: w.enabled,
+            disabled_reason: w.disabled_reason,
+            stats: s,
+        });
     }
     totals.dead_letters = schedule.dead_letters;
-    Ok(Json(json!({
-        "totals": totals,
-        "retry_schedule": {"depth": schedule.depth, "leased": schedule.leased, "lag_seconds": schedule.lag.as_secs_f64()},
-        "webhooks": webhooks,
-    }))
+    Ok(Json(Stats {
+        totals,
+        retry_schedule: ScheduleStats {
+            depth: schedule.depth,
+            leased: schedule.leased,
+            lag_seconds: schedule.lag.as_secs_f64(),
+        },
+        webhooks,
+    })
     .into_response())
 }

@@ -3,10 +3,35 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use kivihook_core::webhook::InvalidField;
 use kivihook_core::StoreError;
+
+/// The body of every error answer: `{"error": {"code", "message", "field"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`) and for people (`message`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `unauthorized`, `forbidden`, `invalid_json`,
+    /// `unsupported_media_type`, `payload_too_large`, `invalid_field`, `missing_field`,
+    /// `unknown_field`, `unknown_event_type`, `batch_too_large`, `invalid_header`,
+    /// `invalid_parameter`, `forbidden_destination`, `not_resendable`, `import_failed`,
+    /// `not_found`, `method_not_allowed`, `in_progress`, `unavailable`.
+    #[schema(example = "invalid_field")]
+    pub code: String,
+    /// For people; wording may change.
+    pub message: String,
+    /// The offending field, header or parameter (`events[3].type`, `Idempotency-Key`);
+    /// empty when the whole body is at fault; null when no input is.
+    #[schema(required = true)]
+    pub field: Option<String>,
+}
 
 /// An error answered as `{"error": {"code", "message", "field"}}`.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +58,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("event {0} is being accepted by another request; retry shortly")]
     InProgress(String),
+    /// The attempt exists but its request was not kept, so there is nothing to send again:
+    /// a conflict with the attempt's state, not a fault in the request.
+    #[error("this attempt's request body was not kept (a test send, or a body over 64 KiB); replay its dead letter instead")]
+    NotResendable,
     #[error("{0}")]
     Unavailable(String),
 }
@@ -62,6 +91,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InProgress(_) => "in_progress",
+            Self::NotResendable => "not_resendable",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -76,7 +106,7 @@ impl ApiError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::InProgress(_) => StatusCode::CONFLICT,
+            Self::InProgress(_) | Self::NotResendable => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -85,6 +115,7 @@ impl ApiError {
         match self {
             Self::Invalid { field, .. } => Some(field),
             Self::InvalidJson(_) | Self::PayloadTooLarge(_) => Some(""),
+            Self::NotResendable => Some("id"),
             _ => None,
         }
     }
@@ -113,13 +144,13 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = json!({
-            "error": {
-                "code": self.code(),
-                "message": self.to_string(),
-                "field": self.field(),
-            }
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                field: self.field().map(str::to_owned),
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         match self {

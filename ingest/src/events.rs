@@ -14,7 +14,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use kivihook_core::broker::{OutboundMessage, Queue};
 use kivihook_core::event::{generate_event_id, metric_label, valid_event_id, Event, EventType};
@@ -22,6 +24,7 @@ use kivihook_core::store::{Claim, EventInfo};
 use kivihook_core::webhook::clinic_id_of;
 
 use crate::error::ApiError;
+use crate::openapi::{errors, inputs};
 use crate::request::{authorize, json_body, Scope};
 use crate::AppState;
 
@@ -30,12 +33,31 @@ pub const MAX_BATCH: usize = 500;
 
 const EVENT_FIELDS: &[&str] = &["id", "type", "clinic_id", "occurred_at", "data"];
 
-/// What happened to one event of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+/// What happened to one event of a request: `accepted` (durable in RabbitMQ), `duplicate`
+/// (its id was accepted within the dedup window; nothing published), or `in_progress`
+/// (another request is accepting the same id right now; retry shortly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
     Accepted,
     Duplicate,
     InProgress,
+}
+
+/// The answer for one event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Receipt {
+    /// The event id: the body's, else the `Idempotency-Key`, else a generated `evt_…`.
+    pub id: String,
+    pub status: Status,
+}
+
+/// The answer for a batch, one result per event in the order sent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchReceipt {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub results: Vec<Receipt>,
 }
 
 impl Status {
@@ -48,6 +70,28 @@ impl Status {
     }
 }
 
+/// Accept one event. It is answered `202` only once RabbitMQ has confirmed it; the same id
+/// again within the dedup window (24 h) is a `200 duplicate` and is not delivered twice.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "post_event",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,200}$",
+            description = "The event id when the body has none: 1 to 200 printable ASCII characters without spaces"),
+    ),
+    request_body(content = inputs::EventIn, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: durable in RabbitMQ", body = Receipt,
+            links(("EventStatus" = (operation_id = "event_status",
+                parameters(("id" = "$response.body#/id")))))),
+        (status = 200, description = "A duplicate of an event accepted within the dedup window; nothing was published",
+            body = Receipt),
+        errors::IngestAuth, errors::JsonBody, errors::InProgress, errors::Unavailable,
+    ),
+    security(("ingest_token" = []), ("admin_token" = [])),
+)]
 pub async fn post_event(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -79,12 +123,18 @@ pub async fn post_event(
         Ok::<_, ApiError>(match statuses[0] {
             Status::Accepted => (
                 StatusCode::ACCEPTED,
-                Json(json!({"id": id, "status": "accepted"})),
+                Json(Receipt {
+                    id,
+                    status: Status::Accepted,
+                }),
             )
                 .into_response(),
             Status::Duplicate => (
                 StatusCode::OK,
-                Json(json!({"id": id, "status": "duplicate"})),
+                Json(Receipt {
+                    id,
+                    status: Status::Duplicate,
+                }),
             )
                 .into_response(),
             Status::InProgress => return Err(ApiError::InProgress(id)),
@@ -95,6 +145,22 @@ pub async fn post_event(
     result
 }
 
+/// Accept up to 500 events at once. Every event is checked before any is claimed or
+/// published, so a bad batch changes nothing; each result says what happened to its event.
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    tag = "events",
+    operation_id = "post_batch",
+    request_body(content = inputs::BatchIn, content_type = "application/json"),
+    responses(
+        (status = 202, description = "At least one event accepted", body = BatchReceipt),
+        (status = 200, description = "No event accepted: every one a duplicate or in progress",
+            body = BatchReceipt),
+        errors::IngestAuth, errors::JsonBody, errors::Unavailable,
+    ),
+    security(("ingest_token" = []), ("admin_token" = [])),
+)]
 pub async fn post_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -151,10 +217,11 @@ pub async fn post_batch(
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let statuses = accept(&state, events).await?;
         let accepted = statuses.iter().filter(|s| **s == Status::Accepted).count();
-        let results: Vec<Value> = ids
-            .iter()
-            .zip(&statuses)
-            .map(|(id, s)| json!({"id": id, "status": s.as_str()}))
+        let duplicates = statuses.iter().filter(|s| **s == Status::Duplicate).count();
+        let results: Vec<Receipt> = ids
+            .into_iter()
+            .zip(statuses)
+            .map(|(id, status)| Receipt { id, status })
             .collect();
         let code = if accepted > 0 {
             StatusCode::ACCEPTED
@@ -163,11 +230,11 @@ pub async fn post_batch(
         };
         Ok((
             code,
-            Json(json!({
-                "accepted": accepted,
-                "duplicates": statuses.iter().filter(|s| **s == Status::Duplicate).count(),
-                "results": results,
-            })),
+            Json(BatchReceipt {
+                accepted,
+                duplicates,
+                results,
+            }),
         )
             .into_response())
     }

@@ -13,12 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
 use kivihook_core::signing::generate_secret;
 use kivihook_core::webhook::{check_templates, Webhook, WebhookSpec};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorDetail};
+use crate::openapi::{errors, inputs};
 use crate::request::{authorize, json_body, Scope};
 use crate::AppState;
 
@@ -50,21 +53,32 @@ fn pairs(v: Option<&Value>, field: &str) -> Result<Vec<(String, String)>, RowErr
             .enumerate()
             .filter_map(|(i, item)| {
                 let key = item.get("key").or_else(|| item.get("name")).and_then(text);
-                let value = item.get("value").and_then(text).unwrap_or_default();
-                match key {
-                    Some(k) if k.trim().is_empty() => None,
-                    Some(k) => Some(Ok((k.trim().to_owned(), value))),
-                    None => Some(Err(row_error(
+                // A value that is not text (an object, a list) was once dropped silently.
+                let value = match item.get("value") {
+                    None | Some(Value::Null) => Some(String::new()),
+                    Some(v) => text(v),
+                };
+                match (key, value) {
+                    (Some(k), Some(_)) if k.trim().is_empty() => None,
+                    (Some(k), Some(v)) => Some(Ok((k.trim().to_owned(), v))),
+                    _ => Some(Err(row_error(
                         format!("{field}[{i}]"),
-                        "needs a `key` and a `value`",
+                        "needs a `key` and a text `value`",
                     ))),
                 }
             })
             .collect(),
-        Some(Value::Object(obj)) => Ok(obj
+        Some(Value::Object(obj)) => obj
             .iter()
-            .filter_map(|(k, v)| text(v).map(|t| (k.clone(), t)))
-            .collect()),
+            .map(|(k, v)| {
+                text(v).map(|t| (k.clone(), t)).ok_or_else(|| {
+                    row_error(
+                        format!("{field}.{k}"),
+                        "must be text, a number or a boolean",
+                    )
+                })
+            })
+            .collect(),
         Some(_) => Err(row_error(field, "must be a list of {\"key\", \"value\"}")),
     }
 }
@@ -95,6 +109,15 @@ fn translate(s: &str) -> String {
     out
 }
 
+/// A field that is text when present; anything else is the row's problem, not a default.
+fn optional_text<'a>(v: Option<&'a Value>, field: &str) -> Result<Option<&'a str>, RowError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(row_error(field, "must be text")),
+    }
+}
+
 /// One add-on row as a KiviHook webhook definition.
 fn translate_row(row: &Value) -> Result<Value, RowError> {
     let obj = row
@@ -109,10 +132,7 @@ fn translate_row(row: &Value) -> Result<Value, RowError> {
         .get("event_name")
         .and_then(Value::as_str)
         .ok_or_else(|| row_error("event_name", "is required"))?;
-    let method = obj
-        .get("methods")
-        .or_else(|| obj.get("method"))
-        .and_then(Value::as_str)
+    let method = optional_text(obj.get("methods").or_else(|| obj.get("method")), "methods")?
         .unwrap_or("POST");
     let enabled = match obj.get("status") {
         None | Some(Value::Null) => true,
@@ -182,9 +202,7 @@ fn translate_row(row: &Value) -> Result<Value, RowError> {
     .into_iter()
     .map(|(k, v)| (k, Value::String(translate(&v))))
     .collect();
-    let content_type = data
-        .get("content_type")
-        .and_then(Value::as_str)
+    let content_type = optional_text(data.get("content_type"), "webhook_data.content_type")?
         .unwrap_or("")
         .to_ascii_lowercase();
     let form = pairs(data.get("form_data"), "webhook_data.form_data")?;
@@ -220,6 +238,58 @@ fn translate_row(row: &Value) -> Result<Value, RowError> {
     }))
 }
 
+/// One webhook created by an import; its signing secret is shown in full this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Imported {
+    /// The row's index in the request.
+    pub row: usize,
+    pub id: String,
+    pub name: String,
+    /// `whsec_…`
+    pub secret: String,
+}
+
+/// `201`: every row became a webhook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportResult {
+    pub imported: Vec<Imported>,
+}
+
+/// `422 import_failed`: rows that cannot be imported; nothing was created.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportFailed {
+    pub error: ErrorDetail,
+    pub rows: Vec<RowProblem>,
+}
+
+/// Why one row cannot be imported.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RowProblem {
+    /// The row's index in the request.
+    pub row: usize,
+    /// The row's `name`, as sent (any JSON value; null when absent).
+    #[schema(value_type = Object, required = true)]
+    pub name: Option<Value>,
+    /// The field of the translated webhook that is at fault.
+    pub field: String,
+    pub message: String,
+}
+
+/// Create webhooks from the rows of KiviCare's webhook add-on. Every row is translated and
+/// checked first; if any cannot be, nothing is created and each problem is reported with
+/// its row.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/import/kivicare",
+    tag = "webhooks",
+    operation_id = "import_kivicare",
+    request_body(content = inputs::KiviCareImport, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Every row became a webhook", body = ImportResult),
+        errors::AdminAuth, errors::JsonBodyShape, errors::ImportRejected, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn kivicare(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -265,22 +335,30 @@ pub async fn kivicare(
         });
         match spec {
             Ok(spec) => specs.push(spec),
-            Err(e) => errors.push(json!({
-                "row": i,
-                "name": row.get("name"),
-                "field": e.field,
-                "message": e.message,
-            })),
+            Err(e) => errors.push(RowProblem {
+                row: i,
+                name: row.get("name").cloned(),
+                field: e.field,
+                message: e.message,
+            }),
         }
     }
     if !errors.is_empty() {
         // Nothing half-imported: one bad row and no webhook is created.
         return Ok((
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({
-                "error": {"code": "import_failed", "message": format!("{} of {} rows cannot be imported; nothing was created", errors.len(), rows.len()), "field": "webhooks"},
-                "rows": errors,
-            })),
+            Json(ImportFailed {
+                error: ErrorDetail {
+                    code: "import_failed".into(),
+                    message: format!(
+                        "{} of {} rows cannot be imported; nothing was created",
+                        errors.len(),
+                        rows.len()
+                    ),
+                    field: Some("webhooks".into()),
+                },
+                rows: errors,
+            }),
         )
             .into_response());
     }
@@ -288,12 +366,15 @@ pub async fn kivicare(
     for (i, spec) in specs.into_iter().enumerate() {
         let webhook = Webhook::create(spec, generate_secret());
         state.store.put_webhook(&webhook).await?;
-        imported.push(
-            json!({"row": i, "id": webhook.id, "name": webhook.name, "secret": webhook.secret}),
-        );
+        imported.push(Imported {
+            row: i,
+            id: webhook.id,
+            name: webhook.name,
+            secret: webhook.secret,
+        });
     }
     tracing::info!(count = imported.len(), "KiviCare webhooks imported");
-    Ok((StatusCode::CREATED, Json(json!({"imported": imported}))).into_response())
+    Ok((StatusCode::CREATED, Json(ImportResult { imported })).into_response())
 }
 
 #[cfg(test)]

@@ -4,20 +4,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use kivihook_core::config::Secret;
-use kivihook_core::event::CATALOGUE;
+use kivihook_core::event::{EventTypeInfo, CATALOGUE};
 use kivihook_core::ops::{self, OpsState};
-use kivihook_core::{Broker, Config, Metrics, Store};
+use kivihook_core::{Broker, Config, Event, Metrics, Store};
 
 pub mod declared;
 pub mod deliveries;
 pub mod error;
 pub mod events;
 pub mod import;
+pub mod openapi;
 pub mod query;
 pub mod request;
 pub mod trial;
@@ -62,71 +66,128 @@ impl AppState {
     }
 }
 
-/// Every route ingest serves, including the operational ones.
+/// The API routes with their documentation: `routes!` registers a handler and its
+/// `#[utoipa::path]` together, so nothing is served that the document does not describe.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(events::post_event))
+        .routes(routes!(events::post_batch))
+        .routes(routes!(deliveries::event_status))
+        .routes(routes!(event_types))
+        .routes(routes!(sample))
+        .routes(routes!(webhooks::list, webhooks::create))
+        .routes(routes!(
+            webhooks::get_one,
+            webhooks::update,
+            webhooks::delete
+        ))
+        .routes(routes!(deliveries::attempts))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(import::kivicare))
+        .routes(routes!(trial::preview))
+        .routes(routes!(trial::test))
+        .routes(routes!(deliveries::dead_letters))
+        .routes(routes!(deliveries::replay))
+        .routes(routes!(deliveries::resend))
+        .routes(routes!(deliveries::stats))
+}
+
+/// The OpenAPI document of everything ingest serves.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document(api().into_openapi())
+}
+
+/// Every route ingest serves, including the operational ones and `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     let ops = ops::router(OpsState {
         metrics: state.metrics.clone(),
         broker: state.broker.clone(),
         store: state.store.clone(),
     });
-    Router::new()
-        .route("/v1/events", post(events::post_event))
-        .route("/v1/events/batch", post(events::post_batch))
-        .route("/v1/events/{id}", get(deliveries::event_status))
-        .route("/v1/event-types", get(event_types))
-        .route("/v1/event-types/{type}/sample", get(sample))
-        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
-        .route(
-            "/v1/webhooks/{id}",
-            get(webhooks::get_one)
-                .patch(webhooks::update)
-                .delete(webhooks::delete),
-        )
-        .route("/v1/webhooks/{id}/attempts", get(deliveries::attempts))
-        .route(
-            "/v1/webhooks/{id}/rotate-secret",
-            post(webhooks::rotate_secret),
-        )
-        .route("/v1/webhooks/import/kivicare", post(import::kivicare))
-        .route("/v1/webhooks/{id}/preview", post(trial::preview))
-        .route("/v1/webhooks/{id}/test", post(trial::test))
-        .route("/v1/dead-letters", get(deliveries::dead_letters))
-        .route("/v1/dead-letters/{id}/replay", post(deliveries::replay))
-        .route("/v1/attempts/{id}/resend", post(deliveries::resend))
-        .route("/v1/stats", get(deliveries::stats))
-        .fallback(|| async { ApiError::NotFound("route") })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+    let (api, paths) = api().split_for_parts();
+    let document = openapi::Rendered(Arc::from(openapi::document(paths).to_string()));
+    api
         // Handlers read bodies themselves, with the configured limit and a JSON error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+        .route("/openapi.json", get(openapi::serve).with_state(document))
         .merge(ops)
+        // Last, so that they cover every route above, the operational ones included.
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+/// `GET /v1/event-types`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventTypes {
+    #[schema(value_type = Vec<EventTypeInfo>)]
+    pub event_types: &'static [EventTypeInfo],
+    /// How clinic-defined types are named.
+    pub custom: &'static str,
+}
+
+/// `GET /v1/event-types/{type}/sample`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Sample {
+    /// A sample event of the type, as a `default`-body webhook would receive it.
+    pub event: Event,
+    /// The `{{placeholders}}` this event offers to templates, sorted.
+    pub placeholders: Vec<String>,
 }
 
 /// `GET /v1/event-types/{type}/sample`: a sample event and the placeholders it offers.
+#[utoipa::path(
+    get,
+    path = "/v1/event-types/{type}/sample",
+    tag = "catalogue",
+    operation_id = "event_type_sample",
+    params(("type" = String, Path,
+        description = "An event type or KiviCare action name (custom types have no sample fields)")),
+    responses(
+        (status = 200, description = "A sample event and its placeholders", body = Sample),
+        openapi::errors::NotFound,
+    ),
+    // Public, like the catalogue: samples hold made-up data, nothing of a clinic's.
+    security(()),
+)]
 async fn sample(
     path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Sample>, ApiError> {
     let axum::extract::Path(name) = path.map_err(|_| ApiError::NotFound("event type"))?;
     let event_type =
         kivihook_core::EventType::parse(&name).map_err(|_| ApiError::NotFound("event type"))?;
     let event = kivihook_core::samples::sample_event(event_type.as_str());
     let context = kivihook_core::template::context(&event);
-    let mut placeholders: Vec<&String> = context
+    let mut placeholders: Vec<String> = context
         .as_object()
         .map(|o| {
             o.iter()
                 .filter(|(_, v)| !v.is_object())
-                .map(|(k, _)| k)
+                .map(|(k, _)| k.clone())
                 .collect()
         })
         .unwrap_or_default();
     placeholders.sort();
-    Ok(Json(json!({"event": event, "placeholders": placeholders})))
+    Ok(Json(Sample {
+        event,
+        placeholders,
+    }))
 }
 
-async fn event_types() -> Json<serde_json::Value> {
-    Json(json!({
-        "event_types": CATALOGUE,
-        "custom": "custom.<name>: lowercase letters, digits, '_', '-' and '.'; any clinic-defined event",
-    }))
+/// The event catalogue with each type's KiviCare action names.
+#[utoipa::path(
+    get,
+    path = "/v1/event-types",
+    tag = "catalogue",
+    operation_id = "event_types",
+    responses((status = 200, description = "Every event type KiviHook knows", body = EventTypes)),
+    // Public: the catalogue is the same for every installation and names no clinic data.
+    security(()),
+)]
+async fn event_types() -> Json<EventTypes> {
+    Json(EventTypes {
+        event_types: CATALOGUE,
+        custom:
+            "custom.<name>: lowercase letters, digits, '_', '-' and '.'; any clinic-defined event",
+    })
 }

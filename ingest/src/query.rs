@@ -2,6 +2,9 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+
 use crate::error::ApiError;
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -37,13 +40,38 @@ pub fn paging(q: &HashMap<String, String>) -> Result<Paging, ApiError> {
     })
 }
 
-/// The listing envelope's paging fields.
-pub fn page_fields(p: Paging, returned: usize, total: u64) -> serde_json::Value {
-    let next = p.offset + returned;
-    serde_json::json!({
-        "total": total,
-        "limit": p.limit,
-        "offset": p.offset,
-        "next_offset": if (next as u64) < total && returned > 0 { Some(next) } else { None },
-    })
+/// `?limit=&offset=` as documented; `paging` is what reads them.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageParams {
+    /// Items per page.
+    #[param(minimum = 1, maximum = 500, default = 50)]
+    limit: Option<u32>,
+    /// Items to skip.
+    #[param(minimum = 0, maximum = 1000000, default = 0)]
+    offset: Option<u32>,
+}
+
+/// The paging fields of a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PageInfo {
+    /// Items in the whole listing.
+    pub total: u64,
+    pub limit: usize,
+    pub offset: usize,
+    /// The `offset` of the next page; null on the last one.
+    pub next_offset: Option<usize>,
+}
+
+impl PageInfo {
+    pub fn of(p: Paging, returned: usize, total: u64) -> Self {
+        let next = p.offset + returned;
+        Self {
+            total,
+            limit: p.limit,
+            offset: p.offset,
+            next_offset: ((next as u64) < total && returned > 0).then_some(next),
+        }
+    }
 }

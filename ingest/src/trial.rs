@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
 
 use kivihook_core::delivery::new_attempt_id;
 use kivihook_core::http_client::{self, AttemptOf};
@@ -20,6 +21,7 @@ use kivihook_core::webhook::{mask_credential, Auth, KeyLocation, Pattern, Webhoo
 use kivihook_core::{Event, EventType};
 
 use crate::error::ApiError;
+use crate::openapi::{errors, WebhookId};
 use crate::request::{authorize, Scope};
 use crate::AppState;
 
@@ -60,7 +62,43 @@ fn envelope(event: &Event) -> Bytes {
     Bytes::from(serde_json::to_vec(event).unwrap_or_default())
 }
 
+/// `?type=`: which sample event to use.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SampleType {
+    /// An event type or KiviCare action name; by default the first type the webhook
+    /// subscribes to.
+    #[param(schema_with = crate::openapi::inputs::event_type_schema)]
+    r#type: Option<String>,
+}
+
+/// The request a sample event makes, as it would be sent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Preview {
+    pub event_type: String,
+    pub method: kivihook_core::webhook::Method,
+    /// With query parameters; a query credential masked.
+    pub url: String,
+    /// Credentials and the signature masked.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Null for a method that sends no body.
+    pub body: Option<String>,
+}
+
 /// The request as it would go, credentials and signature masked.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/preview",
+    tag = "webhooks",
+    operation_id = "preview_webhook",
+    params(WebhookId, SampleType),
+    responses(
+        (status = 200, description = "The request a sample event makes; nothing is sent", body = Preview),
+        errors::AdminAuth, errors::NotFound, errors::InvalidParameter, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn preview(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -114,17 +152,52 @@ pub async fn preview(
         Utc::now().timestamp().to_string(),
     ));
     shown.push(("webhook-signature".into(), "v1,…".into()));
-    Ok(Json(json!({
-        "event_type": event.event_type,
-        "method": webhook.method.as_str(),
-        "url": url,
-        "headers": shown.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<String, Value>>(),
-        "body": if prepared.has_body { Some(String::from_utf8_lossy(&prepared.body).into_owned()) } else { None },
-    }))
+    Ok(Json(Preview {
+        event_type: event.event_type,
+        method: webhook.method,
+        url,
+        headers: shown.into_iter().collect(),
+        body: prepared
+            .has_body
+            .then(|| String::from_utf8_lossy(&prepared.body).into_owned()),
+    })
     .into_response())
 }
 
+/// What a test send got back.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestResult {
+    /// Its entry in the attempt log (marked as a test).
+    pub attempt_id: String,
+    pub event_type: String,
+    /// The receiver answered 2xx.
+    pub delivered: bool,
+    /// The receiver's status; null when none came (timeout, refused connection, …).
+    pub status: Option<u16>,
+    pub response_headers: std::collections::BTreeMap<String, String>,
+    /// At most 4 KiB of it.
+    pub response_body: String,
+    pub duration_ms: u64,
+    /// `timeout`, `connect`, `dns`, `tls`, `http_status`, `request`, `config`, `blocked`;
+    /// null on success.
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+}
+
 /// A real, signed delivery of a sample event; the response comes back in the answer.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/test",
+    tag = "webhooks",
+    operation_id = "test_webhook",
+    params(WebhookId, SampleType),
+    responses(
+        (status = 200, description = "The receiver's answer (or why none came); bounded by the delivery timeout",
+            body = TestResult),
+        errors::AdminAuth, errors::NotFound, errors::InvalidParameter, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn test(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -156,16 +229,16 @@ pub async fn test(
     if let Err(e) = state.store.log_attempt(&record).await {
         tracing::warn!(webhook_id = %webhook.id, error = %e, "could not log a test send");
     }
-    Ok(Json(json!({
-        "attempt_id": record.id,
-        "event_type": event.event_type,
-        "delivered": attempt.succeeded(),
-        "status": attempt.status,
-        "response_headers": attempt.response_headers,
-        "response_body": attempt.response_body,
-        "duration_ms": record.duration_ms,
-        "error_kind": record.error_kind,
-        "error": attempt.error,
-    }))
+    Ok(Json(TestResult {
+        attempt_id: record.id,
+        event_type: event.event_type,
+        delivered: attempt.succeeded(),
+        status: attempt.status,
+        response_headers: attempt.response_headers,
+        response_body: attempt.response_body,
+        duration_ms: record.duration_ms,
+        error_kind: record.error_kind,
+        error: attempt.error,
+    })
     .into_response())
 }

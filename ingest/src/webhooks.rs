@@ -6,12 +6,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use kivihook_core::signing::generate_secret;
 use kivihook_core::webhook::{check_templates, Webhook, WebhookSpec};
 
 use crate::error::ApiError;
+use crate::openapi::{errors, inputs, WebhookId};
 use crate::request::{authorize, json_body, Scope};
 use crate::AppState;
 
@@ -45,13 +49,58 @@ async fn load(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
         .ok_or(ApiError::NotFound("webhook"))
 }
 
+/// `GET /v1/webhooks`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    /// Each as `Webhook::to_public_json` shows it.
+    #[schema(value_type = Vec<Webhook>)]
+    pub webhooks: Vec<Value>,
+}
+
+/// Every webhook, secrets and credentials masked.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "list_webhooks",
+    responses(
+        (status = 200, description = "Every webhook", body = WebhookList),
+        errors::AdminAuth, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
     let (_, hooks) = state.store.list_webhooks().await?;
-    let items: Vec<Value> = hooks.iter().map(Webhook::to_public_json).collect();
-    Ok(Json(json!({ "webhooks": items })).into_response())
+    let webhooks = hooks.iter().map(Webhook::to_public_json).collect();
+    Ok(Json(WebhookList { webhooks }).into_response())
 }
 
+/// Create a webhook. Its URL is checked against the outbound policy and its templates are
+/// rendered against a sample of every event type it subscribes to, so that a mistake is a
+/// `422` now instead of a failed delivery later. The answer is the one place the signing
+/// secret is shown in full.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "create_webhook",
+    request_body(content = inputs::WebhookCreate, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; `secret` is shown in full this once", body = Webhook,
+            links(
+                ("GetWebhook" = (operation_id = "get_webhook", parameters(("id" = "$response.body#/id")))),
+                ("UpdateWebhook" = (operation_id = "update_webhook", parameters(("id" = "$response.body#/id")))),
+                ("DeleteWebhook" = (operation_id = "delete_webhook", parameters(("id" = "$response.body#/id")))),
+                ("WebhookAttempts" = (operation_id = "webhook_attempts", parameters(("id" = "$response.body#/id")))),
+                ("RotateSecret" = (operation_id = "rotate_secret", parameters(("id" = "$response.body#/id")))),
+                ("PreviewWebhook" = (operation_id = "preview_webhook", parameters(("id" = "$response.body#/id")))),
+                ("TestWebhook" = (operation_id = "test_webhook", parameters(("id" = "$response.body#/id")))),
+            )),
+        errors::AdminAuth, errors::JsonBody, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -71,6 +120,19 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(shown)).into_response())
 }
 
+/// One webhook, secret and credentials masked.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "get_webhook",
+    params(WebhookId),
+    responses(
+        (status = 200, description = "The webhook", body = Webhook),
+        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -82,6 +144,22 @@ pub async fn get_one(
     Ok(Json(webhook.to_public_json()).into_response())
 }
 
+/// Change some fields of a webhook; fields left out keep their value. A masked credential
+/// sent back as shown keeps the real one. Enabling a disabled webhook clears its disabled
+/// reason and failure streak.
+#[utoipa::path(
+    patch,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "update_webhook",
+    params(WebhookId),
+    request_body(content = inputs::WebhookPatch, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The webhook as changed", body = Webhook),
+        errors::AdminAuth, errors::JsonBody, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn update(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -108,6 +186,19 @@ pub async fn update(
     Ok(Json(webhook.to_public_json()).into_response())
 }
 
+/// Delete a webhook. Deliveries already scheduled for it are dropped when they come due.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "delete_webhook",
+    params(WebhookId),
+    responses(
+        (status = 204, description = "Deleted"),
+        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -126,8 +217,31 @@ pub async fn delete(
 /// How long a rotated-out signing secret keeps signing beside the new one.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
 
+/// The answer to a rotation: the new secret in full, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedSecret {
+    pub id: String,
+    /// `whsec_…`
+    pub secret: String,
+    /// Until when the previous secret keeps signing beside the new one.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
 /// `POST /v1/webhooks/{id}/rotate-secret`: a new signing secret, shown once; the old one
 /// keeps signing beside it for 24 hours so that receivers can switch without a gap.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/rotate-secret",
+    tag = "webhooks",
+    operation_id = "rotate_secret",
+    params(WebhookId),
+    responses(
+        (status = 200, description = "The new secret; the old one signs beside it for 24 hours",
+            body = RotatedSecret),
+        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -142,10 +256,11 @@ pub async fn rotate_secret(
     );
     state.store.put_webhook(&webhook).await?;
     tracing::info!(webhook_id = %webhook.id, "signing secret rotated");
-    Ok(Json(json!({
-        "id": webhook.id,
-        "secret": webhook.secret,
-        "previous_secret_expires_at": webhook.previous_secrets.first().map(|p| p.expires_at),
-    }))
+    let previous_secret_expires_at = webhook.previous_secrets.first().map(|p| p.expires_at);
+    Ok(Json(RotatedSecret {
+        id: webhook.id,
+        secret: webhook.secret,
+        previous_secret_expires_at,
+    })
     .into_response())
 }
