@@ -57,11 +57,15 @@ fn refusing_proxy() -> std::net::SocketAddr {
     addr
 }
 
+/// Through the interpreter, so that no script needs to be on PATH.
+fn schemathesis() -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "schemathesis.cli"]);
+    cmd
+}
+
 fn schemathesis_version() -> Option<String> {
-    let out = Command::new("schemathesis")
-        .arg("--version")
-        .output()
-        .ok()?;
+    let out = schemathesis().arg("--version").output().ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -71,7 +75,7 @@ fn schemathesis_version() -> Option<String> {
 fn run(dir: &Path, base: &str, header: Option<&str>, args: &[&str], limit: Duration) -> bool {
     let config = dir.join("schemathesis.toml");
     std::fs::write(&config, CONFIG).expect("write config");
-    let mut cmd = Command::new("schemathesis");
+    let mut cmd = schemathesis();
     cmd.arg("--no-color")
         .arg("--config-file")
         .arg(&config)
