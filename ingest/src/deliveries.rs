@@ -11,7 +11,9 @@ use axum::Json;
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use kivihook_core::delivery::{new_job_id, Job, JobKind, TargetState, TotalStats};
+use kivihook_core::delivery::{
+    new_job_id, DeadLetter, Job, JobKind, MinuteCounts, TargetState, TotalStats,
+};
 use kivihook_core::webhook::Subscription;
 
 use crate::error::ApiError;
@@ -93,7 +95,13 @@ pub async fn event_status(
     .into_response())
 }
 
-/// `GET /v1/webhooks/{id}/attempts`, newest first.
+/// The attempt outcomes `?outcome=` can select; `failed` is every outcome but `delivered`.
+const OUTCOMES: &[&str] = &["delivered", "failed", "retry", "dead", "disabled"];
+
+/// The most attempts a filtered listing reads: every webhook's log is capped below this.
+const LOG_READ_LIMIT: usize = 1_000;
+
+/// `GET /v1/webhooks/{id}/attempts?outcome=&event_id=`, newest first.
 pub async fn attempts(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -103,12 +111,54 @@ pub async fn attempts(
     authorize(&state, &headers, Scope::Admin)?;
     let id = path_id(path, "webhook")?;
     let p = paging(&q)?;
+    if let Some(k) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "limit" | "offset" | "outcome" | "event_id"))
+    {
+        return Err(ApiError::invalid(
+            "invalid_parameter",
+            k.as_str(),
+            "is not a parameter; parameters are outcome, event_id, limit, offset",
+        ));
+    }
+    let outcome = match q.get("outcome").map(String::as_str) {
+        Some(o) if !OUTCOMES.contains(&o) => {
+            return Err(ApiError::invalid(
+                "invalid_parameter",
+                "outcome",
+                format!("must be one of {}", OUTCOMES.join(", ")),
+            ))
+        }
+        o => o,
+    };
+    let event_id = q.get("event_id").map(String::as_str);
     if state.store.get_webhook(&id).await?.is_none() {
         return Err(ApiError::NotFound("webhook"));
     }
-    let page = state.store.list_attempts(&id, p.offset, p.limit).await?;
-    let mut body = page_fields(p, page.items.len(), page.total);
-    body["attempts"] = json!(page.items);
+    let (items, total) = if outcome.is_none() && event_id.is_none() {
+        let page = state.store.list_attempts(&id, p.offset, p.limit).await?;
+        (page.items, page.total)
+    } else {
+        // The log is short (capped per webhook), so a filter reads all of it.
+        let all = state.store.list_attempts(&id, 0, LOG_READ_LIMIT).await?;
+        let kept: Vec<_> = all
+            .items
+            .into_iter()
+            .filter(|a| event_id.is_none_or(|e| a.event_id == e))
+            .filter(|a| match outcome {
+                None => true,
+                Some("failed") => a.outcome != "delivered",
+                Some(o) => a.outcome == o,
+            })
+            .collect();
+        let total = kept.len() as u64;
+        (
+            kept.into_iter().skip(p.offset).take(p.limit).collect(),
+            total,
+        )
+    };
+    let mut body = page_fields(p, items.len(), total);
+    body["attempts"] = json!(items);
     Ok(Json(body).into_response())
 }
 
@@ -152,6 +202,16 @@ pub async fn replay(
         .take_dead_letter(&id)
         .await?
         .ok_or(ApiError::NotFound("dead letter"))?;
+    let job = schedule_replay(&state, dl).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"dead_letter_id": id, "job_id": job.id, "status": "scheduled"})),
+    )
+        .into_response())
+}
+
+/// One more attempt of a dead letter that was just taken out of the queue, now.
+async fn schedule_replay(state: &AppState, dl: DeadLetter) -> Result<Job, ApiError> {
     let job = Job {
         id: new_job_id(),
         kind: JobKind::Manual,
@@ -163,11 +223,57 @@ pub async fn replay(
         body: serde_json::to_string(&dl.event).unwrap_or_default(),
         created_at: Utc::now(),
     };
-    state.store.schedule_job(&job, Utc::now()).await?;
-    tracing::info!(dead_letter_id = %id, job_id = %job.id, webhook_id = %dl.webhook_id, "dead letter replayed");
+    if let Err(e) = state.store.schedule_job(&job, Utc::now()).await {
+        // Taken but not scheduled: put it back rather than lose it.
+        if let Err(e2) = state.store.put_dead_letter(&dl).await {
+            tracing::error!(dead_letter_id = %dl.id, error = %e2, "a dead letter could not be restored after a failed replay");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(dead_letter_id = %dl.id, job_id = %job.id, webhook_id = %dl.webhook_id, "dead letter replayed");
+    Ok(job)
+}
+
+/// How many dead letters one call replays, so that a call has a bounded duration; the
+/// answer says how many are left.
+const REPLAY_ALL_MAX: usize = 10_000;
+
+/// `POST /v1/webhooks/{id}/dead-letters/replay`: every dead letter of one webhook, again.
+pub async fn replay_all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let id = path_id(path, "webhook")?;
+    if state.store.get_webhook(&id).await?.is_none() {
+        return Err(ApiError::NotFound("webhook"));
+    }
+    let mut replayed = 0usize;
+    while replayed < REPLAY_ALL_MAX {
+        let page = state
+            .store
+            .list_dead_letters(Some(&id), 0, crate::query::MAX_LIMIT)
+            .await?;
+        if page.items.is_empty() {
+            break;
+        }
+        let before = replayed;
+        for dl in page.items {
+            // Another request may have replayed it since the listing.
+            if let Some(dl) = state.store.take_dead_letter(&dl.id).await? {
+                schedule_replay(&state, dl).await?;
+                replayed += 1;
+            }
+        }
+        if replayed == before {
+            break;
+        }
+    }
+    let remaining = state.store.list_dead_letters(Some(&id), 0, 1).await?.total;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"dead_letter_id": id, "job_id": job.id, "status": "scheduled"})),
+        Json(json!({"webhook_id": id, "replayed": replayed, "remaining": remaining, "status": "scheduled"})),
     )
         .into_response())
 }
@@ -245,10 +351,59 @@ pub async fn stats(
         webhooks.push(v);
     }
     totals.dead_letters = schedule.dead_letters;
+    let deliveries = recent_deliveries(&state).await?;
     Ok(Json(json!({
         "totals": totals,
+        "deliveries": deliveries,
         "retry_schedule": {"depth": schedule.depth, "leased": schedule.leased, "lag_seconds": schedule.lag.as_secs_f64()},
         "webhooks": webhooks,
     }))
     .into_response())
+}
+
+/// Minutes in the overview's chart.
+const CHART_MINUTES: i64 = 60;
+
+/// Outcomes summed over some minutes, with the share delivered.
+fn summed<'a>(minutes: impl Iterator<Item = &'a MinuteCounts>) -> Value {
+    let mut sum = MinuteCounts::default();
+    for m in minutes {
+        sum.delivered += m.delivered;
+        sum.retrying += m.retrying;
+        sum.dead += m.dead;
+    }
+    let attempts = sum.delivered + sum.retrying + sum.dead;
+    json!({
+        "delivered": sum.delivered,
+        "retrying": sum.retrying,
+        "dead": sum.dead,
+        "attempts": attempts,
+        "success_rate": (attempts > 0).then(|| sum.delivered as f64 / attempts as f64),
+    })
+}
+
+/// Installation-wide attempt outcomes: today (UTC), the last 24 hours, and per minute over
+/// the last hour, for the dashboard's overview.
+async fn recent_deliveries(state: &AppState) -> Result<Value, ApiError> {
+    let now = Utc::now().timestamp().div_euclid(60);
+    let first = now - 24 * 60 + 1;
+    let minutes = state.store.minute_counts(first, now).await?;
+    let midnight = now - now.rem_euclid(24 * 60);
+    let per_minute: Vec<Value> = minutes
+        .iter()
+        .filter(|m| m.minute > now - CHART_MINUTES)
+        .map(|m| {
+            json!({
+                "minute": chrono::DateTime::from_timestamp(m.minute * 60, 0),
+                "delivered": m.delivered,
+                "retrying": m.retrying,
+                "dead": m.dead,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "today": summed(minutes.iter().filter(|m| m.minute >= midnight)),
+        "last_24h": summed(minutes.iter()),
+        "per_minute": per_minute,
+    }))
 }

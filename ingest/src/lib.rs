@@ -88,8 +88,13 @@ pub fn router(state: AppState) -> Router {
             post(webhooks::rotate_secret),
         )
         .route("/v1/webhooks/import/kivicare", post(import::kivicare))
+        .route("/v1/webhooks/preview", post(trial::preview_draft))
         .route("/v1/webhooks/{id}/preview", post(trial::preview))
         .route("/v1/webhooks/{id}/test", post(trial::test))
+        .route(
+            "/v1/webhooks/{id}/dead-letters/replay",
+            post(deliveries::replay_all),
+        )
         .route("/v1/dead-letters", get(deliveries::dead_letters))
         .route("/v1/dead-letters/{id}/replay", post(deliveries::replay))
         .route("/v1/attempts/{id}/resend", post(deliveries::resend))

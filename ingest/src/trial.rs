@@ -16,11 +16,14 @@ use serde_json::{json, Value};
 use kivihook_core::delivery::new_attempt_id;
 use kivihook_core::http_client::{self, AttemptOf};
 use kivihook_core::samples::{sample_event, types_matching};
-use kivihook_core::webhook::{mask_credential, Auth, KeyLocation, Pattern, Webhook};
+use kivihook_core::signing::generate_secret;
+use kivihook_core::webhook::{
+    check_templates, mask_credential, Auth, KeyLocation, Pattern, Webhook, WebhookSpec,
+};
 use kivihook_core::{Event, EventType};
 
 use crate::error::ApiError;
-use crate::request::{authorize, Scope};
+use crate::request::{authorize, json_body, Scope};
 use crate::AppState;
 
 async fn webhook_and_event(
@@ -36,7 +39,19 @@ async fn webhook_and_event(
         .get_webhook(&id)
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
-    // The event type asked for, or the first one the webhook subscribes to.
+    let event = sample_for(&webhook, q)?;
+    Ok((webhook, event))
+}
+
+/// A sample event of the type asked for, or of the first type the webhook subscribes to.
+fn sample_for(webhook: &Webhook, q: &HashMap<String, String>) -> Result<Event, ApiError> {
+    if let Some(k) = q.keys().find(|k| k.as_str() != "type") {
+        return Err(ApiError::invalid(
+            "invalid_parameter",
+            k.as_str(),
+            "is not a parameter; the one parameter is type",
+        ));
+    }
     let event_type = match q.get("type") {
         Some(t) => EventType::parse(t)
             .map_err(|e| ApiError::invalid("unknown_event_type", "type", e.to_string()))?
@@ -53,14 +68,15 @@ async fn webhook_and_event(
     let mut event = sample_event(&event_type);
     event.id = format!("evt_test_{}", uuid::Uuid::new_v4().simple());
     event.received_at = Utc::now();
-    Ok((webhook, event))
+    Ok(event)
 }
 
 fn envelope(event: &Event) -> Bytes {
     Bytes::from(serde_json::to_vec(event).unwrap_or_default())
 }
 
-/// The request as it would go, credentials and signature masked.
+/// `POST /v1/webhooks/{id}/preview`: the request a sample event makes, credentials and
+/// signature masked, without sending it.
 pub async fn preview(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -68,8 +84,32 @@ pub async fn preview(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (webhook, event) = webhook_and_event(&state, &headers, path, &q).await?;
-    let body = envelope(&event);
-    let prepared = http_client::prepare(&webhook, &body);
+    Ok(Json(rendered(&webhook, &event)).into_response())
+}
+
+/// `POST /v1/webhooks/preview`: the same for a webhook definition that is not saved yet (the
+/// body of `POST /v1/webhooks`), so a form can show what it would send while it is edited.
+/// An invalid definition or template is a 422 naming the field, as saving it would be.
+pub async fn preview_draft(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let value = json_body(&headers, body, state.max_body_bytes).await?;
+    let spec = WebhookSpec::from_json(&value)?;
+    check_templates(&spec)?;
+    // Never stored, so it signs with a throwaway secret (the preview masks signatures).
+    let webhook = Webhook::create(spec, generate_secret());
+    let event = sample_for(&webhook, &q)?;
+    Ok(Json(rendered(&webhook, &event)).into_response())
+}
+
+/// The request `webhook` makes for `event`, credentials and signature masked.
+fn rendered(webhook: &Webhook, event: &Event) -> Value {
+    let body = envelope(event);
+    let prepared = http_client::prepare(webhook, &body);
     let mut shown: Vec<(String, String)> = prepared
         .headers
         .iter()
@@ -114,14 +154,13 @@ pub async fn preview(
         Utc::now().timestamp().to_string(),
     ));
     shown.push(("webhook-signature".into(), "v1,…".into()));
-    Ok(Json(json!({
+    json!({
         "event_type": event.event_type,
         "method": webhook.method.as_str(),
         "url": url,
         "headers": shown.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<String, Value>>(),
         "body": if prepared.has_body { Some(String::from_utf8_lossy(&prepared.body).into_owned()) } else { None },
-    }))
-    .into_response())
+    })
 }
 
 /// A real, signed delivery of a sample event; the response comes back in the answer.
