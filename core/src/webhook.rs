@@ -594,7 +594,11 @@ impl WebhookSpec {
                     auth.keep_masked(&self.auth);
                     self.auth = auth;
                 }
-                _ => unreachable!("check_fields admits only known fields"),
+                "query" => self.query = parse_query(value)?,
+                "body" => self.body = parse_body(value)?,
+                // check_fields admits only the fields above; a field added to FIELDS but not
+                // here is refused rather than silently ignored.
+                other => return Err(invalid(other, "cannot be changed with PATCH")),
             }
         }
         Ok(self)
@@ -1085,6 +1089,32 @@ mod tests {
         }))
         .unwrap();
         Webhook::create(spec, crate::signing::generate_secret())
+    }
+
+    #[test]
+    fn every_writable_field_can_be_patched() {
+        let full = json!({
+            "name": "renamed", "url": "https://example.org/other", "method": "PUT",
+            "events": ["patient.*"], "clinic_ids": ["7"], "headers": {"X-Chain": "north"},
+            "enabled": false, "retry_schedule": [1, 2], "rate_limit": 5, "max_concurrency": 3,
+            "auth": {"type": "bearer", "token": "t0ken"}, "follow_redirects": true,
+            "query": {"source": "kivihook"}, "body": {"type": "json", "template": "{\"a\": 1}"},
+        });
+        assert_eq!(
+            FIELDS.len(),
+            full.as_object().unwrap().len(),
+            "this test covers every field"
+        );
+        let base = WebhookSpec::of(&hook(&["*"], &[]));
+        for field in FIELDS {
+            let one = json!({ *field: full[*field].clone() });
+            let patched = base.clone().patched(&one).unwrap_or_else(|e| {
+                panic!("PATCH {field}: {}: {}", e.field, e.message);
+            });
+            assert_ne!(patched, base, "PATCH {field} changed nothing");
+        }
+        let all = base.clone().patched(&full).unwrap();
+        assert_eq!(all, WebhookSpec::from_json(&full).unwrap());
     }
 
     #[test]
