@@ -13,6 +13,7 @@ use kivihook_core::event::CATALOGUE;
 use kivihook_core::ops::{self, OpsState};
 use kivihook_core::{Broker, Config, Metrics, Store};
 
+pub mod dashboard;
 pub mod declared;
 pub mod deliveries;
 pub mod error;
@@ -104,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         // Handlers read bodies themselves, with the configured limit and a JSON error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+        .merge(dashboard::router())
         .merge(ops)
 }
 
