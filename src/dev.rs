@@ -63,7 +63,7 @@ pub async fn start(
     eprintln!(
         "\nkivihook dev: everything is in memory; nothing survives a restart.\n\
          Dashboard:    {base}/  (sign in with the admin token)\n\
-         API:          {base}/v1  (described at {base}/openapi.json)\n\
+         API:          {base}  (described at {base}/openapi.json)\n\
          admin token:  {}\n\
          ingest token: {}\n\
          A demo webhook sends every event to the built-in echo receiver ({base}/dev/echo). Try:\n\n  \
