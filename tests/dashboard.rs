@@ -141,7 +141,7 @@ async fn administrator_manages_webhooks_in_a_real_browser() {
     let saved = std::fs::read_dir(&shots)
         .map(|d| d.filter_map(Result::ok).count())
         .unwrap_or(0);
-    assert!(saved >= 13, "13 screenshots are saved, found {saved}");
+    assert!(saved >= 14, "14 screenshots are saved, found {saved}");
     println!("screenshots: {}", shots.display());
 
     drop(k);

@@ -279,7 +279,8 @@ window.addEventListener('hashchange', route);
 // ---------------------------------------------------------------------------------------
 // Overview
 
-async function overviewPage() {
+/** The overview; `refresh` redraws it in place, without moving focus or starting a timer. */
+async function overviewPage(refresh = false) {
   const mine = generation;
   const [stats, list] = await Promise.all([api('GET', '/v1/stats'), api('GET', '/v1/webhooks')]);
   if (mine !== generation) return;
@@ -307,16 +308,24 @@ async function overviewPage() {
         h('p', {}, 'Create a webhook to start delivering clinic events to your systems.'),
         h('a', { class: 'button', href: '#/webhooks/new' }, 'Create a webhook'))
       : attentionList(webhooks, stats));
+  if (refresh) return;
   announce('Overview');
   refreshTimer = setInterval(() => { if (document.visibilityState === 'visible') refreshOverview(mine); }, 15000);
 }
 
 async function refreshOverview(mine) {
+  // Only while nobody is using the page: a redraw would take the focus away.
+  if (mine !== generation || main.contains(document.activeElement) && document.activeElement !== main.querySelector('h1')) return;
+  const y = window.scrollY;
+  const onHeading = document.activeElement === main.querySelector('h1');
   try {
-    const focused = document.activeElement && document.activeElement.id;
-    await overviewPage();
-    if (mine !== generation) return;
-    if (focused) { const el = document.getElementById(focused); if (el) el.focus(); }
+    await overviewPage(true);
+    window.scrollTo(0, y);
+    const heading = main.querySelector('h1');
+    if (onHeading && heading) {
+      heading.setAttribute('tabindex', '-1');
+      heading.focus({ preventScroll: true });
+    }
   } catch (e) {
     // The next tick tries again; the figures on screen stay.
   }

@@ -201,6 +201,11 @@ try {
   await heading('Front desk CRM');
   await page.getByRole('link', { name: 'Edit' }).click();
   await heading('Edit Front desk CRM');
+  check(await page.getByLabel('appointment.booked', { exact: true }).isChecked(), 'the form shows the saved events');
+  check(await page.getByLabel('Clinics').inputValue() === '12, 14', 'the form shows the saved clinics');
+  await page.locator('#preview-body').filter({ hasText: 'Ada Lovelace' }).waitFor();
+  await accessible('edit-webhook');
+  await shot('09-edit-webhook');
   await page.getByLabel('Name', { exact: true }).fill('Front desk CRM (north)');
   await page.getByRole('button', { name: 'Save changes' }).click();
   await heading('Front desk CRM (north)');
@@ -223,11 +228,11 @@ try {
   // --- A phone-sized screen ---------------------------------------------------------------------
   await page.setViewportSize({ width: 390, height: 844 });
   for (const [hash, name, title] of [
-    ['#/', '09-narrow-overview', 'Overview'],
-    ['#/webhooks', '10-narrow-webhooks', 'Webhooks'],
-    ['#/webhooks/new', '11-narrow-new-webhook', 'New webhook'],
-    [`#/deliveries?webhook=${encodeURIComponent(failingWebhookId)}`, '12-narrow-deliveries', 'Deliveries'],
-    ['#/dead-letters', '13-narrow-dead-letters', 'Dead letters'],
+    ['#/', '10-narrow-overview', 'Overview'],
+    ['#/webhooks', '11-narrow-webhooks', 'Webhooks'],
+    ['#/webhooks/new', '12-narrow-new-webhook', 'New webhook'],
+    [`#/deliveries?webhook=${encodeURIComponent(failingWebhookId)}`, '13-narrow-deliveries', 'Deliveries'],
+    ['#/dead-letters', '14-narrow-dead-letters', 'Dead letters'],
   ]) {
     await page.goto(`${base}/${hash}`);
     await heading(title);
