@@ -107,7 +107,7 @@ impl Auth {
     }
 
     /// A PATCH that sends back the masked credential it was shown keeps the real one.
-    fn keep_masked(&mut self, current: &Self) {
+    pub fn keep_masked(&mut self, current: &Self) {
         if std::mem::discriminant(self) != std::mem::discriminant(current) {
             return;
         }
@@ -370,30 +370,6 @@ impl Webhook {
     }
 }
 
-/// Parse a registry export (`kivihook webhooks export`): every record must be a complete,
-/// valid webhook; errors name the record and field.
-pub fn parse_export(text: &str) -> Result<Vec<Webhook>, String> {
-    let items: Vec<Value> =
-        serde_json::from_str(text).map_err(|e| format!("not a JSON array of webhooks ({e})"))?;
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let w: Webhook = serde_json::from_value(item).map_err(|e| format!("webhooks[{i}]: {e}"))?;
-        crate::signing::SigningKey::parse(&w.secret)
-            .map_err(|e| format!("webhooks[{i}].secret: {e}"))?;
-        let user = serde_json::json!({
-            "name": w.name, "url": w.url, "method": w.method, "events": w.events,
-            "clinic_ids": w.clinic_ids, "headers": w.headers, "enabled": w.enabled,
-            "retry_schedule": w.retry_schedule, "rate_limit": w.rate_limit,
-            "max_concurrency": w.max_concurrency, "auth": w.auth,
-            "follow_redirects": w.follow_redirects, "query": w.query, "body": w.body,
-        });
-        WebhookSpec::from_json(&user)
-            .map_err(|e| format!("webhooks[{i}].{}: {}", e.field, e.message))?;
-        out.push(w);
-    }
-    Ok(out)
-}
-
 /// `whsec_abc…xyz` → `whsec_…xyz`: enough to tell secrets apart, useless to an attacker.
 pub fn mask(secret: &str) -> String {
     let tail: String = secret
@@ -470,7 +446,8 @@ impl WebhookSpec {
     }
 }
 
-const FIELDS: &[&str] = &[
+/// The fields of a webhook definition, in the order people write them.
+pub const FIELDS: &[&str] = &[
     "name",
     "url",
     "method",
@@ -602,6 +579,27 @@ impl WebhookSpec {
             }
         }
         Ok(self)
+    }
+
+    /// Every field as `POST /v1/webhooks` takes it, credentials in full: what a PATCH sends
+    /// and what two definitions are compared by, field by field.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "name": self.name,
+            "url": self.url,
+            "method": self.method,
+            "events": self.events,
+            "clinic_ids": self.clinic_ids,
+            "headers": self.headers,
+            "enabled": self.enabled,
+            "retry_schedule": self.retry_schedule,
+            "rate_limit": self.rate_limit,
+            "max_concurrency": self.max_concurrency,
+            "auth": self.auth,
+            "follow_redirects": self.follow_redirects,
+            "query": self.query,
+            "body": self.body,
+        })
     }
 
     pub fn of(webhook: &Webhook) -> Self {
@@ -1249,6 +1247,21 @@ mod tests {
         assert_eq!(signing, vec![h.secret.as_str(), old.as_str()]);
         let later = now + chrono::Duration::hours(25);
         assert_eq!(h.signing_secrets(later).count(), 1);
+    }
+
+    #[test]
+    fn a_definition_survives_its_json_form() {
+        let spec = WebhookSpec::from_json(&json!({
+            "name": "crm", "url": "https://crm.example/h", "method": "put",
+            "events": ["kc_patient_save", "bill.*"], "clinic_ids": [3, "4"],
+            "headers": {"X-A": "b"}, "enabled": false, "retry_schedule": [1, 2.5],
+            "rate_limit": 3, "max_concurrency": 2,
+            "auth": {"type": "api_key", "name": "X-Key", "value": "k", "in": "query"},
+            "follow_redirects": true, "query": {"q": "{{patient_name}}"},
+            "body": {"type": "form", "fields": {"a": "{{event.id}}"}}
+        }))
+        .unwrap();
+        assert_eq!(WebhookSpec::from_json(&spec.to_json()).unwrap(), spec);
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(webhooks::delete),
         )
         .route("/v1/webhooks/{id}/attempts", get(deliveries::attempts))
+        .route("/v1/webhooks/{id}/secret", get(webhooks::secret))
         .route(
             "/v1/webhooks/{id}/rotate-secret",
             post(webhooks::rotate_secret),
