@@ -166,6 +166,25 @@ async fn replaying_every_dead_letter_of_a_webhook_delivers_each_once() {
     let k = Kivihook::start("all", &prefix, &[]);
     let api = Api::new(&k);
     let (_good, bad, healthy, failing, events) = healthy_and_failing(&api, &prefix).await;
+    // Still failing: each is replayed once, fails again and becomes a new dead letter, which
+    // the same call does not replay in turn.
+    let before_first = bad.count();
+    let r = api
+        .admin_post(&format!("/v1/webhooks/{failing}/dead-letters/replay"))
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["replayed"], 3);
+    eventually(
+        Duration::from_secs(20),
+        "three dead letters again",
+        || async {
+            get_json(&api, &format!("/v1/dead-letters?webhook_id={failing}")).await["total"] == 3
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bad.count() - before_first, 3, "replayed once each");
+
     let failed_before = bad.count();
     bad.respond_with(200);
 

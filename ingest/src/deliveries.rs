@@ -239,6 +239,9 @@ async fn schedule_replay(state: &AppState, dl: DeadLetter) -> Result<Job, ApiErr
 const REPLAY_ALL_MAX: usize = 10_000;
 
 /// `POST /v1/webhooks/{id}/dead-letters/replay`: every dead letter of one webhook, again.
+///
+/// The ids are collected before any is replayed: a replay that fails again becomes a new dead
+/// letter, which this call must not replay in turn.
 pub async fn replay_all(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -249,25 +252,24 @@ pub async fn replay_all(
     if state.store.get_webhook(&id).await?.is_none() {
         return Err(ApiError::NotFound("webhook"));
     }
-    let mut replayed = 0usize;
-    while replayed < REPLAY_ALL_MAX {
+    let mut ids = Vec::new();
+    while ids.len() < REPLAY_ALL_MAX {
         let page = state
             .store
-            .list_dead_letters(Some(&id), 0, crate::query::MAX_LIMIT)
+            .list_dead_letters(Some(&id), ids.len(), crate::query::MAX_LIMIT)
             .await?;
         if page.items.is_empty() {
             break;
         }
-        let before = replayed;
-        for dl in page.items {
-            // Another request may have replayed it since the listing.
-            if let Some(dl) = state.store.take_dead_letter(&dl.id).await? {
-                schedule_replay(&state, dl).await?;
-                replayed += 1;
-            }
-        }
-        if replayed == before {
-            break;
+        ids.extend(page.items.into_iter().map(|dl| dl.id));
+    }
+    ids.truncate(REPLAY_ALL_MAX);
+    let mut replayed = 0usize;
+    for dl_id in &ids {
+        // Another request may have replayed it since the listing.
+        if let Some(dl) = state.store.take_dead_letter(dl_id).await? {
+            schedule_replay(&state, dl).await?;
+            replayed += 1;
         }
     }
     let remaining = state.store.list_dead_letters(Some(&id), 0, 1).await?.total;

@@ -132,36 +132,21 @@ async fn replay(api: &Api, id: &str) -> Result<String, CliError> {
     Ok(output::text(&answer["job_id"]))
 }
 
-/// Every dead letter a webhook has now. The ids are collected first and then replayed: a
-/// replay removes its dead letter, so paging while replaying would skip some, and one that
-/// fails again becomes a new dead letter that this run must not replay again.
+/// Every dead letter a webhook has now, in one request: the server collects the ids first,
+/// so one that fails again is not replayed again by the same call.
 async fn replay_all(api: &Api, webhook: &str) -> Result<(), CliError> {
-    let (items, _) = fetch(api, Some(webhook), usize::MAX).await?;
-    let ids: Vec<String> = items
-        .iter()
-        .filter_map(|d| d["id"].as_str().map(str::to_owned))
-        .collect();
-    let (mut replayed, mut gone) = (0usize, 0usize);
-    for id in &ids {
-        match replay(api, id).await {
-            Ok(job) => {
-                replayed += 1;
-                output::print(&format!("replayed {id}: job {job} scheduled\n"))?;
-            }
-            // Replayed by someone else meanwhile, or expired: nothing left to do for it.
-            Err(e) if e.status() == Some(404) => {
-                gone += 1;
-                output::print(&format!("{id} is already gone\n"))?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let skipped = if gone > 0 {
-        format!(" ({gone} already gone)")
+    let (_, answer) = api
+        .post(&["v1", "webhooks", webhook, "dead-letters", "replay"], None)
+        .await
+        .map_err(|e| e.during(format!("replaying the dead letters of webhook {webhook}")))?;
+    let replayed = answer["replayed"].as_u64().unwrap_or(0);
+    let remaining = answer["remaining"].as_u64().unwrap_or(0);
+    let left = if remaining > 0 {
+        format!("; {remaining} remain (run it again once these are settled)")
     } else {
         String::new()
     };
     output::print(&format!(
-        "replayed {replayed} dead letters of webhook {webhook}{skipped}\n"
+        "replayed {replayed} dead letters of webhook {webhook}{left}\n"
     ))
 }
