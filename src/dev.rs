@@ -62,7 +62,8 @@ pub async fn start(
     let base = format!("http://127.0.0.1:{port}");
     eprintln!(
         "\nkivihook dev: everything is in memory; nothing survives a restart.\n\
-         API:        {base}\n\
+         Dashboard:    {base}/  (sign in with the admin token)\n\
+         API:          {base}  (described at {base}/openapi.json)\n\
          admin token:  {}\n\
          ingest token: {}\n\
          A demo webhook sends every event to the built-in echo receiver ({base}/dev/echo). Try:\n\n  \

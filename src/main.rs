@@ -18,6 +18,7 @@ use kivihook_dispatcher::Dispatcher;
 use kivihook_ingest::AppState;
 use kivihook_scheduler::Scheduler;
 
+mod cli;
 mod dev;
 
 /// The per-delivery path allocates many small buffers (JSON, headers, futures); mimalloc
@@ -51,19 +52,22 @@ enum Command {
     /// Everything in one process with an in-memory broker and store, for trying KiviHook
     /// with no services at all. Nothing survives a restart.
     Dev,
-    /// Back up and restore the webhook registry (talks to Redis directly).
+    /// Manage webhooks through the API: list, get, create, apply a declarative file,
+    /// export and import (backups).
     Webhooks {
         #[command(subcommand)]
-        action: WebhooksAction,
+        action: cli::WebhooksAction,
     },
-}
-
-#[derive(Subcommand, Clone, PartialEq, Eq)]
-enum WebhooksAction {
-    /// Print every webhook, signing secrets included, as a JSON array.
-    Export,
-    /// Create or replace webhooks from an export (`-` or /dev/stdin for standard input).
-    Import { file: PathBuf },
+    /// Send events through the API.
+    Events {
+        #[command(subcommand)]
+        action: cli::EventsAction,
+    },
+    /// List and replay dead letters through the API.
+    DeadLetters {
+        #[command(subcommand)]
+        action: cli::DeadLettersAction,
+    },
 }
 
 impl Command {
@@ -75,6 +79,18 @@ impl Command {
             Self::All => "all",
             Self::Dev => "dev",
             Self::Webhooks { .. } => "webhooks",
+            Self::Events { .. } => "events",
+            Self::DeadLetters { .. } => "dead-letters",
+        }
+    }
+
+    /// The API client commands, which run apart from the roles and their configuration.
+    fn client(&self) -> Option<cli::ClientCommand> {
+        match self {
+            Self::Webhooks { action } => Some(cli::ClientCommand::Webhooks(action.clone())),
+            Self::Events { action } => Some(cli::ClientCommand::Events(action.clone())),
+            Self::DeadLetters { action } => Some(cli::ClientCommand::DeadLetters(action.clone())),
+            _ => None,
         }
     }
 
@@ -154,9 +170,13 @@ struct Settings {
     /// Requests in flight per webhook per dispatcher [env: KIVIHOOK_WEBHOOK_CONCURRENCY].
     #[arg(long, global = true)]
     webhook_concurrency: Option<String>,
-    /// JSON file of webhooks that ingest applies at start [env: KIVIHOOK_WEBHOOKS_FILE].
+    /// YAML or JSON file of webhooks that ingest applies at start [env: KIVIHOOK_WEBHOOKS_FILE].
     #[arg(long, global = true)]
     webhooks_file: Option<String>,
+    /// The API the client commands talk to; default: this host at KIVIHOOK_BIND's port
+    /// [env: KIVIHOOK_API_URL].
+    #[arg(long, global = true)]
+    api_url: Option<String>,
 }
 
 impl Settings {
@@ -182,6 +202,7 @@ impl Settings {
             ("auto_disable_after", &self.auto_disable_after),
             ("webhook_concurrency", &self.webhook_concurrency),
             ("webhooks_file", &self.webhooks_file),
+            ("api_url", &self.api_url),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
@@ -191,6 +212,15 @@ impl Settings {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = cli.command.client() {
+        // Client commands read only the API address and the tokens: they must not need the
+        // servers' secret key, RabbitMQ or Redis.
+        return cli::run(
+            command,
+            cli.settings.config.as_deref(),
+            &cli.settings.overrides(),
+        );
+    }
     let config = match Config::load(cli.settings.config.as_deref(), &cli.settings.overrides()) {
         Ok(c) => c,
         Err(e) => {
@@ -226,10 +256,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Webhooks { action } => runtime.block_on(registry_tool(action, config)),
-        command => runtime.block_on(run(command, config)),
-    };
+    let result = runtime.block_on(run(cli.command, config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -352,39 +379,6 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
     while roles.join_next().await.is_some() {}
     tracing::info!(role = command.name(), "stopped");
-    Ok(())
-}
-
-/// `kivihook webhooks export | import FILE`.
-async fn registry_tool(action: WebhooksAction, config: Config) -> anyhow::Result<()> {
-    let store = RedisStore::connect(&config.redis_url, &config.prefix)
-        .await
-        .context("cannot connect to Redis (KIVIHOOK_REDIS_URL)")?
-        .with_secret_key(config.secret_key.clone());
-    match action {
-        WebhooksAction::Export => {
-            let (_, hooks) = store.list_webhooks().await?;
-            println!("{}", serde_json::to_string_pretty(&hooks)?);
-            eprintln!(
-                "kivihook: exported {} webhooks (signing secrets included)",
-                hooks.len()
-            );
-        }
-        WebhooksAction::Import { file } => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())?
-            } else {
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?
-            };
-            let hooks = kivihook_core::webhook::parse_export(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            for w in &hooks {
-                store.put_webhook(w).await?;
-            }
-            eprintln!("kivihook: imported {} webhooks", hooks.len());
-        }
-    }
     Ok(())
 }
 

@@ -108,6 +108,20 @@ async fn behaviour(role: &str) {
     );
     // Attempts after the first: flaky 2 and 3, down 2 and 3, and the replay (4).
     assert_eq!(stats["totals"]["retries"], 5, "{role}: {stats}");
+    // The overview's minute counters agree with the totals on both backends.
+    let day = &stats["deliveries"]["last_24h"];
+    assert_eq!(
+        day["delivered"], stats["totals"]["successes"],
+        "{role}: {day}"
+    );
+    assert_eq!(
+        day["attempts"].as_u64(),
+        Some(
+            stats["totals"]["successes"].as_u64().unwrap()
+                + stats["totals"]["failures"].as_u64().unwrap()
+        ),
+        "{role}: {day}"
+    );
     drop(k);
     cleanup(&prefix).await;
 }
@@ -164,8 +178,19 @@ async fn dev_mode_starts_without_configuration_and_delivers_to_its_echo_receiver
         .unwrap()
         .to_owned();
 
-    // An event posted as the banner (and the README) show is delivered to the echo receiver.
     let http = reqwest::Client::new();
+    // The dashboard is where the banner says.
+    let dashboard = banner
+        .lines()
+        .find(|l| l.starts_with("Dashboard:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("the banner names the dashboard")
+        .to_owned();
+    let page = http.get(&dashboard).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/assets/app.js"));
+
+    // An event posted as the banner (and the README) show is delivered to the echo receiver.
     let r = http
         .post(format!("{base}/v1/events"))
         .bearer_auth(&ingest)

@@ -19,6 +19,8 @@ const CONTRACT: &[(&str, &[&str])] = &[
     ("/v1/webhooks/{id}/test", &["post"]),
     ("/v1/webhooks/{id}/rotate-secret", &["post"]),
     ("/v1/webhooks/{id}/attempts", &["get"]),
+    ("/v1/webhooks/{id}/secret", &["get"]),
+    ("/v1/webhooks/{id}/dead-letters/replay", &["post"]),
     ("/v1/dead-letters", &["get"]),
     ("/v1/dead-letters/{id}/replay", &["post"]),
     ("/v1/attempts/{id}/resend", &["post"]),
@@ -228,7 +230,11 @@ async fn the_openapi_document_matches_the_routes() {
                 );
             } else {
                 assert!(responses.contains_key("401"), "{what}: 401 not documented");
-                assert!(responses.contains_key("503"), "{what}: 503 not documented");
+                // Everything that reads or writes state may find Redis or RabbitMQ away; a
+                // preview of an unsaved definition touches neither.
+                if id != "preview_draft" {
+                    assert!(responses.contains_key("503"), "{what}: 503 not documented");
+                }
                 if names.contains("ingest_token") {
                     // Intake takes either token.
                     assert!(names.contains("admin_token"), "{what}: admin token too");

@@ -33,12 +33,13 @@ const CONFIG: &str = r#"
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
 
 [[operations]]
-# Webhook definitions are checked beyond what JSON Schema can say: a URL must parse as a
-# WHATWG URL, templates ({{placeholders}} in the URL, headers, query and body) must render
-# against a sample of every subscribed event type, a JSON body template must render to JSON,
-# and an add-on row's webhook_data text must be JSON. A schema-valid request that fails
-# those checks is answered 422 with the field, which is the documented behaviour.
-include-operation-id-regex = "^(create_webhook|update_webhook|import_kivicare)$"
+# Webhook definitions (saved, patched, previewed or imported) are checked beyond what JSON
+# Schema can say: a URL must parse as a WHATWG URL, templates ({{placeholders}} in the URL,
+# headers, query and body) must render against a sample of every subscribed event type, a
+# JSON body template must render to JSON, and an add-on row's webhook_data text must be JSON.
+# A schema-valid request that fails those checks is answered 422 with the field, which is the
+# documented behaviour.
+include-operation-id-regex = "^(create_webhook|update_webhook|preview_draft|import_kivicare)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 "#;
 
@@ -94,6 +95,28 @@ fn run(dir: &Path, base: &str, header: Option<&str>, args: &[&str], limit: Durat
         cmd.args(["--header", h]);
     }
     let mut child = cmd.spawn().expect("start schemathesis");
+    // Read both pipes while it runs: a full pipe would stop it mid-run.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for schemathesis") {
@@ -106,16 +129,8 @@ fn run(dir: &Path, base: &str, header: Option<&str>, args: &[&str], limit: Durat
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut err);
-    }
-    println!("{out}");
-    eprintln!("{err}");
+    println!("{}", out.join().unwrap_or_default());
+    eprintln!("{}", err.join().unwrap_or_default());
     status.success()
 }
 

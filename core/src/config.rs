@@ -207,6 +207,12 @@ const SETTINGS: &[Setting] = &[
         env: "KIVIHOOK_WEBHOOK_CONCURRENCY",
         flag: "--webhook-concurrency",
     },
+    // Read only by the API client commands; a role ignores it, so one file serves both.
+    Setting {
+        key: "api_url",
+        env: "KIVIHOOK_API_URL",
+        flag: "--api-url",
+    },
 ];
 
 /// Raw values by setting key, as given on the command line (flags without their `--`).
@@ -244,25 +250,7 @@ impl Config {
                 message: "is not a setting".into(),
             });
         }
-        let raw = |key: &str| -> Option<(String, String)> {
-            let s = SETTINGS.iter().find(|s| s.key == key)?;
-            let pick = |src: Source| -> Option<(String, String)> {
-                let (map, name) = match src {
-                    Source::Flag => (flags, s.flag.to_owned()),
-                    Source::File => (file, format!("{} (config file)", s.key)),
-                    Source::Env => (env, s.env.to_owned()),
-                };
-                let lookup = if matches!(src, Source::Env) {
-                    s.env
-                } else {
-                    s.key
-                };
-                map.get(lookup).map(|v| (name, v.clone()))
-            };
-            pick(Source::Flag)
-                .or_else(|| pick(Source::File))
-                .or_else(|| pick(Source::Env))
-        };
+        let raw = |key: &str| layered(env, file, flags, key);
         let err = |setting: &str, message: String| ConfigError {
             setting: setting.to_owned(),
             message,
@@ -453,6 +441,73 @@ impl Config {
                 require_https,
             },
         })
+    }
+}
+
+/// The value of one setting from the source that wins (flag, then file, then environment),
+/// with the name of that source for error messages.
+fn layered(
+    env: &BTreeMap<String, String>,
+    file: &BTreeMap<String, String>,
+    flags: &Overrides,
+    key: &str,
+) -> Option<(String, String)> {
+    let s = SETTINGS.iter().find(|s| s.key == key)?;
+    let pick = |src: Source| -> Option<(String, String)> {
+        let (map, name) = match src {
+            Source::Flag => (flags, s.flag.to_owned()),
+            Source::File => (file, format!("{} (config file)", s.key)),
+            Source::Env => (env, s.env.to_owned()),
+        };
+        let lookup = if matches!(src, Source::Env) {
+            s.env
+        } else {
+            s.key
+        };
+        map.get(lookup).map(|v| (name, v.clone()))
+    };
+    pick(Source::Flag)
+        .or_else(|| pick(Source::File))
+        .or_else(|| pick(Source::Env))
+}
+
+/// Raw settings from every source, layered like `Config` but not validated as a whole.
+///
+/// The API client commands need three settings (the API address, the tokens) and must work
+/// on a laptop that has none of the servers' settings, so they read these instead of
+/// building a `Config`.
+#[derive(Debug, Clone)]
+pub struct Layers {
+    env: BTreeMap<String, String>,
+    file: BTreeMap<String, String>,
+    flags: Overrides,
+}
+
+impl Layers {
+    /// The process environment, an optional TOML file and flag overrides.
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Self, ConfigError> {
+        Ok(Self {
+            env: std::env::vars().collect(),
+            file: match file {
+                Some(path) => read_file(path)?,
+                None => BTreeMap::new(),
+            },
+            flags: flags.clone(),
+        })
+    }
+
+    /// From explicit sources, as `Config::from_sources`.
+    pub fn from_sources(
+        env: BTreeMap<String, String>,
+        file: BTreeMap<String, String>,
+        flags: Overrides,
+    ) -> Self {
+        Self { env, file, flags }
+    }
+
+    /// One setting's winning value and the name of its source (`KIVIHOOK_BIND`, `--bind`…).
+    pub fn get(&self, key: &str) -> Option<(String, String)> {
+        layered(&self.env, &self.file, &self.flags, key)
     }
 }
 

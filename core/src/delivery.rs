@@ -214,6 +214,39 @@ pub struct WebhookStats {
     pub attempts_24h: u64,
 }
 
+/// Installation-wide outcomes of delivery attempts in one minute (test sends excluded): how
+/// many were delivered, how many failed and were scheduled again, and how many failed for
+/// the last time and became dead letters.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct MinuteCounts {
+    /// Unix time / 60.
+    pub minute: i64,
+    pub delivered: u64,
+    pub retrying: u64,
+    pub dead: u64,
+}
+
+impl MinuteCounts {
+    /// The counter field an outcome adds to; `None` for targets that made no attempt.
+    pub fn field_of(outcome: &Outcome) -> Option<&'static str> {
+        match outcome {
+            Outcome::Delivered => Some("delivered"),
+            Outcome::Retry { .. } => Some("retrying"),
+            Outcome::Dead(_) => Some("dead"),
+            Outcome::Untouched => None,
+        }
+    }
+
+    pub fn add(&mut self, field: &str, n: u64) {
+        match field {
+            "delivered" => self.delivered += n,
+            "retrying" => self.retrying += n,
+            "dead" => self.dead += n,
+            _ => {}
+        }
+    }
+}
+
 /// Installation-wide counters.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]
 pub struct TotalStats {

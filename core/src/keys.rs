@@ -95,6 +95,12 @@ impl Keys {
         format!("{{{}:wh:{}}}:bucket", self.prefix, webhook_id)
     }
 
+    /// Installation-wide attempt outcomes in one minute (`minute` = Unix time / 60), for the
+    /// dashboard's overview; expires after a day.
+    pub fn minute_counts(&self, minute: i64) -> String {
+        format!("{}:stats:m:{}", self.prefix, minute)
+    }
+
     /// Every key of this installation matches this glob (for tests and tooling).
     pub fn all_pattern(&self) -> Vec<String> {
         vec![format!("{}:*", self.prefix), format!("{{{}:*", self.prefix)]

@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod broker;
 pub mod config;
 pub mod crypto;
+pub mod definitions;
 pub mod delivery;
 pub mod event;
 pub mod http_client;

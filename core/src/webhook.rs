@@ -108,7 +108,7 @@ impl Auth {
     }
 
     /// A PATCH that sends back the masked credential it was shown keeps the real one.
-    fn keep_masked(&mut self, current: &Self) {
+    pub fn keep_masked(&mut self, current: &Self) {
         if std::mem::discriminant(self) != std::mem::discriminant(current) {
             return;
         }
@@ -372,30 +372,6 @@ impl Webhook {
     }
 }
 
-/// Parse a registry export (`kivihook webhooks export`): every record must be a complete,
-/// valid webhook; errors name the record and field.
-pub fn parse_export(text: &str) -> Result<Vec<Webhook>, String> {
-    let items: Vec<Value> =
-        serde_json::from_str(text).map_err(|e| format!("not a JSON array of webhooks ({e})"))?;
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let w: Webhook = serde_json::from_value(item).map_err(|e| format!("webhooks[{i}]: {e}"))?;
-        crate::signing::SigningKey::parse(&w.secret)
-            .map_err(|e| format!("webhooks[{i}].secret: {e}"))?;
-        let user = serde_json::json!({
-            "name": w.name, "url": w.url, "method": w.method, "events": w.events,
-            "clinic_ids": w.clinic_ids, "headers": w.headers, "enabled": w.enabled,
-            "retry_schedule": w.retry_schedule, "rate_limit": w.rate_limit,
-            "max_concurrency": w.max_concurrency, "auth": w.auth,
-            "follow_redirects": w.follow_redirects, "query": w.query, "body": w.body,
-        });
-        WebhookSpec::from_json(&user)
-            .map_err(|e| format!("webhooks[{i}].{}: {}", e.field, e.message))?;
-        out.push(w);
-    }
-    Ok(out)
-}
-
 /// `whsec_abc…xyz` → `whsec_…xyz`: enough to tell secrets apart, useless to an attacker.
 pub fn mask(secret: &str) -> String {
     let tail: String = secret
@@ -472,7 +448,7 @@ impl WebhookSpec {
     }
 }
 
-/// Every field a webhook definition may carry.
+/// The fields of a webhook definition, in the order people write them.
 pub const FIELDS: &[&str] = &[
     "name",
     "url",
@@ -630,16 +606,33 @@ impl WebhookSpec {
                 }
                 "query" => self.query = parse_query(value)?,
                 "body" => self.body = parse_body(value)?,
-                // A field `check_fields` admits but no arm handles is refused, never a panic.
-                other => {
-                    return Err(invalid(
-                        other,
-                        "cannot be changed with PATCH; delete and create the webhook instead",
-                    ))
-                }
+                // check_fields admits only the fields above; a field added to FIELDS but not
+                // here is refused rather than silently ignored.
+                other => return Err(invalid(other, "cannot be changed with PATCH")),
             }
         }
         Ok(self)
+    }
+
+    /// Every field as `POST /v1/webhooks` takes it, credentials in full: what a PATCH sends
+    /// and what two definitions are compared by, field by field.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "name": self.name,
+            "url": self.url,
+            "method": self.method,
+            "events": self.events,
+            "clinic_ids": self.clinic_ids,
+            "headers": self.headers,
+            "enabled": self.enabled,
+            "retry_schedule": self.retry_schedule,
+            "rate_limit": self.rate_limit,
+            "max_concurrency": self.max_concurrency,
+            "auth": self.auth,
+            "follow_redirects": self.follow_redirects,
+            "query": self.query,
+            "body": self.body,
+        })
     }
 
     pub fn of(webhook: &Webhook) -> Self {
@@ -1196,6 +1189,32 @@ mod tests {
     }
 
     #[test]
+    fn every_writable_field_can_be_patched() {
+        let full = json!({
+            "name": "renamed", "url": "https://example.org/other", "method": "PUT",
+            "events": ["patient.*"], "clinic_ids": ["7"], "headers": {"X-Chain": "north"},
+            "enabled": false, "retry_schedule": [1, 2], "rate_limit": 5, "max_concurrency": 3,
+            "auth": {"type": "bearer", "token": "t0ken"}, "follow_redirects": true,
+            "query": {"source": "kivihook"}, "body": {"type": "json", "template": "{\"a\": 1}"},
+        });
+        assert_eq!(
+            FIELDS.len(),
+            full.as_object().unwrap().len(),
+            "this test covers every field"
+        );
+        let base = WebhookSpec::of(&hook(&["*"], &[]));
+        for field in FIELDS {
+            let one = json!({ *field: full[*field].clone() });
+            let patched = base.clone().patched(&one).unwrap_or_else(|e| {
+                panic!("PATCH {field}: {}: {}", e.field, e.message);
+            });
+            assert_ne!(patched, base, "PATCH {field} changed nothing");
+        }
+        let all = base.clone().patched(&full).unwrap();
+        assert_eq!(all, WebhookSpec::from_json(&full).unwrap());
+    }
+
+    #[test]
     fn patterns_match_exact_family_and_everything() {
         assert!(sub(&["appointment.booked"], &[]).matches("appointment.booked", None));
         assert!(!sub(&["appointment.booked"], &[]).matches("appointment.updated", None));
@@ -1281,31 +1300,6 @@ mod tests {
     }
 
     #[test]
-    fn every_field_of_a_definition_can_be_patched() {
-        let h = hook(&["*"], &[]);
-        let spec = WebhookSpec::of(&h)
-            .patched(&json!({
-                "query": {"clinic": "{{ clinic_id }}"},
-                "body": {"type": "form", "fields": {"who": "{{ patient_name }}"}},
-            }))
-            .unwrap();
-        assert_eq!(
-            spec.query.get("clinic").map(String::as_str),
-            Some("{{ clinic_id }}")
-        );
-        assert!(matches!(spec.body, Body::Form { .. }));
-        // No field that a definition may carry panics a PATCH (a missing arm once did).
-        let shown = h.to_public_json();
-        for field in FIELDS {
-            let patch = json!({ *field: shown[*field].clone() });
-            assert!(
-                WebhookSpec::of(&h).patched(&patch).is_ok(),
-                "PATCH {field}: {patch}"
-            );
-        }
-    }
-
-    #[test]
     fn integers_may_be_written_with_a_zero_fraction() {
         assert_eq!(clinic_id_of(&json!(12)), Some("12".into()));
         assert_eq!(clinic_id_of(&json!(12.0)), Some("12".into()));
@@ -1385,6 +1379,21 @@ mod tests {
         assert_eq!(signing, vec![h.secret.as_str(), old.as_str()]);
         let later = now + chrono::Duration::hours(25);
         assert_eq!(h.signing_secrets(later).count(), 1);
+    }
+
+    #[test]
+    fn a_definition_survives_its_json_form() {
+        let spec = WebhookSpec::from_json(&json!({
+            "name": "crm", "url": "https://crm.example/h", "method": "put",
+            "events": ["kc_patient_save", "bill.*"], "clinic_ids": [3, "4"],
+            "headers": {"X-A": "b"}, "enabled": false, "retry_schedule": [1, 2.5],
+            "rate_limit": 3, "max_concurrency": 2,
+            "auth": {"type": "api_key", "name": "X-Key", "value": "k", "in": "query"},
+            "follow_redirects": true, "query": {"q": "{{patient_name}}"},
+            "body": {"type": "form", "fields": {"a": "{{event.id}}"}}
+        }))
+        .unwrap();
+        assert_eq!(WebhookSpec::from_json(&spec.to_json()).unwrap(), spec);
     }
 
     #[test]

@@ -10,10 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use kivihook_core::delivery::{
-    new_job_id, AttemptRecord, DeadLetter, Job, JobKind, TargetState, TotalStats, WebhookStats,
+    new_job_id, AttemptRecord, DeadLetter, Job, JobKind, MinuteCounts, TargetState, TotalStats,
+    WebhookStats,
 };
 use kivihook_core::webhook::Subscription;
 
@@ -169,6 +170,31 @@ pub async fn event_status(
     .into_response())
 }
 
+/// The attempt outcomes `?outcome=` can select; `failed` is every outcome but `delivered`.
+const OUTCOMES: &[&str] = &["delivered", "failed", "retry", "dead", "disabled"];
+
+/// The most attempts a filtered listing reads: every webhook's log is capped below this.
+const LOG_READ_LIMIT: usize = 1_000;
+
+/// `?outcome=&event_id=`: which attempts to list.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AttemptFilter {
+    /// Only attempts with this outcome; `failed` is every outcome but `delivered`.
+    #[param(schema_with = outcome_schema)]
+    outcome: Option<String>,
+    /// Only attempts of this event.
+    event_id: Option<String>,
+}
+
+fn outcome_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(OUTCOMES.iter().copied()))
+        .build()
+}
+
 /// A page of a webhook's attempt log.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AttemptPage {
@@ -177,13 +203,13 @@ pub struct AttemptPage {
     pub attempts: Vec<AttemptRecord>,
 }
 
-/// `GET /v1/webhooks/{id}/attempts`, newest first.
+/// `GET /v1/webhooks/{id}/attempts?outcome=&event_id=`, newest first.
 #[utoipa::path(
     get,
     path = "/v1/webhooks/{id}/attempts",
     tag = "deliveries",
     operation_id = "webhook_attempts",
-    params(WebhookId, PageParams),
+    params(WebhookId, AttemptFilter, PageParams),
     responses(
         (status = 200, description = "The attempt log, newest first: request, response status, headers and body excerpt, duration, error",
             body = AttemptPage),
@@ -200,13 +226,55 @@ pub async fn attempts(
     authorize(&state, &headers, Scope::Admin)?;
     let id = path_id(path, "webhook")?;
     let p = paging(&q)?;
+    if let Some(k) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "limit" | "offset" | "outcome" | "event_id"))
+    {
+        return Err(ApiError::invalid(
+            "invalid_parameter",
+            k.as_str(),
+            "is not a parameter; parameters are outcome, event_id, limit, offset",
+        ));
+    }
+    let outcome = match q.get("outcome").map(String::as_str) {
+        Some(o) if !OUTCOMES.contains(&o) => {
+            return Err(ApiError::invalid(
+                "invalid_parameter",
+                "outcome",
+                format!("must be one of {}", OUTCOMES.join(", ")),
+            ))
+        }
+        o => o,
+    };
+    let event_id = q.get("event_id").map(String::as_str);
     if state.store.get_webhook(&id).await?.is_none() {
         return Err(ApiError::NotFound("webhook"));
     }
-    let page = state.store.list_attempts(&id, p.offset, p.limit).await?;
+    let (items, total) = if outcome.is_none() && event_id.is_none() {
+        let page = state.store.list_attempts(&id, p.offset, p.limit).await?;
+        (page.items, page.total)
+    } else {
+        // The log is short (capped per webhook), so a filter reads all of it.
+        let all = state.store.list_attempts(&id, 0, LOG_READ_LIMIT).await?;
+        let kept: Vec<_> = all
+            .items
+            .into_iter()
+            .filter(|a| event_id.is_none_or(|e| a.event_id == e))
+            .filter(|a| match outcome {
+                None => true,
+                Some("failed") => a.outcome != "delivered",
+                Some(o) => a.outcome == o,
+            })
+            .collect();
+        let total = kept.len() as u64;
+        (
+            kept.into_iter().skip(p.offset).take(p.limit).collect(),
+            total,
+        )
+    };
     Ok(Json(AttemptPage {
-        page: PageInfo::of(p, page.items.len(), page.total),
-        attempts: page.items,
+        page: PageInfo::of(p, items.len(), total),
+        attempts: items,
     })
     .into_response())
 }
@@ -314,6 +382,20 @@ pub async fn replay(
         .take_dead_letter(&id)
         .await?
         .ok_or(ApiError::NotFound("dead letter"))?;
+    let job = schedule_replay(&state, dl).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Replayed {
+            dead_letter_id: id,
+            job_id: job.id,
+            status: Scheduled::Scheduled,
+        }),
+    )
+        .into_response())
+}
+
+/// One more attempt of a dead letter that was just taken out of the queue, now.
+async fn schedule_replay(state: &AppState, dl: DeadLetter) -> Result<Job, ApiError> {
     let job = Job {
         id: new_job_id(),
         kind: JobKind::Manual,
@@ -325,13 +407,86 @@ pub async fn replay(
         body: serde_json::to_string(&dl.event).unwrap_or_default(),
         created_at: Utc::now(),
     };
-    state.store.schedule_job(&job, Utc::now()).await?;
-    tracing::info!(dead_letter_id = %id, job_id = %job.id, webhook_id = %dl.webhook_id, "dead letter replayed");
+    if let Err(e) = state.store.schedule_job(&job, Utc::now()).await {
+        // Taken but not scheduled: put it back rather than lose it.
+        if let Err(e2) = state.store.put_dead_letter(&dl).await {
+            tracing::error!(dead_letter_id = %dl.id, error = %e2, "a dead letter could not be restored after a failed replay");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(dead_letter_id = %dl.id, job_id = %job.id, webhook_id = %dl.webhook_id, "dead letter replayed");
+    Ok(job)
+}
+
+/// The answer to replaying a webhook's dead letters.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayedAll {
+    pub webhook_id: String,
+    /// Dead letters scheduled again by this call.
+    pub replayed: usize,
+    /// Dead letters of the webhook left (past this call's limit, or new since).
+    pub remaining: u64,
+    pub status: Scheduled,
+}
+
+/// How many dead letters one call replays, so that a call has a bounded duration; the
+/// answer says how many are left.
+const REPLAY_ALL_MAX: usize = 10_000;
+
+/// `POST /v1/webhooks/{id}/dead-letters/replay`: every dead letter of one webhook, again.
+///
+/// The ids are collected before any is replayed: a replay that fails again becomes a new dead
+/// letter, which this call must not replay in turn.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/dead-letters/replay",
+    tag = "deliveries",
+    operation_id = "replay_webhook_dead_letters",
+    params(WebhookId),
+    responses(
+        (status = 202, description = "Every dead letter of the webhook (at most 10000 a call) is scheduled again now",
+            body = ReplayedAll),
+        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
+pub async fn replay_all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let id = path_id(path, "webhook")?;
+    if state.store.get_webhook(&id).await?.is_none() {
+        return Err(ApiError::NotFound("webhook"));
+    }
+    let mut ids = Vec::new();
+    while ids.len() < REPLAY_ALL_MAX {
+        let page = state
+            .store
+            .list_dead_letters(Some(&id), ids.len(), crate::query::MAX_LIMIT)
+            .await?;
+        if page.items.is_empty() {
+            break;
+        }
+        ids.extend(page.items.into_iter().map(|dl| dl.id));
+    }
+    ids.truncate(REPLAY_ALL_MAX);
+    let mut replayed = 0usize;
+    for dl_id in &ids {
+        // Another request may have replayed it since the listing.
+        if let Some(dl) = state.store.take_dead_letter(dl_id).await? {
+            schedule_replay(&state, dl).await?;
+            replayed += 1;
+        }
+    }
+    let remaining = state.store.list_dead_letters(Some(&id), 0, 1).await?.total;
     Ok((
         StatusCode::ACCEPTED,
-        Json(Replayed {
-            dead_letter_id: id,
-            job_id: job.id,
+        Json(ReplayedAll {
+            webhook_id: id,
+            replayed,
+            remaining,
             status: Scheduled::Scheduled,
         }),
     )
@@ -401,6 +556,8 @@ pub async fn resend(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
     pub totals: TotalStats,
+    /// Attempt outcomes today, over 24 hours and per minute over the last hour.
+    pub deliveries: RecentDeliveries,
     pub retry_schedule: ScheduleStats,
     pub webhooks: Vec<WebhookStatsView>,
 }
@@ -465,8 +622,10 @@ pub async fn stats(
         });
     }
     totals.dead_letters = schedule.dead_letters;
+    let deliveries = recent_deliveries(&state).await?;
     Ok(Json(Stats {
         totals,
+        deliveries,
         retry_schedule: ScheduleStats {
             depth: schedule.depth,
             leased: schedule.leased,
@@ -475,4 +634,82 @@ pub async fn stats(
         webhooks,
     })
     .into_response())
+}
+
+/// Minutes in the overview's chart.
+const CHART_MINUTES: i64 = 60;
+
+/// Installation-wide attempt outcomes (test sends excluded).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecentDeliveries {
+    /// Since midnight UTC.
+    pub today: OutcomeSums,
+    pub last_24h: OutcomeSums,
+    /// The last hour, oldest first; minutes without attempts are left out.
+    pub per_minute: Vec<MinuteOutcomes>,
+}
+
+/// Attempt outcomes summed over some minutes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutcomeSums {
+    pub delivered: u64,
+    /// Failed and scheduled again.
+    pub retrying: u64,
+    /// Failed for the last time: dead letters.
+    pub dead: u64,
+    pub attempts: u64,
+    /// Delivered over attempts; null without attempts.
+    pub success_rate: Option<f64>,
+}
+
+/// Attempt outcomes in one minute.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MinuteOutcomes {
+    /// The minute's start.
+    pub minute: Option<DateTime<Utc>>,
+    pub delivered: u64,
+    pub retrying: u64,
+    pub dead: u64,
+}
+
+/// Outcomes summed over some minutes, with the share delivered.
+fn summed<'a>(minutes: impl Iterator<Item = &'a MinuteCounts>) -> OutcomeSums {
+    let mut sum = MinuteCounts::default();
+    for m in minutes {
+        sum.delivered += m.delivered;
+        sum.retrying += m.retrying;
+        sum.dead += m.dead;
+    }
+    let attempts = sum.delivered + sum.retrying + sum.dead;
+    OutcomeSums {
+        delivered: sum.delivered,
+        retrying: sum.retrying,
+        dead: sum.dead,
+        attempts,
+        success_rate: (attempts > 0).then(|| sum.delivered as f64 / attempts as f64),
+    }
+}
+
+/// Installation-wide attempt outcomes: today (UTC), the last 24 hours, and per minute over
+/// the last hour, for the dashboard's overview.
+async fn recent_deliveries(state: &AppState) -> Result<RecentDeliveries, ApiError> {
+    let now = Utc::now().timestamp().div_euclid(60);
+    let first = now - 24 * 60 + 1;
+    let minutes = state.store.minute_counts(first, now).await?;
+    let midnight = now - now.rem_euclid(24 * 60);
+    let per_minute = minutes
+        .iter()
+        .filter(|m| m.minute > now - CHART_MINUTES)
+        .map(|m| MinuteOutcomes {
+            minute: DateTime::from_timestamp(m.minute * 60, 0),
+            delivered: m.delivered,
+            retrying: m.retrying,
+            dead: m.dead,
+        })
+        .collect();
+    Ok(RecentDeliveries {
+        today: summed(minutes.iter().filter(|m| m.minute >= midnight)),
+        last_24h: summed(minutes.iter()),
+        per_minute,
+    })
 }

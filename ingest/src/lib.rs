@@ -16,6 +16,7 @@ use kivihook_core::event::{EventTypeInfo, CATALOGUE};
 use kivihook_core::ops::{self, OpsState};
 use kivihook_core::{Broker, Config, Event, Metrics, Store};
 
+pub mod dashboard;
 pub mod declared;
 pub mod deliveries;
 pub mod error;
@@ -82,10 +83,13 @@ fn api() -> OpenApiRouter<AppState> {
             webhooks::delete
         ))
         .routes(routes!(deliveries::attempts))
+        .routes(routes!(webhooks::secret))
         .routes(routes!(webhooks::rotate_secret))
         .routes(routes!(import::kivicare))
+        .routes(routes!(trial::preview_draft))
         .routes(routes!(trial::preview))
         .routes(routes!(trial::test))
+        .routes(routes!(deliveries::replay_all))
         .routes(routes!(deliveries::dead_letters))
         .routes(routes!(deliveries::replay))
         .routes(routes!(deliveries::resend))
@@ -111,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
         .route("/openapi.json", get(openapi::serve).with_state(document))
+        .merge(dashboard::router())
         .merge(ops)
         // Last, so that they cover every route above, the operational ones included.
         .fallback(|| async { ApiError::NotFound("route") })

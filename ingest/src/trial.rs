@@ -17,12 +17,15 @@ use utoipa::{IntoParams, ToSchema};
 use kivihook_core::delivery::new_attempt_id;
 use kivihook_core::http_client::{self, AttemptOf};
 use kivihook_core::samples::{sample_event, types_matching};
-use kivihook_core::webhook::{mask_credential, Auth, KeyLocation, Pattern, Webhook};
+use kivihook_core::signing::generate_secret;
+use kivihook_core::webhook::{
+    check_templates, mask_credential, Auth, KeyLocation, Pattern, Webhook, WebhookSpec,
+};
 use kivihook_core::{Event, EventType};
 
 use crate::error::ApiError;
-use crate::openapi::{errors, WebhookId};
-use crate::request::{authorize, Scope};
+use crate::openapi::{errors, inputs, WebhookId};
+use crate::request::{authorize, json_body, Scope};
 use crate::AppState;
 
 async fn webhook_and_event(
@@ -38,7 +41,19 @@ async fn webhook_and_event(
         .get_webhook(&id)
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
-    // The event type asked for, or the first one the webhook subscribes to.
+    let event = sample_for(&webhook, q)?;
+    Ok((webhook, event))
+}
+
+/// A sample event of the type asked for, or of the first type the webhook subscribes to.
+fn sample_for(webhook: &Webhook, q: &HashMap<String, String>) -> Result<Event, ApiError> {
+    if let Some(k) = q.keys().find(|k| k.as_str() != "type") {
+        return Err(ApiError::invalid(
+            "invalid_parameter",
+            k.as_str(),
+            "is not a parameter; the one parameter is type",
+        ));
+    }
     let event_type = match q.get("type") {
         Some(t) => EventType::parse(t)
             .map_err(|e| ApiError::invalid("unknown_event_type", "type", e.to_string()))?
@@ -55,7 +70,7 @@ async fn webhook_and_event(
     let mut event = sample_event(&event_type);
     event.id = format!("evt_test_{}", uuid::Uuid::new_v4().simple());
     event.received_at = Utc::now();
-    Ok((webhook, event))
+    Ok(event)
 }
 
 fn envelope(event: &Event) -> Bytes {
@@ -86,7 +101,8 @@ pub struct Preview {
     pub body: Option<String>,
 }
 
-/// The request as it would go, credentials and signature masked.
+/// `POST /v1/webhooks/{id}/preview`: the request a sample event makes, credentials and
+/// signature masked, without sending it.
 #[utoipa::path(
     post,
     path = "/v1/webhooks/{id}/preview",
@@ -106,8 +122,46 @@ pub async fn preview(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (webhook, event) = webhook_and_event(&state, &headers, path, &q).await?;
-    let body = envelope(&event);
-    let prepared = http_client::prepare(&webhook, &body);
+    Ok(Json(rendered(&webhook, &event)).into_response())
+}
+
+/// `POST /v1/webhooks/preview`: the same for a webhook definition that is not saved yet (the
+/// body of `POST /v1/webhooks`), so a form can show what it would send while it is edited.
+/// An invalid definition or template is a 422 naming the field, as saving it would be.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/preview",
+    tag = "webhooks",
+    operation_id = "preview_draft",
+    params(SampleType),
+    request_body(content = inputs::WebhookDraft, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The request a sample event would make; nothing is saved or sent",
+            body = Preview),
+        errors::AdminAuth, errors::JsonBody,
+    ),
+    security(("admin_token" = [])),
+)]
+pub async fn preview_draft(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let value = json_body(&headers, body, state.max_body_bytes).await?;
+    let spec = WebhookSpec::from_json(&value)?;
+    check_templates(&spec)?;
+    // Never stored, so it signs with a throwaway secret (the preview masks signatures).
+    let webhook = Webhook::create(spec, generate_secret());
+    let event = sample_for(&webhook, &q)?;
+    Ok(Json(rendered(&webhook, &event)).into_response())
+}
+
+/// The request `webhook` makes for `event`, credentials and signature masked.
+fn rendered(webhook: &Webhook, event: &Event) -> Preview {
+    let body = envelope(event);
+    let prepared = http_client::prepare(webhook, &body);
     let mut shown: Vec<(String, String)> = prepared
         .headers
         .iter()
@@ -152,16 +206,15 @@ pub async fn preview(
         Utc::now().timestamp().to_string(),
     ));
     shown.push(("webhook-signature".into(), "v1,…".into()));
-    Ok(Json(Preview {
-        event_type: event.event_type,
+    Preview {
+        event_type: event.event_type.clone(),
         method: webhook.method,
         url,
         headers: shown.into_iter().collect(),
         body: prepared
             .has_body
             .then(|| String::from_utf8_lossy(&prepared.body).into_owned()),
-    })
-    .into_response())
+    }
 }
 
 /// What a test send got back.

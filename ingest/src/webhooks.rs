@@ -1,4 +1,8 @@
-//! Webhook management: `GET|POST /v1/webhooks`, `GET|PATCH|DELETE /v1/webhooks/{id}`.
+//! Webhook management: `GET|POST /v1/webhooks`, `GET|PATCH|DELETE /v1/webhooks/{id}`, the
+//! signing secret (`GET /v1/webhooks/{id}/secret`, `POST …/rotate-secret`).
+//!
+//! A signing secret may be given on create and on PATCH, so that a registry can be restored
+//! from a backup, or declared in a file, with the secrets its receivers already verify with.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -11,8 +15,9 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use kivihook_core::definitions::parse_secret;
 use kivihook_core::signing::generate_secret;
-use kivihook_core::webhook::{check_templates, Webhook, WebhookSpec};
+use kivihook_core::webhook::{check_templates, mask, Auth, Webhook, WebhookSpec};
 
 use crate::error::ApiError;
 use crate::openapi::{errors, inputs, WebhookId};
@@ -39,6 +44,14 @@ async fn check_destination(state: &AppState, url: &str) -> Result<(), ApiError> 
         .check_url(&parsed)
         .await
         .map_err(|e| ApiError::invalid("forbidden_destination", "url", e.to_string()))
+}
+
+/// Take the optional `secret` out of a create or update body: the rest is a definition.
+fn take_secret(body: &mut Value) -> Result<Option<String>, ApiError> {
+    match body.as_object_mut().and_then(|o| o.remove("secret")) {
+        None => Ok(None),
+        Some(v) => Ok(parse_secret(&v)?),
+    }
 }
 
 async fn load(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
@@ -107,11 +120,12 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
-    let value = json_body(&headers, body, state.max_body_bytes).await?;
+    let mut value = json_body(&headers, body, state.max_body_bytes).await?;
+    let secret = take_secret(&mut value)?;
     let spec = WebhookSpec::from_json(&value)?;
     check_templates(&spec)?;
     check_destination(&state, &spec.url).await?;
-    let webhook = Webhook::create(spec, generate_secret());
+    let webhook = Webhook::create(spec, secret.unwrap_or_else(generate_secret));
     state.store.put_webhook(&webhook).await?;
     tracing::info!(webhook_id = %webhook.id, "webhook created");
     let mut shown = webhook.to_public_json();
@@ -168,8 +182,17 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
     let id = webhook_id(path)?;
-    let value = json_body(&headers, body, state.max_body_bytes).await?;
+    let mut value = json_body(&headers, body, state.max_body_bytes).await?;
     let webhook = load(&state, &id).await?;
+    // Sending back the masked secret that GET shows keeps the real one, as with credentials.
+    if let Some(v) = value.get("secret") {
+        if v.as_str() == Some(mask(&webhook.secret).as_str()) {
+            if let Some(o) = value.as_object_mut() {
+                o.remove("secret");
+            }
+        }
+    }
+    let secret = take_secret(&mut value)?;
     let spec = WebhookSpec::of(&webhook).patched(&value)?;
     check_templates(&spec)?;
     if spec.url != webhook.url {
@@ -181,6 +204,12 @@ pub async fn update(
     }
     let mut webhook = webhook;
     webhook.apply(spec);
+    if let Some(secret) = secret.filter(|s| *s != webhook.secret) {
+        // A secret given outright replaces the current one at once: unlike a rotation, no
+        // old secret keeps signing, so the webhook signs with exactly what was given.
+        webhook.secret = secret;
+        webhook.previous_secrets.clear();
+    }
     state.store.put_webhook(&webhook).await?;
     tracing::info!(webhook_id = %webhook.id, "webhook updated");
     Ok(Json(webhook.to_public_json()).into_response())
@@ -212,6 +241,50 @@ pub async fn delete(
     } else {
         Err(ApiError::NotFound("webhook"))
     }
+}
+
+/// A webhook's secrets in full.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookSecret {
+    pub id: String,
+    /// `whsec_…`
+    pub secret: String,
+    /// With its credential unmasked.
+    pub auth: Auth,
+}
+
+/// `GET /v1/webhooks/{id}/secret`: the signing secret, and the endpoint credential, in full.
+///
+/// Every other answer masks them; this one exists so that an export through the API is a
+/// real backup (and so that a declarative apply can tell whether a credential changed).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/secret",
+    tag = "webhooks",
+    operation_id = "webhook_secret",
+    params(WebhookId),
+    responses(
+        (status = 200, description = "The signing secret and the endpoint credential, unmasked",
+            body = WebhookSecret),
+        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
+pub async fn secret(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let id = webhook_id(path)?;
+    let webhook = load(&state, &id).await?;
+    tracing::info!(webhook_id = %webhook.id, "signing secret read");
+    Ok(Json(WebhookSecret {
+        id: webhook.id,
+        secret: webhook.secret,
+        auth: webhook.auth,
+    })
+    .into_response())
 }
 
 /// How long a rotated-out signing secret keeps signing beside the new one.

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
 use crate::delivery::{
-    AttemptRecord, DeadLetter, Health, Job, Outcome, TargetResult, TargetState, WebhookStats,
+    AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome, TargetResult, TargetState,
+    WebhookStats,
 };
 use crate::webhook::Webhook;
 
@@ -44,6 +45,8 @@ struct State {
     dead_order: Vec<String>,
     stats: HashMap<String, Stats>,
     buckets: HashMap<String, (f64, Instant)>,
+    /// Minute (Unix time / 60) → installation-wide outcomes; the last day is kept.
+    minutes: HashMap<i64, MinuteCounts>,
 }
 
 /// Everything in one mutex: dev mode is about trying KiviHook, not about throughput.
@@ -227,6 +230,19 @@ impl Store for MemoryStore {
                             .insert(r.webhook_id.clone(), state);
                     }
                     let a = r.attempt.as_ref()?;
+                    if let Some(field) = MinuteCounts::field_of(&r.outcome) {
+                        let minute = a.at.timestamp().div_euclid(60);
+                        if s.minutes.len() > 26 * 60 {
+                            s.minutes.retain(|m, _| *m > minute - 25 * 60);
+                        }
+                        s.minutes
+                            .entry(minute)
+                            .or_insert(MinuteCounts {
+                                minute,
+                                ..MinuteCounts::default()
+                            })
+                            .add(field, 1);
+                    }
                     let ok = matches!(r.outcome, Outcome::Delivered);
                     let log = s.attempts.entry(a.webhook_id.clone()).or_default();
                     log.push_front(a.clone());
@@ -394,6 +410,15 @@ impl Store for MemoryStore {
         }))
     }
 
+    async fn put_dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
+        self.with(|s| {
+            if s.dead.insert(dl.id.clone(), dl.clone()).is_none() {
+                s.dead_order.push(dl.id.clone());
+            }
+        });
+        Ok(())
+    }
+
     async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
         Ok(self.with(|s| {
             s.dead_order.retain(|d| d != id);
@@ -425,6 +450,19 @@ impl Store for MemoryStore {
                             attempts_24h: ok + failed,
                         }
                     }
+                })
+                .collect()
+        }))
+    }
+
+    async fn minute_counts(&self, first: i64, last: i64) -> Result<Vec<MinuteCounts>, StoreError> {
+        Ok(self.with(|s| {
+            (first..=last)
+                .map(|minute| {
+                    s.minutes.get(&minute).copied().unwrap_or(MinuteCounts {
+                        minute,
+                        ..MinuteCounts::default()
+                    })
                 })
                 .collect()
         }))

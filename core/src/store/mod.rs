@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::{
-    AttemptRecord, DeadLetter, Health, Job, TargetResult, TargetState, WebhookStats,
+    AttemptRecord, DeadLetter, Health, Job, MinuteCounts, TargetResult, TargetState, WebhookStats,
 };
 use crate::webhook::Webhook;
 
@@ -157,10 +157,15 @@ pub trait Store: Send + Sync + 'static {
         offset: usize,
         limit: usize,
     ) -> Result<Page<DeadLetter>, StoreError>;
+    /// Put a dead letter (back) in the queue: one whose replay could not be scheduled.
+    async fn put_dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError>;
     /// Remove a dead letter and return it (for replay).
     async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError>;
 
     async fn webhook_stats(&self, webhook_ids: &[&str]) -> Result<Vec<WebhookStats>, StoreError>;
+    /// Installation-wide attempt outcomes per minute, oldest first, for every minute from
+    /// `first` to `last` inclusive (Unix time / 60; at most a day is kept).
+    async fn minute_counts(&self, first: i64, last: i64) -> Result<Vec<MinuteCounts>, StoreError>;
     /// Forget a webhook's failure streak (it was enabled again).
     async fn reset_health(&self, webhook_id: &str) -> Result<(), StoreError>;
     /// Take one token from a webhook's shared bucket (`rate` per second, bursts of `burst`);

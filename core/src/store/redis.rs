@@ -12,8 +12,8 @@ use super::redis_conn::Conn;
 use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
 use crate::crypto::{is_sealed, SecretBox};
 use crate::delivery::{
-    webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, Outcome, TargetResult, TargetState,
-    WebhookStats,
+    webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome,
+    TargetResult, TargetState, WebhookStats,
 };
 use crate::keys::Keys;
 use crate::webhook::Webhook;
@@ -31,6 +31,8 @@ const DEAD_LETTER_CAP: isize = 100_000;
 /// Entries kept in each webhook's attempt log.
 const ATTEMPT_LOG_CAP: usize = 100;
 const HOUR_BUCKET_TTL_SECS: u64 = 25 * 3600;
+/// Installation-wide minute counters cover the overview's "today" and "last 24 hours".
+const MINUTE_BUCKET_TTL_SECS: u64 = 25 * 3600;
 
 /// Move due jobs to a lease; return `id, json` pairs.
 const CLAIM_SCRIPT: &str = r"
@@ -274,8 +276,18 @@ impl RedisStore {
             .arg(HOUR_BUCKET_TTL_SECS);
     }
 
-    fn record_pipeline(&self, results: &[TargetResult]) -> (redis::Pipeline, Vec<bool>, bool) {
+    /// The commands that record `results`. `count_minutes` adds the installation-wide
+    /// per-minute counters; a pipeline sent again after a `NOSCRIPT` error leaves them out,
+    /// because they already ran the first time.
+    fn record_pipeline(
+        &self,
+        results: &[TargetResult],
+        count_minutes: bool,
+    ) -> (redis::Pipeline, Vec<bool>, bool) {
         let mut pipe = redis::pipe();
+        if count_minutes {
+            self.count_minutes(&mut pipe, results);
+        }
         let mut has_attempt = Vec::with_capacity(results.len());
         let mut any_dead = false;
         let now = Utc::now();
@@ -305,23 +317,7 @@ impl RedisStore {
                 }
                 Outcome::Dead(dl) => {
                     any_dead = true;
-                    let json = serde_json::to_string(dl).unwrap_or_default();
-                    let score = dl.failed_at.timestamp_millis();
-                    pipe.cmd("HSET")
-                        .arg(self.keys.dead_letters())
-                        .arg(&dl.id)
-                        .arg(json)
-                        .ignore();
-                    pipe.cmd("ZADD")
-                        .arg(self.keys.dead_letters_index())
-                        .arg(score)
-                        .arg(&dl.id)
-                        .ignore();
-                    pipe.cmd("ZADD")
-                        .arg(self.keys.dead_letters_of(&dl.webhook_id))
-                        .arg(score)
-                        .arg(&dl.id)
-                        .ignore();
+                    self.add_dead_letter(&mut pipe, dl);
                     Some(TargetState::Dead {
                         dead_letter_id: dl.id.clone(),
                     })
@@ -346,6 +342,53 @@ impl RedisStore {
             }
         }
         (pipe, has_attempt, any_dead)
+    }
+
+    /// The entry and both of its indexes.
+    fn add_dead_letter(&self, pipe: &mut redis::Pipeline, dl: &DeadLetter) {
+        let json = serde_json::to_string(dl).unwrap_or_default();
+        let score = dl.failed_at.timestamp_millis();
+        pipe.cmd("HSET")
+            .arg(self.keys.dead_letters())
+            .arg(&dl.id)
+            .arg(json)
+            .ignore();
+        pipe.cmd("ZADD")
+            .arg(self.keys.dead_letters_index())
+            .arg(score)
+            .arg(&dl.id)
+            .ignore();
+        pipe.cmd("ZADD")
+            .arg(self.keys.dead_letters_of(&dl.webhook_id))
+            .arg(score)
+            .arg(&dl.id)
+            .ignore();
+    }
+
+    /// One `HINCRBY` per (minute, outcome) of this batch, whose replies are ignored.
+    fn count_minutes(&self, pipe: &mut redis::Pipeline, results: &[TargetResult]) {
+        let mut counts: Vec<(i64, &'static str, u64)> = Vec::new();
+        for r in results {
+            let (Some(a), Some(field)) = (&r.attempt, MinuteCounts::field_of(&r.outcome)) else {
+                continue;
+            };
+            let minute = a.at.timestamp().div_euclid(60);
+            match counts
+                .iter_mut()
+                .find(|(m, f, _)| *m == minute && *f == field)
+            {
+                Some(c) => c.2 += 1,
+                None => counts.push((minute, field, 1)),
+            }
+        }
+        for (minute, field, n) in counts {
+            let key = self.keys.minute_counts(minute);
+            pipe.cmd("HINCRBY").arg(&key).arg(field).arg(n).ignore();
+            pipe.cmd("EXPIRE")
+                .arg(&key)
+                .arg(MINUTE_BUCKET_TTL_SECS)
+                .ignore();
+        }
     }
 
     async fn load_scripts(&self) -> Result<(), StoreError> {
@@ -573,15 +616,16 @@ impl Store for RedisStore {
         if results.is_empty() {
             return Ok(Vec::new());
         }
-        let (pipe, has_attempt, any_dead) = self.record_pipeline(results);
+        let (pipe, has_attempt, any_dead) = self.record_pipeline(results, true);
         let mut c = self.conn();
         let mut replies: Result<Vec<(u64, String)>, _> = pipe.query_async(&mut c).await;
         if let Err(e) = &replies {
             if e.kind() == redis::ErrorKind::NoScriptError {
                 // A restarted Redis forgot the script. No script in this pipeline ran, and every
-                // other command in it is idempotent (no counters outside the script), so
-                // running it again is exact.
+                // other command in it is idempotent except the minute counters, which the
+                // second pipeline leaves out, so running it again is exact.
                 self.load_scripts().await?;
+                let (pipe, _, _) = self.record_pipeline(results, false);
                 replies = pipe.query_async(&mut c).await;
             }
         }
@@ -840,6 +884,14 @@ impl Store for RedisStore {
         })
     }
 
+    async fn put_dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.add_dead_letter(&mut pipe, dl);
+        let mut c = self.conn();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
     async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
         let mut c = self.conn();
         let raw: Option<String> = redis::cmd("HGET")
@@ -928,6 +980,34 @@ impl Store for RedisStore {
             });
         }
         Ok(out)
+    }
+
+    async fn minute_counts(&self, first: i64, last: i64) -> Result<Vec<MinuteCounts>, StoreError> {
+        if last < first {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for minute in first..=last {
+            pipe.cmd("HMGET")
+                .arg(self.keys.minute_counts(minute))
+                .arg("delivered")
+                .arg("retrying")
+                .arg("dead");
+        }
+        let mut c = self.conn();
+        let replies: Vec<Vec<Option<u64>>> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+        Ok((first..=last)
+            .zip(replies)
+            .map(|(minute, v)| {
+                let n = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+                MinuteCounts {
+                    minute,
+                    delivered: n(0),
+                    retrying: n(1),
+                    dead: n(2),
+                }
+            })
+            .collect())
     }
 
     async fn reset_health(&self, webhook_id: &str) -> Result<(), StoreError> {

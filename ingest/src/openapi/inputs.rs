@@ -379,8 +379,23 @@ fn body_schema() -> Schema {
         .into()
 }
 
-/// Every field of a definition; `create` says which are required.
-fn webhook_schema(create: bool) -> RefOr<Schema> {
+/// Which body a definition schema describes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Definition {
+    /// `POST /v1/webhooks`: name, url and events required; a signing secret may be given.
+    Create,
+    /// `PATCH /v1/webhooks/{id}`: any field; a signing secret may be given.
+    Patch,
+    /// `POST /v1/webhooks/preview`: as for create, but never saved, so no secret.
+    Draft,
+}
+
+/// A signing secret as `SigningKey::parse` takes it: `whsec_` and the canonical, padded
+/// base64 of at least 24 bytes.
+const SECRET: &str = "^whsec_(?:[A-Za-z0-9+/]{4}){6,}(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+
+/// Every field of a definition.
+fn webhook_schema(kind: Definition) -> RefOr<Schema> {
     let number_or_null = |t: Type| ObjectBuilder::new().schema_type(nullable(t));
     let mut o = ObjectBuilder::new()
         .schema_type(Type::Object)
@@ -455,7 +470,19 @@ fn webhook_schema(create: bool) -> RefOr<Schema> {
         .property("query", query_schema())
         .property("body", body_schema())
         .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
-    if create {
+    if kind != Definition::Draft {
+        o = o.property(
+            "secret",
+            ObjectBuilder::new()
+                .schema_type(nullable(Type::String))
+                .pattern(Some(SECRET))
+                .description(Some(
+                    "The signing secret to use (restoring a backup, say); generated when absent. \
+                     Given on PATCH it replaces the current one at once, without an overlap.",
+                )),
+        );
+    }
+    if kind != Definition::Patch {
         o = o
             .required("name")
             .required("url")
@@ -478,7 +505,7 @@ pub struct WebhookCreate;
 
 impl PartialSchema for WebhookCreate {
     fn schema() -> RefOr<Schema> {
-        webhook_schema(true)
+        webhook_schema(Definition::Create)
     }
 }
 
@@ -489,11 +516,22 @@ pub struct WebhookPatch;
 
 impl PartialSchema for WebhookPatch {
     fn schema() -> RefOr<Schema> {
-        webhook_schema(false)
+        webhook_schema(Definition::Patch)
     }
 }
 
 impl ToSchema for WebhookPatch {}
+
+/// `POST /v1/webhooks/preview`: a definition to preview, not saved.
+pub struct WebhookDraft;
+
+impl PartialSchema for WebhookDraft {
+    fn schema() -> RefOr<Schema> {
+        webhook_schema(Definition::Draft)
+    }
+}
+
+impl ToSchema for WebhookDraft {}
 
 /// `POST /v1/webhooks/import/kivicare`: the add-on's rows.
 pub struct KiviCareImport;
