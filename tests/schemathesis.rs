@@ -41,6 +41,13 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 # documented behaviour.
 include-operation-id-regex = "^(create_webhook|update_webhook|preview_draft|import_kivicare)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+# An attempt whose request was not kept (a test send, or a body over 64 KiB) exists but
+# cannot be sent again: a valid id that the API refuses with 422 `not_resendable`, as it has
+# since resending was added.
+include-operation-id-regex = "^resend_attempt$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422"]
 "#;
 
 /// A stand-in for an egress proxy that refuses everything: outbound requests to anything
@@ -83,7 +90,9 @@ fn run(dir: &Path, base: &str, header: Option<&str>, args: &[&str], limit: Durat
         .arg("run")
         .arg(format!("{base}/openapi.json"))
         .args(["--checks", "all"])
-        .args(["--workers", "2"])
+        // One worker: with two, Hypothesis's example generation shares caches that are not
+        // thread-safe, and schemathesis now and then reports its own KeyError as an error.
+        .args(["--workers", "1"])
         .args(["--request-timeout", "20"])
         .args(["--report", "junit", "--report-dir"])
         .arg(dir.join("report"))

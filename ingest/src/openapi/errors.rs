@@ -76,7 +76,7 @@ const IN_PROGRESS: Shared = Shared {
 };
 const NOT_RESENDABLE: Shared = Shared {
     name: "NotResendable",
-    status: "409",
+    status: "422",
     description: "The attempt's request was not kept (a test send, or a body over 64 KiB), so it cannot be sent again (`not_resendable`); replay its dead letter instead",
     code: "not_resendable",
     message: "this attempt's request body was not kept (a test send, or a body over 64 KiB); replay its dead letter instead",
