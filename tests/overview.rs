@@ -76,6 +76,12 @@ async fn stats_count_each_outcome_per_minute_and_leave_test_sends_out() {
         200
     );
 
+    // The minute counters are written once a second, off the delivery path.
+    eventually(Duration::from_secs(5), "the minute counters", || async {
+        get_json(&api, "/v1/stats").await["deliveries"]["last_24h"]["attempts"] == 9
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let d = get_json(&api, "/v1/stats").await["deliveries"].clone();
     for window in ["today", "last_24h"] {
         let w = &d[window];

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -110,7 +111,15 @@ pub struct RedisStore {
     attempt: redis::Script,
     token: redis::Script,
     sealer: Option<SecretBox>,
+    /// Installation-wide minute counters not yet written: (minute, outcome) → count. The
+    /// delivery path only adds here; a task writes them once a second (`flush_minutes`).
+    minutes: Arc<Mutex<PendingMinutes>>,
 }
+
+type PendingMinutes = HashMap<(i64, &'static str), u64>;
+
+/// How often the minute counters are written to Redis.
+const MINUTE_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -158,7 +167,7 @@ impl RedisStore {
                     .map_err(unavailable)?,
             );
         }
-        Ok(Self {
+        let store = Self {
             keys: Keys::new(prefix),
             pool,
             next: AtomicUsize::new(0),
@@ -167,7 +176,14 @@ impl RedisStore {
             attempt: redis::Script::new(ATTEMPT_SCRIPT),
             token: redis::Script::new(TOKEN_SCRIPT),
             sealer: None,
-        })
+            minutes: Arc::default(),
+        };
+        tokio::spawn(flush_minutes(
+            Arc::downgrade(&store.minutes),
+            store.conn(),
+            store.keys.clone(),
+        ));
+        Ok(store)
     }
 
     /// Seal signing secrets with this key before they are stored, and open them on read.
@@ -276,18 +292,8 @@ impl RedisStore {
             .arg(HOUR_BUCKET_TTL_SECS);
     }
 
-    /// The commands that record `results`. `count_minutes` adds the installation-wide
-    /// per-minute counters; a pipeline sent again after a `NOSCRIPT` error leaves them out,
-    /// because they already ran the first time.
-    fn record_pipeline(
-        &self,
-        results: &[TargetResult],
-        count_minutes: bool,
-    ) -> (redis::Pipeline, Vec<bool>, bool) {
+    fn record_pipeline(&self, results: &[TargetResult]) -> (redis::Pipeline, Vec<bool>, bool) {
         let mut pipe = redis::pipe();
-        if count_minutes {
-            self.count_minutes(&mut pipe, results);
-        }
         let mut has_attempt = Vec::with_capacity(results.len());
         let mut any_dead = false;
         let now = Utc::now();
@@ -365,29 +371,18 @@ impl RedisStore {
             .ignore();
     }
 
-    /// One `HINCRBY` per (minute, outcome) of this batch, whose replies are ignored.
-    fn count_minutes(&self, pipe: &mut redis::Pipeline, results: &[TargetResult]) {
-        let mut counts: Vec<(i64, &'static str, u64)> = Vec::new();
+    /// Add what `results` did to the minute counters waiting to be written.
+    fn count_minutes(&self, results: &[TargetResult]) {
+        let mut pending = self
+            .minutes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for r in results {
-            let (Some(a), Some(field)) = (&r.attempt, MinuteCounts::field_of(&r.outcome)) else {
-                continue;
-            };
-            let minute = a.at.timestamp().div_euclid(60);
-            match counts
-                .iter_mut()
-                .find(|(m, f, _)| *m == minute && *f == field)
-            {
-                Some(c) => c.2 += 1,
-                None => counts.push((minute, field, 1)),
+            if let (Some(a), Some(field)) = (&r.attempt, MinuteCounts::field_of(&r.outcome)) {
+                *pending
+                    .entry((a.at.timestamp().div_euclid(60), field))
+                    .or_default() += 1;
             }
-        }
-        for (minute, field, n) in counts {
-            let key = self.keys.minute_counts(minute);
-            pipe.cmd("HINCRBY").arg(&key).arg(field).arg(n).ignore();
-            pipe.cmd("EXPIRE")
-                .arg(&key)
-                .arg(MINUTE_BUCKET_TTL_SECS)
-                .ignore();
         }
     }
 
@@ -402,6 +397,49 @@ impl RedisStore {
                 .map_err(unavailable)?;
         }
         Ok(())
+    }
+}
+
+/// Write the minute counters once a second, off the delivery path: they feed the dashboard's
+/// overview, so one `HINCRBY` per key and second replaces two commands per recorded message.
+/// Counts that cannot be written are kept for the next try (a write that broke off part-way
+/// may then count some twice); a process that stops loses at most its last second of them.
+/// They are statistics for a chart: the per-webhook statistics are written with each attempt.
+/// Ends when the store is dropped.
+async fn flush_minutes(pending: Weak<Mutex<PendingMinutes>>, mut conn: Conn, keys: Keys) {
+    let mut tick = tokio::time::interval(MINUTE_FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pending) = pending.upgrade() else {
+            return;
+        };
+        let batch: PendingMinutes = std::mem::take(
+            &mut *pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if batch.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (&(minute, field), &n) in &batch {
+            let key = keys.minute_counts(minute);
+            pipe.cmd("HINCRBY").arg(&key).arg(field).arg(n).ignore();
+            pipe.cmd("EXPIRE")
+                .arg(&key)
+                .arg(MINUTE_BUCKET_TTL_SECS)
+                .ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::debug!(error = %e, "minute counters not written; retrying with the next ones");
+            let mut p = pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (k, n) in batch {
+                *p.entry(k).or_default() += n;
+            }
+        }
     }
 }
 
@@ -616,20 +654,20 @@ impl Store for RedisStore {
         if results.is_empty() {
             return Ok(Vec::new());
         }
-        let (pipe, has_attempt, any_dead) = self.record_pipeline(results, true);
+        let (pipe, has_attempt, any_dead) = self.record_pipeline(results);
         let mut c = self.conn();
         let mut replies: Result<Vec<(u64, String)>, _> = pipe.query_async(&mut c).await;
         if let Err(e) = &replies {
             if e.kind() == redis::ErrorKind::NoScriptError {
                 // A restarted Redis forgot the script. No script in this pipeline ran, and every
-                // other command in it is idempotent except the minute counters, which the
-                // second pipeline leaves out, so running it again is exact.
+                // other command in it is idempotent (no counters outside the script), so
+                // running it again is exact.
                 self.load_scripts().await?;
-                let (pipe, _, _) = self.record_pipeline(results, false);
                 replies = pipe.query_async(&mut c).await;
             }
         }
         let mut replies = replies.map_err(unavailable)?.into_iter();
+        self.count_minutes(results);
         if any_dead {
             self.trim_dead_letters().await;
         }
