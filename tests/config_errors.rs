@@ -59,3 +59,12 @@ fn a_missing_secret_key_stops_every_role_but_dev() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_outbound_proxy_that_is_not_an_http_url_exits_2_naming_it() {
+    for bad in ["socks5://10.0.0.1:1080", "not a url"] {
+        let (code, stderr) = run_with(&[("KIVIHOOK_OUTBOUND_PROXY", bad)], &["all"]);
+        assert_eq!(code, Some(2), "{bad}");
+        assert!(stderr.contains("KIVIHOOK_OUTBOUND_PROXY"), "{stderr}");
+    }
+}

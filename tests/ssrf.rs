@@ -173,3 +173,124 @@ async fn redirects_are_not_followed_unless_the_webhook_opts_in_and_then_are_chec
     drop(k);
     cleanup(&prefix).await;
 }
+
+/// A stand-in for an egress proxy: records the request line of each request it is sent and
+/// answers `200` with an empty body.
+async fn recording_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                record
+                    .lock()
+                    .unwrap()
+                    .push(text.lines().next().unwrap_or("").to_owned());
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environments_proxy_is_ignored_and_only_the_configured_one_is_used() {
+    let (env_proxy, env_seen) = recording_proxy().await;
+    let receiver = Receiver::start().await;
+
+    // HTTP(S)_PROXY in the environment would let the proxy resolve names, out of the guard's
+    // sight: it is ignored, and the delivery goes straight to the (allowed) receiver.
+    let prefix = unique_prefix();
+    let k = Kivihook::start(
+        "all",
+        &prefix,
+        &[
+            ("HTTP_PROXY", &env_proxy),
+            ("HTTPS_PROXY", &env_proxy),
+            ("ALL_PROXY", &env_proxy),
+            ("http_proxy", &env_proxy),
+            ("https_proxy", &env_proxy),
+            ("all_proxy", &env_proxy),
+        ],
+    );
+    let api = Api::new(&k);
+    let hook = api
+        .create_webhook(json!({"name": "direct", "url": receiver.url(), "events": ["*"]}))
+        .await;
+    let sent: Value = api
+        .admin_post(&format!(
+            "/v1/webhooks/{}/test",
+            hook["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sent["delivered"], true, "{sent}");
+    assert_eq!(receiver.count(), 1);
+    assert!(
+        env_seen.lock().unwrap().is_empty(),
+        "the environment's proxy was used"
+    );
+    drop(k);
+    cleanup(&prefix).await;
+
+    // KIVIHOOK_OUTBOUND_PROXY: every delivery goes through it, by name, and literal internal
+    // addresses are still refused.
+    let (proxy, seen) = recording_proxy().await;
+    let prefix = unique_prefix();
+    let k = Kivihook::start(
+        "all",
+        &prefix,
+        &[
+            ("KIVIHOOK_OUTBOUND_PROXY", &proxy),
+            ("KIVIHOOK_OUTBOUND_ALLOW", ""),
+        ],
+    );
+    let api = Api::new(&k);
+    let hook = api
+        .create_webhook(
+            json!({"name": "proxied", "url": "http://crm.example.invalid/hook", "events": ["*"]}),
+        )
+        .await;
+    let sent: Value = api
+        .admin_post(&format!(
+            "/v1/webhooks/{}/test",
+            hook["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sent["delivered"], true, "{sent}");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["POST http://crm.example.invalid/hook HTTP/1.1"]
+    );
+    let r = api
+        .http
+        .post(format!("{}/v1/webhooks", api.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "internal", "url": "http://10.0.0.1/hook", "events": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    drop(k);
+    cleanup(&prefix).await;
+}

@@ -193,6 +193,11 @@ const SETTINGS: &[Setting] = &[
         flag: "--require-https",
     },
     Setting {
+        key: "outbound_proxy",
+        env: "KIVIHOOK_OUTBOUND_PROXY",
+        flag: "--outbound-proxy",
+    },
+    Setting {
         key: "secret_key",
         env: "KIVIHOOK_SECRET_KEY",
         flag: "--secret-key",
@@ -363,6 +368,21 @@ impl Config {
             },
             None => false,
         };
+        let proxy = match raw("outbound_proxy") {
+            Some((_, v)) if v.trim().is_empty() => None,
+            Some((name, v)) => {
+                let url = url::Url::parse(v.trim())
+                    .map_err(|e| err(&name, format!("is not a URL ({e})")))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return Err(err(
+                        &name,
+                        "must be an http:// or https:// proxy URL".to_owned(),
+                    ));
+                }
+                Some(url)
+            }
+            None => None,
+        };
         let retry_schedule = match raw("retry_schedule") {
             Some((name, v)) => RetrySchedule::parse(&v).map_err(|m| err(&name, m))?,
             None => RetrySchedule::default(),
@@ -439,6 +459,7 @@ impl Config {
             outbound: crate::outbound::Guard {
                 allow,
                 require_https,
+                proxy,
             },
         })
     }

@@ -177,17 +177,27 @@ pub struct Clients {
 impl Clients {
     pub fn new(timeout: Duration, guard: Guard) -> Self {
         let guard = Arc::new(guard);
+        // The environment's proxy settings are ignored (see `Guard::proxy`); only the
+        // configured proxy, if any, is used.
+        let proxy = guard
+            .proxy
+            .as_ref()
+            .and_then(|p| reqwest::Proxy::all(p.as_str()).ok());
         let build = |redirect: reqwest::redirect::Policy| {
-            reqwest::Client::builder()
+            let builder = reqwest::Client::builder()
                 .user_agent(crate::user_agent())
                 .redirect(redirect)
                 .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+                .no_proxy()
                 .timeout(timeout)
                 .connect_timeout(timeout.min(Duration::from_secs(10)))
                 .pool_idle_timeout(Duration::from_secs(60))
-                .tcp_nodelay(true)
-                .build()
-                .unwrap_or_else(|_| reqwest::Client::new())
+                .tcp_nodelay(true);
+            let builder = match &proxy {
+                Some(p) => builder.proxy(p.clone()),
+                None => builder,
+            };
+            builder.build().unwrap_or_else(|_| reqwest::Client::new())
         };
         let hop_guard = guard.clone();
         let follow = reqwest::redirect::Policy::custom(move |attempt| {

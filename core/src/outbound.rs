@@ -107,6 +107,10 @@ pub fn is_forbidden(ip: IpAddr) -> bool {
 pub struct Guard {
     pub allow: Vec<Cidr>,
     pub require_https: bool,
+    /// The egress proxy every delivery goes through (`KIVIHOOK_OUTBOUND_PROXY`), if any. The
+    /// environment's `HTTP(S)_PROXY` is never used: through a proxy, the proxy resolves the
+    /// names, and the guard can no longer check at each delivery where a name leads.
+    pub proxy: Option<url::Url>,
 }
 
 /// Why a URL may not be called.
@@ -141,7 +145,7 @@ impl Guard {
     }
 
     /// Check a URL the way a delivery would reach it: its scheme, and every address its host
-    /// is or resolves to (when saving a webhook). A name that does not resolve passes. A name that does not resolve passes.
+    /// is or resolves to (when saving a webhook). A name that does not resolve passes.
     pub async fn check_url(&self, url: &url::Url) -> Result<(), Refused> {
         if self.require_https && url.scheme() != "https" {
             return Err(Refused::NotHttps);
@@ -195,6 +199,26 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let guard = self.0.clone();
         Box::pin(async move {
+            // The configured proxy is the operator's own choice, wherever it is; every other
+            // connection goes through it, and it resolves those names itself.
+            let is_proxy = guard
+                .proxy
+                .as_ref()
+                .and_then(|p| p.host_str())
+                .is_some_and(|h| h.eq_ignore_ascii_case(name.as_str()));
+            if is_proxy {
+                let found = tokio::time::timeout(
+                    RESOLVE_TIMEOUT,
+                    tokio::net::lookup_host((name.as_str(), 0)),
+                )
+                .await
+                .map_err(|_| Refused::Unresolvable(name.as_str().to_owned(), "timed out".into()))
+                .and_then(|r| {
+                    r.map_err(|e| Refused::Unresolvable(name.as_str().to_owned(), e.to_string()))
+                })
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+                return Ok(Box::new(found.collect::<Vec<_>>().into_iter()) as reqwest::dns::Addrs);
+            }
             let addrs = guard
                 .resolve(name.as_str(), 0)
                 .await
@@ -255,6 +279,7 @@ mod tests {
         let g = Guard {
             allow: Guard::parse_allow("127.0.0.0/8, 10.1.0.0/16").unwrap(),
             require_https: false,
+            proxy: None,
         };
         assert!(g.permits(ip("127.0.0.1")));
         assert!(g.permits(ip("::ffff:127.0.0.1")));
@@ -286,6 +311,7 @@ mod tests {
         let strict = Guard {
             allow: vec![],
             require_https: true,
+            proxy: None,
         };
         assert_eq!(
             strict.check_url(&url("http://93.184.216.34/")).await,
