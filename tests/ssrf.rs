@@ -208,6 +208,18 @@ async fn recording_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Strin
     (url, seen)
 }
 
+/// `POST /v1/webhooks/{id}/test`, answered.
+async fn test_send(api: &Api, hook: &Value) -> Value {
+    api.admin_post(&format!(
+        "/v1/webhooks/{}/test",
+        hook["id"].as_str().unwrap()
+    ))
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_environments_proxy_is_ignored_and_only_the_configured_one_is_used() {
     let (env_proxy, env_seen) = recording_proxy().await;
@@ -232,15 +244,7 @@ async fn the_environments_proxy_is_ignored_and_only_the_configured_one_is_used()
     let hook = api
         .create_webhook(json!({"name": "direct", "url": receiver.url(), "events": ["*"]}))
         .await;
-    let sent: Value = api
-        .admin_post(&format!(
-            "/v1/webhooks/{}/test",
-            hook["id"].as_str().unwrap()
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = test_send(&api, &hook).await;
     assert_eq!(sent["delivered"], true, "{sent}");
     assert_eq!(receiver.count(), 1);
     assert!(
@@ -268,15 +272,7 @@ async fn the_environments_proxy_is_ignored_and_only_the_configured_one_is_used()
             json!({"name": "proxied", "url": "http://crm.example.invalid/hook", "events": ["*"]}),
         )
         .await;
-    let sent: Value = api
-        .admin_post(&format!(
-            "/v1/webhooks/{}/test",
-            hook["id"].as_str().unwrap()
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sent = test_send(&api, &hook).await;
     assert_eq!(sent["delivered"], true, "{sent}");
     assert_eq!(
         seen.lock().unwrap().as_slice(),

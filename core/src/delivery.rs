@@ -102,6 +102,30 @@ impl TargetState {
     }
 }
 
+impl Job {
+    /// An attempt asked for by hand (a dead letter replayed, an attempt resent), due now.
+    pub fn manual(
+        event_id: &str,
+        event_type: &str,
+        webhook_id: &str,
+        message_id: &str,
+        attempt: u32,
+        body: String,
+    ) -> Self {
+        Self {
+            id: new_job_id(),
+            kind: JobKind::Manual,
+            event_id: event_id.to_owned(),
+            event_type: event_type.to_owned(),
+            webhook_id: webhook_id.to_owned(),
+            message_id: message_id.to_owned(),
+            attempt,
+            body,
+            created_at: Utc::now(),
+        }
+    }
+}
+
 /// One attempt as shown in the attempt log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct AttemptRecord {

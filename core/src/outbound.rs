@@ -175,13 +175,20 @@ impl Guard {
         }
     }
 
+    /// Every address a name resolves to, unchecked.
+    async fn lookup(name: &str, port: u16) -> Result<Vec<SocketAddr>, Refused> {
+        Ok(
+            tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
+                .await
+                .map_err(|_| Refused::Unresolvable(name.to_owned(), "timed out".into()))?
+                .map_err(|e| Refused::Unresolvable(name.to_owned(), e.to_string()))?
+                .collect(),
+        )
+    }
+
     /// Resolve a name and keep only permitted addresses; an error if none is left.
     pub async fn resolve(&self, name: &str, port: u16) -> Result<Vec<SocketAddr>, Refused> {
-        let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
-            .await
-            .map_err(|_| Refused::Unresolvable(name.to_owned(), "timed out".into()))?
-            .map_err(|e| Refused::Unresolvable(name.to_owned(), e.to_string()))?
-            .collect::<Vec<_>>();
+        let found = Self::lookup(name, port).await?;
         let first = found.first().map(SocketAddr::ip);
         let permitted: Vec<SocketAddr> =
             found.into_iter().filter(|a| self.permits(a.ip())).collect();
@@ -206,23 +213,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 .as_ref()
                 .and_then(|p| p.host_str())
                 .is_some_and(|h| h.eq_ignore_ascii_case(name.as_str()));
-            if is_proxy {
-                let found = tokio::time::timeout(
-                    RESOLVE_TIMEOUT,
-                    tokio::net::lookup_host((name.as_str(), 0)),
-                )
-                .await
-                .map_err(|_| Refused::Unresolvable(name.as_str().to_owned(), "timed out".into()))
-                .and_then(|r| {
-                    r.map_err(|e| Refused::Unresolvable(name.as_str().to_owned(), e.to_string()))
-                })
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
-                return Ok(Box::new(found.collect::<Vec<_>>().into_iter()) as reqwest::dns::Addrs);
+            let addrs = if is_proxy {
+                Guard::lookup(name.as_str(), 0).await
+            } else {
+                guard.resolve(name.as_str(), 0).await
             }
-            let addrs = guard
-                .resolve(name.as_str(), 0)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }

@@ -13,24 +13,15 @@ use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
 use kivihook_core::delivery::{
-    new_job_id, AttemptRecord, DeadLetter, Job, JobKind, MinuteCounts, TargetState, TotalStats,
-    WebhookStats,
+    AttemptRecord, DeadLetter, Job, MinuteCounts, TargetState, TotalStats, WebhookStats,
 };
 use kivihook_core::webhook::Subscription;
 
 use crate::error::ApiError;
 use crate::openapi::{errors, WebhookId};
 use crate::query::{paging, PageInfo, PageParams};
-use crate::request::{authorize, Scope};
+use crate::request::{authorize, path_id, Scope};
 use crate::AppState;
-
-fn path_id(
-    path: Result<Path<String>, PathRejection>,
-    what: &'static str,
-) -> Result<String, ApiError> {
-    path.map(|Path(id)| id)
-        .map_err(|_| ApiError::NotFound(what))
-}
 
 /// Where one event stands, per webhook that wants it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -396,17 +387,14 @@ pub async fn replay(
 
 /// One more attempt of a dead letter that was just taken out of the queue, now.
 async fn schedule_replay(state: &AppState, dl: DeadLetter) -> Result<Job, ApiError> {
-    let job = Job {
-        id: new_job_id(),
-        kind: JobKind::Manual,
-        event_id: dl.event_id.clone(),
-        event_type: dl.event_type.clone(),
-        webhook_id: dl.webhook_id.clone(),
-        message_id: dl.message_id.clone(),
-        attempt: dl.attempts + 1,
-        body: serde_json::to_string(&dl.event).unwrap_or_default(),
-        created_at: Utc::now(),
-    };
+    let job = Job::manual(
+        &dl.event_id,
+        &dl.event_type,
+        &dl.webhook_id,
+        &dl.message_id,
+        dl.attempts + 1,
+        serde_json::to_string(&dl.event).unwrap_or_default(),
+    );
     if let Err(e) = state.store.schedule_job(&job, Utc::now()).await {
         // Taken but not scheduled: put it back rather than lose it.
         if let Err(e2) = state.store.put_dead_letter(&dl).await {
@@ -529,17 +517,14 @@ pub async fn resend(
     {
         return Err(ApiError::NotFound("webhook"));
     }
-    let job = Job {
-        id: new_job_id(),
-        kind: JobKind::Manual,
-        event_id: attempt.event_id.clone(),
-        event_type: attempt.event_type.clone(),
-        webhook_id: attempt.webhook_id.clone(),
-        message_id: attempt.message_id.clone(),
-        attempt: attempt.attempt + 1,
-        body: attempt.request_body.clone(),
-        created_at: Utc::now(),
-    };
+    let job = Job::manual(
+        &attempt.event_id,
+        &attempt.event_type,
+        &attempt.webhook_id,
+        &attempt.message_id,
+        attempt.attempt + 1,
+        attempt.request_body.clone(),
+    );
     state.store.schedule_job(&job, Utc::now()).await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -8,6 +8,15 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// The id in a route's path; a path that cannot be read names no existing `what`.
+pub fn path_id(
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    what: &'static str,
+) -> Result<String, ApiError> {
+    path.map(|axum::extract::Path(id)| id)
+        .map_err(|_| ApiError::NotFound(what))
+}
+
 /// Which token an endpoint needs. The admin token may also send events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {

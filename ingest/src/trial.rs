@@ -25,7 +25,7 @@ use kivihook_core::{Event, EventType};
 
 use crate::error::ApiError;
 use crate::openapi::{errors, inputs, WebhookId};
-use crate::request::{authorize, json_body, Scope};
+use crate::request::{authorize, json_body, path_id, Scope};
 use crate::AppState;
 
 async fn webhook_and_event(
@@ -35,7 +35,7 @@ async fn webhook_and_event(
     q: &HashMap<String, String>,
 ) -> Result<(Webhook, Event), ApiError> {
     authorize(state, headers, Scope::Admin)?;
-    let Path(id) = path.map_err(|_| ApiError::NotFound("webhook"))?;
+    let id = path_id(path, "webhook")?;
     let webhook = state
         .store
         .get_webhook(&id)

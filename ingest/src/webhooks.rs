@@ -21,13 +21,8 @@ use kivihook_core::webhook::{check_templates, mask, Auth, Webhook, WebhookSpec};
 
 use crate::error::ApiError;
 use crate::openapi::{errors, inputs, WebhookId};
-use crate::request::{authorize, json_body, Scope};
+use crate::request::{authorize, json_body, path_id, Scope};
 use crate::AppState;
-
-fn webhook_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(id)| id)
-        .map_err(|_| ApiError::NotFound("webhook"))
-}
 
 /// Refuse a URL that the outbound guard would refuse at delivery: better a 422 now than
 /// a dead letter later.
@@ -153,7 +148,7 @@ pub async fn get_one(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
-    let id = webhook_id(path)?;
+    let id = path_id(path, "webhook")?;
     let webhook = load(&state, &id).await?;
     Ok(Json(webhook.to_public_json()).into_response())
 }
@@ -181,7 +176,7 @@ pub async fn update(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
-    let id = webhook_id(path)?;
+    let id = path_id(path, "webhook")?;
     let mut value = json_body(&headers, body, state.max_body_bytes).await?;
     let webhook = load(&state, &id).await?;
     // Sending back the masked secret that GET shows keeps the real one, as with credentials.
@@ -234,7 +229,7 @@ pub async fn delete(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
-    let id = webhook_id(path)?;
+    let id = path_id(path, "webhook")?;
     if state.store.delete_webhook(&id).await? {
         tracing::info!(webhook_id = %id, "webhook deleted");
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -276,7 +271,7 @@ pub async fn secret(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
-    let id = webhook_id(path)?;
+    let id = path_id(path, "webhook")?;
     let webhook = load(&state, &id).await?;
     tracing::info!(webhook_id = %webhook.id, "signing secret read");
     Ok(Json(WebhookSecret {
@@ -321,7 +316,7 @@ pub async fn rotate_secret(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
-    let id = webhook_id(path)?;
+    let id = path_id(path, "webhook")?;
     let mut webhook = load(&state, &id).await?;
     webhook.rotate_secret(
         generate_secret(),
