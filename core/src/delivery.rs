@@ -271,6 +271,27 @@ impl MinuteCounts {
     }
 }
 
+/// The few counters of a webhook that installation-wide figures add up: cheap enough to read
+/// for every webhook at once, where `WebhookStats` reads a day of hourly buckets as well.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookCounters {
+    pub successes: u64,
+    pub failures: u64,
+    pub retries: u64,
+    pub consecutive_failures: u64,
+}
+
+impl From<&WebhookStats> for WebhookCounters {
+    fn from(s: &WebhookStats) -> Self {
+        Self {
+            successes: s.successes,
+            failures: s.failures,
+            retries: s.retries,
+            consecutive_failures: s.consecutive_failures,
+        }
+    }
+}
+
 /// Installation-wide counters.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]
 pub struct TotalStats {

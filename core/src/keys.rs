@@ -107,6 +107,49 @@ impl Keys {
     }
 }
 
+/// The registry's change log. Each key extends `webhooks()`, so it carries the same hash tag
+/// (the first `{…}` of a key) whatever that tag is: the script that changes a webhook
+/// touches the hash, the version and the log in one slot.
+impl Keys {
+    /// Sorted set of the registry's changes, `<version>:<webhook id>` scored by version,
+    /// capped; caches read it to fetch only the webhooks that changed.
+    pub fn webhook_changes(&self) -> String {
+        format!("{}:changes", self.webhooks())
+    }
+
+    /// The version from which the change log holds every change: when logging began, or
+    /// the newest entry trimmed off.
+    pub fn webhook_changes_floor(&self) -> String {
+        format!("{}:changes:floor", self.webhooks())
+    }
+}
+
+#[cfg(test)]
+mod change_log_tests {
+    use super::*;
+
+    fn hash_tag(key: &str) -> Option<&str> {
+        let open = key.find('{')?;
+        let close = open + key[open..].find('}')?;
+        Some(&key[open + 1..close])
+    }
+
+    #[test]
+    fn the_change_log_shares_the_registry_hash_tag() {
+        let k = Keys::new("kh");
+        let registry = k.webhooks();
+        let tag = hash_tag(&registry);
+        assert_eq!(tag, Some("kh:wh"));
+        for key in [
+            k.webhooks_version(),
+            k.webhook_changes(),
+            k.webhook_changes_floor(),
+        ] {
+            assert_eq!(hash_tag(&key), tag, "{key}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
+use super::{
+    changes_from_log, Claim, EventInfo, Page, ScheduleStatus, Store, StoreError, WebhookChanges,
+    CHANGE_LOG_CAP,
+};
 use crate::delivery::{
     AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome, TargetResult, TargetState,
     WebhookStats,
@@ -35,6 +38,10 @@ struct State {
     dedup: HashMap<String, (Option<EventInfo>, Instant)>,
     webhooks: HashMap<String, Webhook>,
     version: u64,
+    /// (version, webhook id) of every change, oldest first, capped as in Redis.
+    changes: VecDeque<(u64, String)>,
+    /// The log holds every change after this version.
+    changes_floor: Option<u64>,
     targets: HashMap<String, HashMap<String, TargetState>>,
     /// (due in ms, job id), ordered by due time.
     schedule: BTreeSet<(i64, String)>,
@@ -49,6 +56,16 @@ struct State {
     minutes: HashMap<i64, MinuteCounts>,
 }
 
+/// The registry of a `MemoryStore` at one moment (tests only).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct RegistryImage {
+    webhooks: HashMap<String, Webhook>,
+    version: u64,
+    changes: VecDeque<(u64, String)>,
+    changes_floor: Option<u64>,
+}
+
 /// Everything in one mutex: dev mode is about trying KiviHook, not about throughput.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -60,6 +77,29 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// The registry as it stands (webhooks, version, change log), to put back later.
+    #[cfg(test)]
+    pub(crate) fn registry_image(&self) -> RegistryImage {
+        self.with(|s| RegistryImage {
+            webhooks: s.webhooks.clone(),
+            version: s.version,
+            changes: s.changes.clone(),
+            changes_floor: s.changes_floor,
+        })
+    }
+
+    /// Put the registry back as an image had it, as a Redis restarted from an older file
+    /// (or failed over to a replica that lagged) does: tests prove caches notice.
+    #[cfg(test)]
+    pub(crate) fn restore_registry(&self, image: RegistryImage) {
+        self.with(|s| {
+            s.webhooks = image.webhooks;
+            s.version = image.version;
+            s.changes = image.changes;
+            s.changes_floor = image.changes_floor;
+        });
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut s)
@@ -68,6 +108,21 @@ impl MemoryStore {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
+}
+
+/// Record a change to one webhook as Redis does: a version from the clock (never one handed
+/// out before), and an entry in the capped change log.
+fn log_change(s: &mut State, id: &str) -> u64 {
+    let clock = Utc::now().timestamp_micros().max(0) as u64;
+    s.changes_floor.get_or_insert(s.version);
+    s.version = clock.max(s.version + 1);
+    s.changes.push_back((s.version, id.to_owned()));
+    while s.changes.len() > CHANGE_LOG_CAP {
+        if let Some((v, _)) = s.changes.pop_front() {
+            s.changes_floor = Some(v);
+        }
+    }
+    s.version
 }
 
 fn schedule(s: &mut State, job: &Job, due: DateTime<Utc>) {
@@ -165,16 +220,37 @@ impl Store for MemoryStore {
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
         Ok(self.with(|s| {
             s.webhooks.insert(webhook.id.clone(), webhook.clone());
-            s.version += 1;
-            s.version
+            log_change(s, &webhook.id)
         }))
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.with(|s| {
-            s.version += 1;
-            s.webhooks.remove(id).is_some()
+            let existed = s.webhooks.remove(id).is_some();
+            if existed {
+                log_change(s, id);
+            }
+            existed
         }))
+    }
+
+    async fn webhook_changes_since(
+        &self,
+        version: u64,
+    ) -> Result<Option<WebhookChanges>, StoreError> {
+        Ok(self.with(|s| {
+            let from = s.changes.partition_point(|(v, _)| *v < version);
+            let entries: Vec<(u64, &str)> = s
+                .changes
+                .range(from..)
+                .map(|(v, id)| (*v, id.as_str()))
+                .collect();
+            changes_from_log(version, s.version, s.changes_floor, &entries)
+        }))
+    }
+
+    async fn get_webhooks(&self, ids: &[&str]) -> Result<Vec<Option<Webhook>>, StoreError> {
+        Ok(self.with(|s| ids.iter().map(|id| s.webhooks.get(*id).cloned()).collect()))
     }
 
     async fn target_states(

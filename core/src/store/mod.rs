@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::{
-    AttemptRecord, DeadLetter, Health, Job, MinuteCounts, TargetResult, TargetState, WebhookStats,
+    AttemptRecord, DeadLetter, Health, Job, MinuteCounts, TargetResult, TargetState,
+    WebhookCounters, WebhookStats,
 };
 use crate::webhook::Webhook;
 
@@ -72,6 +73,61 @@ pub struct ScheduleStatus {
     pub dead_letters: u64,
 }
 
+/// Changes kept in the registry's change log; a cache further behind than this reloads
+/// everything. A dispatcher reads the log every second, so this covers bursts of thousands of
+/// changes a second (an `apply` of 10,000 definitions) and a cache that missed a few polls.
+pub const CHANGE_LOG_CAP: usize = 10_000;
+
+/// What changed in the webhook registry after the version a cache holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookChanges {
+    /// The registry version now.
+    pub version: u64,
+    /// Webhooks created, changed or deleted after the cache's version, each once, in the
+    /// order of their first change.
+    pub ids: Vec<String>,
+}
+
+/// What a cache at `since` must apply, decided from the change log as read in one atomic
+/// step: the registry `version`, the log's `floor` and its entries from `since` on
+/// (`(version, webhook id)`, oldest first).
+///
+/// Versions come from the store's clock (microseconds, or one more than the last when the
+/// clock has not moved past it), so a registry that lost writes (a Redis restarted from an
+/// older file, a failover to a replica that lagged) never hands out a version it handed out
+/// before: the versions written after such a loss are newer than any the lost writes had.
+/// The log therefore proves it holds every change after `since` only when `since` is its
+/// floor (the version when logging began, or the newest entry trimmed off) or when it
+/// still holds the entry written at exactly `since`. Anything else (a version that went
+/// back, a log that no longer reaches `since`, or a history that is not the one the cache
+/// followed) is `None`: reload everything.
+pub fn changes_from_log(
+    since: u64,
+    version: u64,
+    floor: Option<u64>,
+    entries: &[(u64, &str)],
+) -> Option<WebhookChanges> {
+    if version < since {
+        return None;
+    }
+    let proven = match floor {
+        // Nothing was ever logged: only a cache at the current version is current.
+        None => version == since && entries.is_empty(),
+        Some(f) => f == since || entries.first().is_some_and(|(v, _)| *v == since),
+    };
+    if !proven {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let ids = entries
+        .iter()
+        .filter(|(v, _)| *v > since)
+        .filter(|(_, id)| seen.insert(*id))
+        .map(|(_, id)| (*id).to_owned())
+        .collect();
+    Some(WebhookChanges { version, ids })
+}
+
 /// The store, as the roles see it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -104,6 +160,15 @@ pub trait Store: Send + Sync + 'static {
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError>;
     /// Whether it existed.
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
+    /// Which webhooks changed after `version`, so that a cache reads only those; `None`
+    /// when the change log cannot prove it holds every change since (see
+    /// `changes_from_log`): the cache must reload everything.
+    async fn webhook_changes_since(
+        &self,
+        version: u64,
+    ) -> Result<Option<WebhookChanges>, StoreError>;
+    /// These webhooks, in the order asked; `None` for an id that does not exist.
+    async fn get_webhooks(&self, ids: &[&str]) -> Result<Vec<Option<Webhook>>, StoreError>;
 
     // --- delivery -------------------------------------------------------------------------
 
@@ -163,6 +228,19 @@ pub trait Store: Send + Sync + 'static {
     async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError>;
 
     async fn webhook_stats(&self, webhook_ids: &[&str]) -> Result<Vec<WebhookStats>, StoreError>;
+    /// The counters of every webhook asked, for installation-wide totals; a store that can
+    /// read them more cheaply than whole statistics does.
+    async fn webhook_counters(
+        &self,
+        webhook_ids: &[&str],
+    ) -> Result<Vec<WebhookCounters>, StoreError> {
+        Ok(self
+            .webhook_stats(webhook_ids)
+            .await?
+            .iter()
+            .map(WebhookCounters::from)
+            .collect())
+    }
     /// Installation-wide attempt outcomes per minute, oldest first, for every minute from
     /// `first` to `last` inclusive (Unix time / 60; at most a day is kept).
     async fn minute_counts(&self, first: i64, last: i64) -> Result<Vec<MinuteCounts>, StoreError>;
@@ -176,4 +254,41 @@ pub trait Store: Send + Sync + 'static {
         rate: f64,
         burst: u32,
     ) -> Result<Option<Duration>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_at_the_floor_or_at_a_logged_version_gets_only_later_changes() {
+        let log = [(7, "wh_a"), (9, "wh_b"), (12, "wh_a")];
+        let at_entry = changes_from_log(7, 12, Some(3), &log).unwrap();
+        assert_eq!(at_entry.version, 12);
+        assert_eq!(at_entry.ids, vec!["wh_b", "wh_a"], "each id once");
+        let at_floor = changes_from_log(3, 12, Some(3), &[(5, "wh_c")]).unwrap();
+        assert_eq!(at_floor.ids, vec!["wh_c"]);
+        let current = changes_from_log(12, 12, Some(3), &[(12, "wh_a")]).unwrap();
+        assert!(current.ids.is_empty());
+    }
+
+    #[test]
+    fn a_log_that_cannot_prove_continuity_asks_for_a_full_reload() {
+        // The version went back: the store lost writes the cache has seen.
+        assert_eq!(changes_from_log(12, 10, Some(3), &[]), None);
+        // Trimmed past the cache's version.
+        assert_eq!(changes_from_log(5, 12, Some(8), &[(9, "wh_a")]), None);
+        // Moved on past the cache's version, but not from it: the entry at 7 is not there,
+        // so these changes were written after a loss, on another history.
+        assert_eq!(changes_from_log(7, 20, Some(3), &[(15, "wh_a")]), None);
+        // Nothing logged yet: only a cache at the current version is current.
+        assert_eq!(changes_from_log(4, 6, None, &[]), None);
+        assert_eq!(
+            changes_from_log(6, 6, None, &[]),
+            Some(WebhookChanges {
+                version: 6,
+                ids: Vec::new()
+            })
+        );
+    }
 }

@@ -10,8 +10,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::redis_conn::Conn;
+use super::{changes_from_log, WebhookChanges, CHANGE_LOG_CAP};
 use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
 use crate::crypto::{is_sealed, SecretBox};
+use crate::delivery::WebhookCounters;
 use crate::delivery::{
     webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome,
     TargetResult, TargetState, WebhookStats,
@@ -582,35 +584,11 @@ impl Store for RedisStore {
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
         let json = serde_json::to_string(&self.seal(webhook)).map_err(corrupt)?;
-        let mut c = self.conn();
-        let (version,): (u64,) = redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(self.keys.webhooks())
-            .arg(&webhook.id)
-            .arg(json)
-            .ignore()
-            .cmd("INCR")
-            .arg(self.keys.webhooks_version())
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(version)
+        Ok(self.change_webhook(&webhook.id, Some(&json)).await?.0)
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
-        let mut c = self.conn();
-        let (removed, _version): (u64, u64) = redis::pipe()
-            .atomic()
-            .cmd("HDEL")
-            .arg(self.keys.webhooks())
-            .arg(id)
-            .cmd("INCR")
-            .arg(self.keys.webhooks_version())
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(removed > 0)
+        Ok(self.change_webhook(id, None).await?.1)
     }
 
     async fn target_states(
@@ -1075,5 +1053,183 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
+    async fn webhook_changes_since(
+        &self,
+        version: u64,
+    ) -> Result<Option<WebhookChanges>, StoreError> {
+        self.read_changes_since(version).await
+    }
+
+    async fn get_webhooks(&self, ids: &[&str]) -> Result<Vec<Option<Webhook>>, StoreError> {
+        self.read_webhooks(ids).await
+    }
+
+    async fn webhook_counters(
+        &self,
+        webhook_ids: &[&str],
+    ) -> Result<Vec<WebhookCounters>, StoreError> {
+        self.read_counters(webhook_ids).await
+    }
+}
+
+/// Change one webhook: write or delete it, move the registry version and log the change,
+/// in one script on the registry's slot, so that no cache can see one without the others.
+/// The version comes from the server's clock in microseconds (or one more than the last,
+/// if the clock has not moved past it): after Redis lost writes, the versions it hands out
+/// are newer than any it lost, never the same numbers again (see `changes_from_log`).
+/// `ARGV[2]` empty deletes; deleting what is not there changes nothing. Returns the version
+/// and how many webhooks were removed.
+const CHANGE_SCRIPT: &str = r"
+local removed = 0
+if ARGV[2] == '' then
+  removed = redis.call('HDEL', KEYS[1], ARGV[1])
+  if removed == 0 then return {redis.call('GET', KEYS[2]) or '0', 0} end
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+local current = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  redis.call('SET', KEYS[4], string.format('%.0f', current))
+end
+local t = redis.call('TIME')
+local version = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if version <= current then version = current + 1 end
+local v = string.format('%.0f', version)
+redis.call('SET', KEYS[2], v)
+redis.call('ZADD', KEYS[3], v, v .. ':' .. ARGV[1])
+local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[3])
+if excess > 0 then
+  local gone = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
+  redis.call('SET', KEYS[4], string.match(gone[#gone], '^(%d+):'))
+end
+return {v, removed}
+";
+
+static CHANGE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CHANGE_SCRIPT));
+
+/// Webhooks read per `HMGET`, so that one reply stays a few megabytes.
+const WEBHOOKS_PER_READ: usize = 1_000;
+
+/// The registry's change log, and reads of only some webhooks.
+impl RedisStore {
+    async fn change_webhook(
+        &self,
+        id: &str,
+        json: Option<&str>,
+    ) -> Result<(u64, bool), StoreError> {
+        let mut c = self.conn();
+        let (version, removed): (String, u64) = CHANGE
+            .key(self.keys.webhooks())
+            .key(self.keys.webhooks_version())
+            .key(self.keys.webhook_changes())
+            .key(self.keys.webhook_changes_floor())
+            .arg(id)
+            .arg(json.unwrap_or(""))
+            .arg(CHANGE_LOG_CAP)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let version = version
+            .parse()
+            .map_err(|_| corrupt(format!("the registry version is not a number: {version:?}")))?;
+        Ok((version, removed > 0))
+    }
+
+    async fn read_changes_since(&self, since: u64) -> Result<Option<WebhookChanges>, StoreError> {
+        let mut c = self.conn();
+        let (version, floor, members): (Option<String>, Option<String>, Vec<String>) =
+            redis::pipe()
+                .atomic()
+                .cmd("GET")
+                .arg(self.keys.webhooks_version())
+                .cmd("GET")
+                .arg(self.keys.webhook_changes_floor())
+                .cmd("ZRANGE")
+                .arg(self.keys.webhook_changes())
+                .arg(since)
+                .arg("+inf")
+                .arg("BYSCORE")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+        let number = |what: &str, v: Option<String>| -> Result<Option<u64>, StoreError> {
+            v.map(|v| {
+                v.parse()
+                    .map_err(|_| corrupt(format!("the registry {what} is not a number: {v:?}")))
+            })
+            .transpose()
+        };
+        let version = number("version", version)?.unwrap_or(0);
+        let floor = number("change log floor", floor)?;
+        let mut entries = Vec::with_capacity(members.len());
+        for m in &members {
+            let parsed = m
+                .split_once(':')
+                .and_then(|(v, id)| Some((v.parse::<u64>().ok()?, id)));
+            match parsed {
+                Some(entry) => entries.push(entry),
+                // Unreadable, it cannot prove anything: a full reload is always correct.
+                None => return Ok(None),
+            }
+        }
+        Ok(changes_from_log(since, version, floor, &entries))
+    }
+
+    async fn read_webhooks(&self, ids: &[&str]) -> Result<Vec<Option<Webhook>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(WEBHOOKS_PER_READ) {
+            let mut c = self.conn();
+            let raw: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.keys.webhooks())
+                .arg(chunk)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            for (id, json) in chunk.iter().zip(raw) {
+                // As in `list_webhooks`, never skip one silently: it would stop receiving.
+                out.push(
+                    json.map(|json| {
+                        serde_json::from_str(&json)
+                            .map_err(|e| corrupt(format!("webhook {id}: {e}")))
+                            .and_then(|w| self.open(w))
+                    })
+                    .transpose()?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Four fields of each webhook's statistics, without the hourly buckets.
+    async fn read_counters(&self, ids: &[&str]) -> Result<Vec<WebhookCounters>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(WEBHOOKS_PER_READ) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.webhook_stats(id))
+                    .arg("successes")
+                    .arg("failures")
+                    .arg("retries")
+                    .arg("consecutive_failures");
+            }
+            let mut c = self.conn();
+            let replies: Vec<Vec<Option<u64>>> =
+                pipe.query_async(&mut c).await.map_err(unavailable)?;
+            out.extend(replies.into_iter().map(|v| {
+                let n = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+                WebhookCounters {
+                    successes: n(0),
+                    failures: n(1),
+                    retries: n(2),
+                    consecutive_failures: n(3),
+                }
+            }));
+        }
+        Ok(out)
     }
 }
