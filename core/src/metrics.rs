@@ -37,6 +37,8 @@ pub struct Metrics {
     pub redis_reconnects: IntCounterVec,
     /// Webhooks in the registry cache, by state (enabled, disabled).
     pub webhooks: IntGaugeVec,
+    /// Registry cache updates, by role and kind (full, incremental).
+    pub registry_reloads: IntCounterVec,
     /// Failed attempts given another try later.
     pub retries_scheduled: IntCounter,
     /// Targets put off without a request, by reason (circuit_open, concurrency, rate_limit).
@@ -160,6 +162,11 @@ impl Metrics {
                 Opts::new("kivihook_webhooks", "Webhooks in the registry, by state.",),
                 &["state"],
             ))),
+            registry_reloads: reg!(counter_vec(
+                "kivihook_registry_reloads_total",
+                "Updates of a process's webhook registry cache, by role and kind: full (every webhook read) or incremental (only those the change log names).",
+                &["role", "kind"],
+            )),
             retries_scheduled: reg!(must(IntCounter::new(
                 "kivihook_retries_scheduled_total",
                 "Failed attempts scheduled for another try.",

@@ -257,6 +257,12 @@ impl Subscription {
         }
     }
 
+    /// The patterns that parsed (a stored one that no longer does matches nothing), for
+    /// indexes that must agree with `matches` exactly.
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
     /// Whether this webhook wants an event of this type from this clinic.
     pub fn matches(&self, event_type: &str, clinic_id: Option<&str>) -> bool {
         let w = &self.webhook;

@@ -62,9 +62,9 @@ pub async fn job_target(d: &Dispatcher, job: Job) -> Result<JobTarget, StoreErro
     let webhook = match d.registry.get(&job.webhook_id) {
         Some(w) => w,
         None => {
-            // Perhaps created a moment ago on another ingest: look once more.
-            d.registry.load().await?;
-            match d.registry.get(&job.webhook_id) {
+            // Perhaps created a moment ago on another ingest: catch up once. Jobs of a deleted
+            // webhook come here too, so this reads the change log, not the whole registry.
+            match d.registry.refresh().await?.get(&job.webhook_id).cloned() {
                 Some(w) => w,
                 None => return Ok(JobTarget::Skip("webhook deleted")),
             }

@@ -15,11 +15,10 @@ pub mod consume;
 pub mod fanout;
 pub mod gate;
 pub mod record;
-pub mod registry;
 pub mod send;
 pub mod target;
 
-use registry::Registry;
+use kivihook_core::registry::Registry;
 
 /// Everything a dispatcher's tasks share.
 pub struct Dispatcher {
@@ -48,7 +47,7 @@ impl Dispatcher {
         metrics: Metrics,
     ) -> Self {
         Self {
-            registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
+            registry: Arc::new(Registry::new(store.clone(), metrics.clone(), "dispatcher")),
             gates: gate::Gates::default(),
             clients: send::Clients::new(config.delivery_timeout, config.outbound.clone()),
             broker,
