@@ -170,6 +170,10 @@ struct Settings {
     /// Requests in flight per webhook per dispatcher [env: KIVIHOOK_WEBHOOK_CONCURRENCY].
     #[arg(long, global = true)]
     webhook_concurrency: Option<String>,
+    /// Label failure metrics by webhook id, a series per webhook
+    /// [env: KIVIHOOK_METRICS_WEBHOOK_LABELS].
+    #[arg(long, global = true)]
+    metrics_webhook_labels: Option<String>,
     /// YAML or JSON file of webhooks that ingest applies at start [env: KIVIHOOK_WEBHOOKS_FILE].
     #[arg(long, global = true)]
     webhooks_file: Option<String>,
@@ -201,6 +205,7 @@ impl Settings {
             ("circuit_cooldown", &self.circuit_cooldown),
             ("auto_disable_after", &self.auto_disable_after),
             ("webhook_concurrency", &self.webhook_concurrency),
+            ("metrics_webhook_labels", &self.metrics_webhook_labels),
             ("webhooks_file", &self.webhooks_file),
             ("api_url", &self.api_url),
         ]

@@ -238,6 +238,10 @@ async fn every_role_serves_metrics_that_promtool_accepts_after_real_traffic() {
     for text in texts.values() {
         assert!(!text.contains("evt_m"), "no event ids in labels");
         assert!(!text.contains("127.0.0.1"), "no URLs in labels");
+        assert!(
+            !text.contains("wh_"),
+            "no webhook ids in labels unless KIVIHOOK_METRICS_WEBHOOK_LABELS asks"
+        );
         assert!(text.contains("process_cpu_seconds_total"));
     }
     drop((ingest, dispatcher, scheduler));

@@ -68,6 +68,8 @@ pub struct Config {
     pub auto_disable_after: Duration,
     /// Requests in flight to one webhook from one dispatcher, unless it sets its own cap.
     pub webhook_concurrency: u32,
+    /// Write metrics labelled by webhook id: a series per webhook, so off unless asked for.
+    pub metrics_webhook_labels: bool,
     /// Webhooks declared for GitOps, applied by ingest at start.
     pub webhooks_file: Option<std::path::PathBuf>,
     /// Seals signing secrets at rest in Redis.
@@ -211,6 +213,11 @@ const SETTINGS: &[Setting] = &[
         key: "webhook_concurrency",
         env: "KIVIHOOK_WEBHOOK_CONCURRENCY",
         flag: "--webhook-concurrency",
+    },
+    Setting {
+        key: "metrics_webhook_labels",
+        env: "KIVIHOOK_METRICS_WEBHOOK_LABELS",
+        flag: "--metrics-webhook-labels",
     },
     // Read only by the API client commands; a role ignores it, so one file serves both.
     Setting {
@@ -360,14 +367,18 @@ impl Config {
             }
             None => Vec::new(),
         };
-        let require_https = match raw("require_https") {
-            Some((name, v)) => match v.as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" | "" => false,
-                _ => return Err(err(&name, format!("must be true or false (got {v:?})"))),
-            },
-            None => false,
+        let boolean = |key: &str| -> Result<bool, ConfigError> {
+            match raw(key) {
+                Some((name, v)) => match v.as_str() {
+                    "true" | "1" | "yes" => Ok(true),
+                    "false" | "0" | "no" | "" => Ok(false),
+                    _ => Err(err(&name, format!("must be true or false (got {v:?})"))),
+                },
+                None => Ok(false),
+            }
         };
+        let require_https = boolean("require_https")?;
+        let metrics_webhook_labels = boolean("metrics_webhook_labels")?;
         let proxy = match raw("outbound_proxy") {
             Some((_, v)) if v.trim().is_empty() => None,
             Some((name, v)) => {
@@ -454,6 +465,7 @@ impl Config {
             circuit_cooldown,
             auto_disable_after,
             webhook_concurrency,
+            metrics_webhook_labels,
             webhooks_file: raw("webhooks_file").map(|(_, v)| v.into()),
             secret_key,
             outbound: crate::outbound::Guard {
@@ -601,6 +613,13 @@ mod tests {
         assert_eq!(c.dedup_window, Duration::from_secs(86_400));
         assert_eq!(c.retry_schedule, RetrySchedule::default());
         assert_eq!(c.auto_disable_after, Duration::from_secs(5 * 86_400));
+        assert!(
+            !c.metrics_webhook_labels,
+            "no series per webhook by default"
+        );
+        let env = map(&[("KIVIHOOK_METRICS_WEBHOOK_LABELS", "true")]);
+        let c = Config::from_sources(&env, &map(&[]), &map(&[])).unwrap();
+        assert!(c.metrics_webhook_labels);
     }
 
     #[test]
@@ -641,6 +660,7 @@ mod tests {
             ("KIVIHOOK_SECRET_KEY", "dG9vIHNob3J0"),
             ("KIVIHOOK_OUTBOUND_ALLOW", "10.0.0.0/40"),
             ("KIVIHOOK_REQUIRE_HTTPS", "maybe"),
+            ("KIVIHOOK_METRICS_WEBHOOK_LABELS", "sometimes"),
         ] {
             let e = Config::from_sources(&map(&[(k, v)]), &map(&[]), &map(&[])).unwrap_err();
             assert_eq!(e.setting, k);

@@ -221,10 +221,12 @@ fn observe(d: &Dispatcher, target: &Target, attempt: &send::Attempt) {
         }
         tracing::debug!(event_id = %target.event_id, webhook_id = %target.webhook.id, attempt = target.attempt, status = attempt.status, "delivered");
     } else {
-        d.metrics
-            .webhook_failures
-            .with_label_values(&[target.webhook.id.as_str()])
-            .inc();
+        if d.metrics_webhook_labels {
+            d.metrics
+                .webhook_failures
+                .with_label_values(&[target.webhook.id.as_str()])
+                .inc();
+        }
         tracing::warn!(
             event_id = %target.event_id,
             webhook_id = %target.webhook.id,

@@ -36,6 +36,8 @@ pub struct Dispatcher {
     pub circuit_cooldown: Duration,
     pub auto_disable_after: Duration,
     pub webhook_concurrency: u32,
+    /// Label `kivihook_webhook_failures_total` by webhook id (a series per webhook).
+    pub metrics_webhook_labels: bool,
     pub consumer_tag: String,
 }
 
@@ -61,6 +63,7 @@ impl Dispatcher {
             circuit_cooldown: config.circuit_cooldown,
             auto_disable_after: config.auto_disable_after,
             webhook_concurrency: config.webhook_concurrency,
+            metrics_webhook_labels: config.metrics_webhook_labels,
             consumer_tag: format!("kivihook-dispatcher-{}", uuid::Uuid::new_v4().simple()),
         }
     }
