@@ -16,132 +16,17 @@
 //! back) installs what Redis holds now, read after the old snapshot was installed.
 
 pub mod index;
+mod snapshot;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-
-use crate::webhook::{Subscription, Webhook};
+use crate::webhook::Webhook;
 use crate::{Metrics, Shutdown, Store, StoreError};
-use index::Index;
+pub use snapshot::Snapshot;
 
 /// How often a watching registry reads the change log.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-/// One consistent view of the registry: every webhook in creation order, indexed.
-pub struct Snapshot {
-    version: u64,
-    /// False only for the empty snapshot a registry starts with, before any read.
-    loaded: bool,
-    /// Bumped by every install: a read installs only over the snapshot it started from.
-    generation: u64,
-    /// Every webhook, enabled or not, by `(created_at, id)`.
-    ordered: Vec<Arc<Subscription>>,
-    /// Position in `ordered` by webhook id.
-    by_id: HashMap<String, u32>,
-    index: Index,
-}
-
-fn order_key(s: &Subscription) -> (&DateTime<Utc>, &str) {
-    (&s.webhook.created_at, s.webhook.id.as_str())
-}
-
-impl Snapshot {
-    fn empty() -> Self {
-        Self::build(0, Vec::new(), false)
-    }
-
-    fn build(version: u64, mut ordered: Vec<Arc<Subscription>>, loaded: bool) -> Self {
-        ordered.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
-        let by_id = ordered
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.webhook.id.clone(), u32::try_from(i).unwrap_or(u32::MAX)))
-            .collect();
-        let index = Index::build(&ordered);
-        Self {
-            version,
-            loaded,
-            generation: 0,
-            ordered,
-            by_id,
-            index,
-        }
-    }
-
-    /// Every webhook in `webhooks`, at `version`.
-    pub fn of(version: u64, webhooks: Vec<Webhook>) -> Self {
-        let ordered = webhooks
-            .into_iter()
-            .map(|w| Arc::new(Subscription::new(w)))
-            .collect();
-        Self::build(version, ordered, true)
-    }
-
-    /// A copy at `version` with these webhooks replaced (`None`: deleted); the others keep
-    /// their parsed subscriptions.
-    fn with_changes(&self, version: u64, changed: Vec<(&str, Option<Webhook>)>) -> Self {
-        let ids: HashSet<&str> = changed.iter().map(|(id, _)| *id).collect();
-        let mut ordered: Vec<Arc<Subscription>> = self
-            .ordered
-            .iter()
-            .filter(|s| !ids.contains(s.webhook.id.as_str()))
-            .cloned()
-            .collect();
-        ordered.extend(
-            changed
-                .into_iter()
-                .filter_map(|(_, w)| w)
-                .map(|w| Arc::new(Subscription::new(w))),
-        );
-        Self::build(version, ordered, true)
-    }
-
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    pub fn len(&self) -> usize {
-        self.ordered.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ordered.is_empty()
-    }
-
-    /// Every webhook, enabled or not, in creation order.
-    pub fn webhooks(&self) -> impl Iterator<Item = &Arc<Webhook>> {
-        self.ordered.iter().map(|s| &s.webhook)
-    }
-
-    /// The webhooks that come after `(created_at, id)` in creation order (all of them
-    /// without a key), for listings that page.
-    pub fn after(
-        &self,
-        key: Option<(&DateTime<Utc>, &str)>,
-    ) -> impl Iterator<Item = &Arc<Webhook>> {
-        let start = key.map_or(0, |k| self.ordered.partition_point(|s| order_key(s) <= k));
-        self.ordered[start..].iter().map(|s| &s.webhook)
-    }
-
-    /// One webhook by id, enabled or not.
-    pub fn get(&self, id: &str) -> Option<&Arc<Webhook>> {
-        let i = *self.by_id.get(id)?;
-        self.ordered.get(i as usize).map(|s| &s.webhook)
-    }
-
-    /// Every enabled webhook that wants this event, in creation order, each once.
-    pub fn matching(&self, event_type: &str, clinic_id: Option<&str>) -> Vec<Arc<Webhook>> {
-        self.index
-            .positions(event_type, clinic_id)
-            .into_iter()
-            .filter_map(|i| self.ordered.get(i as usize))
-            .map(|s| s.webhook.clone())
-            .collect()
-    }
-}
 
 /// A registry cache and how it keeps up with the store.
 pub struct Registry {
@@ -250,12 +135,17 @@ impl Registry {
         }
         match self.store.webhook_changes_since(from.version).await? {
             None => self.load_from(&from).await?,
-            Some(c) if c.ids.is_empty() && c.version == from.version => {}
+            // Quiet: a good moment to merge what recent changes left in the delta.
+            Some(c) if c.ids.is_empty() && c.version == from.version => {
+                if from.has_delta() {
+                    self.install(from.compacted(), &from, None);
+                }
+            }
             Some(c) => {
                 let ids: Vec<&str> = c.ids.iter().map(String::as_str).collect();
                 let webhooks = self.store.get_webhooks(&ids).await?;
                 let next = from.with_changes(c.version, ids.into_iter().zip(webhooks).collect());
-                self.install(next, &from, Kind::Incremental);
+                self.install(next, &from, Some(Kind::Incremental));
             }
         }
         *last = Some(began);
@@ -271,14 +161,15 @@ impl Registry {
                 "the registry version went back (Redis lost writes); reloading what it holds now"
             );
         }
-        self.install(Snapshot::of(version, webhooks), from, Kind::Full);
+        self.install(Snapshot::of(version, webhooks), from, Some(Kind::Full));
         Ok(())
     }
 
     /// Install `next` if the snapshot it was read from is still the current one: a read
     /// that another install overtook cannot tell whether it is the fresher, so it yields.
+    /// `kind` is what a read brought in (`None`: the same webhooks, merged into one layer).
     /// Returns whether it was installed.
-    fn install(&self, mut next: Snapshot, from: &Snapshot, kind: Kind) -> bool {
+    fn install(&self, mut next: Snapshot, from: &Snapshot, kind: Option<Kind>) -> bool {
         let mut slot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
         if slot.generation != from.generation {
             tracing::debug!(
@@ -297,16 +188,18 @@ impl Registry {
             .webhooks
             .with_label_values(&["disabled"])
             .set(next.len() as i64 - enabled);
-        self.metrics
-            .registry_reloads
-            .with_label_values(&[self.role, kind.label()])
-            .inc();
-        tracing::debug!(
-            version = next.version,
-            webhooks = next.len(),
-            kind = kind.label(),
-            "webhook registry updated"
-        );
+        if let Some(kind) = kind {
+            self.metrics
+                .registry_reloads
+                .with_label_values(&[self.role, kind.label()])
+                .inc();
+            tracing::debug!(
+                version = next.version,
+                webhooks = next.len(),
+                kind = kind.label(),
+                "webhook registry updated"
+            );
+        }
         *slot = Arc::new(next);
         true
     }

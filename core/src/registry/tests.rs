@@ -1,13 +1,15 @@
 use std::sync::Arc;
 
-use chrono::{Duration, TimeZone, Utc};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::event::{CATALOGUE, FAMILIES};
 use crate::store::MemoryStore;
-use crate::webhook::WebhookSpec;
+use crate::webhook::{Subscription, WebhookSpec};
 
 fn hook(name: &str, events: &[&str], clinics: &[&str]) -> Webhook {
     let spec = WebhookSpec::from_json(&serde_json::json!({
@@ -75,32 +77,102 @@ fn random_webhook(rng: &mut StdRng, i: usize) -> Webhook {
     w
 }
 
+/// Whatever a snapshot answers must be what a linear scan of the same webhooks answers.
+fn assert_agrees_with_a_linear_scan(
+    snapshot: &Snapshot,
+    hooks: &HashMap<String, Webhook>,
+    rng: &mut StdRng,
+) {
+    let mut linear: Vec<Subscription> = hooks.values().cloned().map(Subscription::new).collect();
+    linear.sort_by(|a, b| {
+        (a.webhook.created_at, &a.webhook.id).cmp(&(b.webhook.created_at, &b.webhook.id))
+    });
+    let listed: Vec<&str> = snapshot.webhooks().map(|w| w.id.as_str()).collect();
+    let expected: Vec<&str> = linear.iter().map(|s| s.webhook.id.as_str()).collect();
+    assert_eq!(listed, expected, "every webhook once, in creation order");
+    assert_eq!(snapshot.len(), hooks.len());
+    for (id, w) in hooks {
+        assert_eq!(snapshot.get(id).map(|g| &g.name), Some(&w.name));
+    }
+    for _ in 0..200 {
+        let event_type = random_event_type(rng);
+        let clinic = match rng.gen_range(0..7) {
+            6 => None,
+            c => Some(c.to_string()),
+        };
+        let expected: Vec<&str> = linear
+            .iter()
+            .filter(|s| s.matches(&event_type, clinic.as_deref()))
+            .map(|s| s.webhook.id.as_str())
+            .collect();
+        let got = snapshot.matching(&event_type, clinic.as_deref());
+        let got: Vec<&str> = got.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(got, expected, "{event_type} from clinic {clinic:?}");
+    }
+}
+
 #[test]
 fn the_index_matches_exactly_what_a_linear_scan_matches() {
     let mut rng = StdRng::seed_from_u64(11);
     for _ in 0..40 {
-        let hooks: Vec<Webhook> = (0..rng.gen_range(0..300))
+        let hooks: HashMap<String, Webhook> = (0..rng.gen_range(0..300))
             .map(|i| random_webhook(&mut rng, i))
+            .map(|w| (w.id.clone(), w))
             .collect();
-        let mut linear: Vec<Subscription> = hooks.iter().cloned().map(Subscription::new).collect();
-        linear.sort_by(|a, b| {
-            (a.webhook.created_at, &a.webhook.id).cmp(&(b.webhook.created_at, &b.webhook.id))
-        });
-        let snapshot = Snapshot::of(1, hooks);
-        for _ in 0..200 {
-            let event_type = random_event_type(&mut rng);
-            let clinic = match rng.gen_range(0..7) {
-                6 => None,
-                c => Some(c.to_string()),
-            };
-            let expected: Vec<&str> = linear
-                .iter()
-                .filter(|s| s.matches(&event_type, clinic.as_deref()))
-                .map(|s| s.webhook.id.as_str())
-                .collect();
-            let got = snapshot.matching(&event_type, clinic.as_deref());
-            let got: Vec<&str> = got.iter().map(|w| w.id.as_str()).collect();
-            assert_eq!(got, expected, "{event_type} from clinic {clinic:?}");
+        let snapshot = Snapshot::of(1, hooks.values().cloned().collect());
+        assert_agrees_with_a_linear_scan(&snapshot, &hooks, &mut rng);
+    }
+}
+
+#[test]
+fn changes_applied_to_a_snapshot_answer_as_a_snapshot_built_whole_would() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut hooks: HashMap<String, Webhook> = (0..400)
+        .map(|i| random_webhook(&mut rng, i))
+        .map(|w| (w.id.clone(), w))
+        .collect();
+    let mut snapshot = Snapshot::of(1, hooks.values().cloned().collect());
+    let mut next_name = 1_000;
+    // Batches small and large: some stay in the delta, some make it merge into a new base.
+    for (round, size) in [1, 5, 40, 3, 300, 2, 0, 120, 150, 7]
+        .into_iter()
+        .enumerate()
+    {
+        let mut changed: Vec<(String, Option<Webhook>)> = Vec::new();
+        for _ in 0..size {
+            let existing: Vec<String> = hooks.keys().cloned().collect();
+            match rng.gen_range(0..3) {
+                0 if !existing.is_empty() => {
+                    let id = existing[rng.gen_range(0..existing.len())].clone();
+                    hooks.remove(&id);
+                    changed.push((id, None));
+                }
+                1 if !existing.is_empty() => {
+                    let id = &existing[rng.gen_range(0..existing.len())];
+                    let mut w = random_webhook(&mut rng, next_name);
+                    w.id = id.clone();
+                    w.created_at = hooks[id].created_at;
+                    hooks.insert(id.clone(), w.clone());
+                    changed.push((id.clone(), Some(w)));
+                }
+                _ => {
+                    let w = random_webhook(&mut rng, next_name);
+                    hooks.insert(w.id.clone(), w.clone());
+                    changed.push((w.id.clone(), Some(w)));
+                }
+            }
+            next_name += 1;
+        }
+        let batch = changed
+            .iter()
+            .map(|(id, w)| (id.as_str(), w.clone()))
+            .collect();
+        snapshot = snapshot.with_changes(round as u64 + 2, batch);
+        assert_agrees_with_a_linear_scan(&snapshot, &hooks, &mut rng);
+        if round == 6 {
+            snapshot = snapshot.compacted();
+            assert!(!snapshot.has_delta());
+            assert_agrees_with_a_linear_scan(&snapshot, &hooks, &mut rng);
         }
     }
 }
@@ -235,7 +307,7 @@ async fn a_read_overtaken_by_a_newer_install_is_dropped() {
     let installed = r.install(
         Snapshot::of(old_version, old_hooks),
         &started_from,
-        Kind::Full,
+        Some(Kind::Full),
     );
     assert!(!installed);
     assert_eq!(r.current().version(), newer);
