@@ -121,6 +121,45 @@ async fn secret_of(api: &Api, id: &str) -> Value {
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_and_list_see_every_webhook_past_the_first_page() {
+    // More than one page of the CLI's (1,000) and ten of the API's default (100).
+    const MANY: usize = 1_050;
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &[]);
+    let definitions: Vec<Value> = (0..MANY)
+        .map(|i| json!({"name": format!("clinic-{i:04}"), "url": format!("http://127.0.0.1:9/c{i}"), "events": ["*"]}))
+        .collect();
+    let file = temp_file("many.json", &json!({ "webhooks": definitions }).to_string());
+    let path = file.to_str().unwrap();
+
+    let first = cli(&k, &["webhooks", "apply", "-f", path]).await;
+    first.ok();
+    assert_eq!(
+        first.summary(),
+        format!("created {MANY}, updated 0, deleted 0, unchanged 0")
+    );
+    // Applied again, every webhook is found (on whichever page) and left alone.
+    let again = cli(&k, &["webhooks", "apply", "-f", path]).await;
+    again.ok();
+    assert_eq!(
+        again.summary(),
+        format!("created 0, updated 0, deleted 0, unchanged {MANY}")
+    );
+    let listed = cli(&k, &["webhooks", "list", "-o", "json"]).await;
+    listed.ok();
+    let names: std::collections::HashSet<String> = listed.json()["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), MANY);
+
+    drop(k);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_makes_the_registry_match_the_file_and_changes_only_what_differs() {
     let prefix = unique_prefix();
     let k = Kivihook::start("all", &prefix, &[]);

@@ -25,6 +25,7 @@ const CONTRACT: &[(&str, &[&str])] = &[
     ("/v1/dead-letters/{id}/replay", &["post"]),
     ("/v1/attempts/{id}/resend", &["post"]),
     ("/v1/stats", &["get"]),
+    ("/v1/webhooks/{id}/stats", &["get"]),
     ("/v1/event-types", &["get"]),
     ("/metrics", &["get"]),
     ("/healthz", &["get"]),

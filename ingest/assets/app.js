@@ -195,7 +195,7 @@ function signInPage(message) {
     token = input.value.trim();
     error.replaceChildren();
     try {
-      await api('GET', '/v1/stats', undefined, true);
+      await api('GET', '/v1/webhooks?limit=1', undefined, true);
       sessionStorage.setItem(TOKEN_KEY, token);
       if (!location.hash || location.hash === '#/signin') location.hash = '#/';
       route();
@@ -254,7 +254,7 @@ async function route() {
     else if (page === 'webhooks' && parts[1] === 'new') await webhookForm(null);
     else if (page === 'webhooks' && parts[1] && parts[2] === 'edit') await webhookForm(parts[1]);
     else if (page === 'webhooks' && parts[1]) await webhookPage(parts[1]);
-    else if (page === 'webhooks') await webhooksPage();
+    else if (page === 'webhooks') await webhooksPage(query);
     else if (page === 'deliveries') await deliveriesPage(query);
     else if (page === 'events' && parts[1]) await eventPage(parts[1]);
     else if (page === 'dead-letters') await deadLettersPage(query);
@@ -282,10 +282,10 @@ window.addEventListener('hashchange', route);
 /** The overview; `refresh` redraws it in place, without moving focus or starting a timer. */
 async function overviewPage(refresh = false) {
   const mine = generation;
-  const [stats, list] = await Promise.all([api('GET', '/v1/stats'), api('GET', '/v1/webhooks')]);
+  // Only the webhooks that need attention: with thousands, the rest are counted, not listed.
+  const stats = await api('GET', `/v1/stats?${new URLSearchParams({ attention: 'true', limit: String(ATTENTION_SHOWN) })}`);
   if (mine !== generation) return;
-  const webhooks = list.webhooks;
-  const active = webhooks.filter((w) => w.enabled).length;
+  const counts = stats.webhook_counts;
   const d = stats.deliveries;
   const card = (label, value, sub, id) => h('div', { class: 'card', id },
     h('div', { class: 'label' }, label), h('div', { class: 'value' }, value), sub ? h('div', { class: 'sub' }, sub) : null);
@@ -299,15 +299,15 @@ async function overviewPage(refresh = false) {
       card('Success rate, last 24 h', percent(d.last_24h.success_rate), 'delivered ÷ attempts', 'card-rate'),
       card('Retry backlog', number(stats.retry_schedule.depth), stats.retry_schedule.lag_seconds > 1 ? `${stats.retry_schedule.lag_seconds.toFixed(0)} s behind` : 'on time', 'card-backlog'),
       card('Dead letters', number(stats.totals.dead_letters), h('a', { href: '#/dead-letters' }, 'Review and replay'), 'card-dlq'),
-      card('Webhooks', `${active} active`, `${webhooks.length - active} disabled`, 'card-webhooks')),
+      card('Webhooks', `${number(counts.enabled)} active`, `${number(counts.disabled)} disabled`, 'card-webhooks')),
     h('section', { class: 'panel', 'aria-labelledby': 'chart-title' },
       h('h2', { id: 'chart-title' }, 'Delivery attempts per minute, last hour'),
       chart(d.per_minute)),
-    webhooks.length === 0
+    counts.total === 0
       ? h('section', { class: 'panel empty' }, h('h2', {}, 'No webhooks yet'),
         h('p', {}, 'Create a webhook to start delivering clinic events to your systems.'),
         h('a', { class: 'button', href: '#/webhooks/new' }, 'Create a webhook'))
-      : attentionList(webhooks, stats));
+      : attentionList(stats));
   if (refresh) return;
   announce('Overview');
   refreshTimer = setInterval(() => { if (document.visibilityState === 'visible') refreshOverview(mine); }, 15000);
@@ -331,18 +331,20 @@ async function refreshOverview(mine) {
   }
 }
 
-function attentionList(webhooks, stats) {
-  const byId = new Map(stats.webhooks.map((w) => [w.webhook_id, w]));
-  const troubled = webhooks.filter((w) => !w.enabled || (byId.get(w.id) || {}).consecutive_failures > 0);
+/** Webhooks listed under "Needs attention" at most; the count says how many there are. */
+const ATTENTION_SHOWN = 100;
+
+/** The webhooks that are disabled or failing, as `GET /v1/stats?attention=true` lists them. */
+function attentionList(stats) {
+  const troubled = stats.webhooks;
   if (troubled.length === 0) {
     return h('section', { class: 'panel' }, h('h2', {}, 'Needs attention'), h('p', {}, 'Every enabled webhook\'s last attempt succeeded.'));
   }
+  const all = stats.webhook_counts.disabled + stats.webhook_counts.failing;
   return h('section', { class: 'panel' }, h('h2', {}, 'Needs attention'),
-    h('ul', {}, troubled.map((w) => {
-      const st = byId.get(w.id) || {};
-      return h('li', {}, h('a', { href: link(['webhooks', w.id]) }, w.name), ' — ',
-        w.enabled ? `${st.consecutive_failures} failures in a row` : `disabled${w.disabled_reason ? `: ${w.disabled_reason}` : ''}`);
-    })));
+    stats.next_cursor ? h('p', { class: 'hint' }, `${number(all)} webhooks need attention; the first ${number(troubled.length)} are listed.`) : null,
+    h('ul', {}, troubled.map((w) => h('li', {}, h('a', { href: link(['webhooks', w.webhook_id]) }, w.name), ' — ',
+      w.enabled ? `${w.consecutive_failures} failures in a row` : `disabled${w.disabled_reason ? `: ${w.disabled_reason}` : ''}`))));
 }
 
 /** Stacked bars per minute; the figures are also in a table for screen readers. */
@@ -384,45 +386,112 @@ function chart(perMinute) {
 // ---------------------------------------------------------------------------------------
 // Webhooks
 
-async function webhooksPage() {
+/** Webhooks per page of the list; "Load more" fetches the next. */
+const WEBHOOKS_PER_PAGE = 100;
+
+/** One page of webhooks and their statistics: both listings page the same way (creation
+ *  order, the same cursor and search), so the two answers hold the same webhooks. */
+async function fetchWebhooks(q, cursor) {
+  const params = new URLSearchParams({ limit: String(WEBHOOKS_PER_PAGE) });
+  if (q) params.set('q', q);
+  if (cursor) params.set('cursor', cursor);
+  const [list, stats] = await Promise.all([api('GET', `/v1/webhooks?${params}`), api('GET', `/v1/stats?${params}`)]);
+  return { list, byId: new Map(stats.webhooks.map((w) => [w.webhook_id, w])) };
+}
+
+function webhookRow(w, st) {
+  return h('tr', {},
+    h('td', { 'data-label': 'Name' }, h('a', { href: link(['webhooks', w.id]) }, w.name)),
+    h('td', { 'data-label': 'Status' }, statusBadge(w), w.disabled_reason ? h('div', { class: 'hint' }, w.disabled_reason) : null),
+    h('td', { 'data-label': 'Events' }, w.events.join(', ')),
+    h('td', { 'data-label': 'Destination' }, h('span', { class: 'mono' }, `${w.method} ${w.url}`)),
+    h('td', { 'data-label': 'Last result' }, st.last_attempt_at ? [httpStatus(st.last_status), ' ', h('span', { class: 'hint' }, when(st.last_attempt_at))] : h('span', { class: 'hint' }, 'no attempts yet')),
+    h('td', { 'data-label': 'Success, 24 h' }, percent(st.success_rate_24h)));
+}
+
+/** The search's results: a count, the table, and "Load more" while pages are left. */
+function webhookResults(box, first, q, mine) {
+  const { list } = first;
+  if (list.webhooks.length === 0) {
+    box.replaceChildren(h('div', { class: 'panel empty', id: 'no-webhooks-found' }, h('p', {}, `No webhook's name or URL contains “${q}”.`)));
+    return;
+  }
+  const tbody = h('tbody', {});
+  const count = h('p', { class: 'hint', id: 'webhook-count', role: 'status' },
+    q ? `${number(list.total)} found for “${q}”.` : `${number(list.total)} ${list.total === 1 ? 'webhook' : 'webhooks'}.`);
+  box.replaceChildren(count, h('div', { class: 'table-wrap' }, h('table', { id: 'webhooks-table' },
+    h('caption', { class: 'visually-hidden' }, 'Webhooks, their status and last result'),
+    h('thead', {}, h('tr', {}, ['Name', 'Status', 'Events', 'Destination', 'Last result', 'Success, 24 h'].map((t) => h('th', { scope: 'col' }, t)))),
+    tbody)));
+  const add = ({ list: page, byId }) => {
+    for (const w of page.webhooks) tbody.append(webhookRow(w, byId.get(w.id) || {}));
+    box.querySelector('.more')?.remove();
+    if (!page.next_cursor) return;
+    const more = h('button', { type: 'button', class: 'quiet more' }, 'Load more');
+    more.addEventListener('click', async () => {
+      more.disabled = true;
+      try {
+        const next = await fetchWebhooks(q, page.next_cursor);
+        if (mine === generation) add(next);
+      } catch (e) {
+        more.disabled = false;
+        toast(`Could not load more: ${errorText(e)}`);
+      }
+    });
+    box.append(more);
+  };
+  add(first);
+}
+
+async function webhooksPage(query) {
   const mine = generation;
-  const [list, stats] = await Promise.all([api('GET', '/v1/webhooks'), api('GET', '/v1/stats')]);
+  let q = (query.get('q') || '').trim();
+  const first = await fetchWebhooks(q, null);
   if (mine !== generation) return;
-  const byId = new Map(stats.webhooks.map((w) => [w.webhook_id, w]));
   const head = h('div', { class: 'page-head' }, h('h1', {}, 'Webhooks'),
     h('div', { class: 'actions' }, h('a', { class: 'button', href: '#/webhooks/new', id: 'new-webhook' }, 'New webhook')));
-  if (list.webhooks.length === 0) {
+  if (first.list.total === 0 && !q) {
     render(head, h('div', { class: 'panel empty' }, h('h2', {}, 'No webhooks yet'),
       h('p', {}, 'A webhook sends the clinic events it subscribes to, signed, to one URL.'),
       h('a', { class: 'button', href: '#/webhooks/new' }, 'Create your first webhook')));
     return announce('Webhooks');
   }
-  const rows = list.webhooks.map((w) => {
-    const st = byId.get(w.id) || {};
-    return h('tr', {},
-      h('td', { 'data-label': 'Name' }, h('a', { href: link(['webhooks', w.id]) }, w.name)),
-      h('td', { 'data-label': 'Status' }, statusBadge(w), w.disabled_reason ? h('div', { class: 'hint' }, w.disabled_reason) : null),
-      h('td', { 'data-label': 'Events' }, w.events.join(', ')),
-      h('td', { 'data-label': 'Destination' }, h('span', { class: 'mono' }, `${w.method} ${w.url}`)),
-      h('td', { 'data-label': 'Last result' }, st.last_attempt_at ? [httpStatus(st.last_status), ' ', h('span', { class: 'hint' }, when(st.last_attempt_at))] : h('span', { class: 'hint' }, 'no attempts yet')),
-      h('td', { 'data-label': 'Success, 24 h' }, percent(st.success_rate_24h)));
-  });
-  render(head, h('div', { class: 'table-wrap' }, h('table', { id: 'webhooks-table' },
-    h('caption', { class: 'visually-hidden' }, 'Webhooks, their status and last result'),
-    h('thead', {}, h('tr', {}, ['Name', 'Status', 'Events', 'Destination', 'Last result', 'Success, 24 h'].map((t) => h('th', { scope: 'col' }, t)))),
-    h('tbody', {}, rows))));
+  // The server searches, so that thousands of webhooks never all come to the page.
+  const input = h('input', { type: 'search', id: 'webhook-search', value: q, autocomplete: 'off', 'aria-describedby': 'webhook-search-hint' });
+  const form = h('form', { class: 'filters', role: 'search', 'aria-label': 'Search webhooks' },
+    h('div', { class: 'field' }, h('label', { for: 'webhook-search' }, 'Search by name or URL'), input,
+      h('span', { class: 'hint', id: 'webhook-search-hint' }, 'Any part of the name or the URL, in any case.')));
+  const results = h('div', { id: 'webhook-results' });
+  let asked = 0;
+  const search = async () => {
+    const v = input.value.trim();
+    if (v === q) return;
+    q = v;
+    const mineSearch = ++asked;
+    history.replaceState(null, '', link(['webhooks'], { q }));
+    try {
+      const page = await fetchWebhooks(q, null);
+      if (mine === generation && mineSearch === asked) webhookResults(results, page, q, mine);
+    } catch (e) {
+      if (mine === generation && mineSearch === asked) results.replaceChildren(loadFailed('the webhooks', e));
+    }
+  };
+  let timer = null;
+  input.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(search, 250); });
+  form.addEventListener('submit', (ev) => { ev.preventDefault(); clearTimeout(timer); search(); });
+  webhookResults(results, first, q, mine);
+  render(head, form, results);
   announce('Webhooks');
 }
 
 async function webhookPage(id) {
   const mine = generation;
-  const [w, stats, dead] = await Promise.all([
+  const [w, st, dead] = await Promise.all([
     api('GET', `/v1/webhooks/${encodeURIComponent(id)}`),
-    api('GET', '/v1/stats'),
+    api('GET', `/v1/webhooks/${encodeURIComponent(id)}/stats`),
     api('GET', `/v1/dead-letters?webhook_id=${encodeURIComponent(id)}&limit=1`),
   ]);
   if (mine !== generation) return;
-  const st = stats.webhooks.find((x) => x.webhook_id === id) || {};
   const result = h('div', { class: 'result', id: 'test-result', role: 'status', 'aria-live': 'polite' });
   const secretBox = h('div', { id: 'secret-box' });
   const shown = sessionStorage.getItem(`kivihook.new-secret.${id}`);
@@ -779,14 +848,61 @@ function showFieldError(formEl, e, fallback) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Picking one webhook among thousands
+
+/** Webhooks a picker offers at once; its search box finds the others. */
+const PICKER_SHOWN = 100;
+
+/** A `Webhook` select (id `filter-webhook`) of the webhooks a search finds, with the search
+ *  box that narrows it; `selectedId` stays offered whatever the search. `onPick` runs when
+ *  a webhook is chosen. Resolves to the fields once the first list is in. */
+async function webhookPicker(selectedId, anyLabel, onPick) {
+  const select = h('select', { id: 'filter-webhook' });
+  const input = h('input', { type: 'search', id: 'filter-webhook-search', autocomplete: 'off', 'aria-describedby': 'filter-webhook-hint' });
+  const hint = h('span', { class: 'hint', id: 'filter-webhook-hint' });
+  let selected = null;
+  let asked = 0;
+  const fill = async (q) => {
+    const mine = ++asked;
+    const params = new URLSearchParams({ limit: String(PICKER_SHOWN) });
+    if (q) params.set('q', q);
+    const list = await api('GET', `/v1/webhooks?${params}`);
+    if (selectedId && !selected) {
+      selected = list.webhooks.find((w) => w.id === selectedId)
+        || await api('GET', `/v1/webhooks/${encodeURIComponent(selectedId)}`).catch(() => null);
+    }
+    if (mine !== asked) return;
+    const hooks = selected && !list.webhooks.some((w) => w.id === selected.id) ? [selected, ...list.webhooks] : list.webhooks;
+    select.replaceChildren(...(anyLabel ? [h('option', { value: '' }, anyLabel)] : []),
+      ...hooks.map((w) => h('option', { value: w.id, selected: w.id === selectedId }, w.name)));
+    hint.textContent = list.total > list.webhooks.length
+      ? `${number(list.webhooks.length)} of ${number(list.total)} listed; search to find the others.`
+      : (q ? `${number(list.total)} found.` : '');
+  };
+  await fill('');
+  let timer = null;
+  input.addEventListener('input', () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fill(input.value.trim()).catch((e) => { hint.textContent = errorText(e); }), 250);
+  });
+  select.addEventListener('change', () => onPick(select.value));
+  return [
+    h('div', { class: 'field' }, h('label', { for: 'filter-webhook-search' }, 'Search by name or URL'), input, hint),
+    h('div', { class: 'field' }, h('label', { for: 'filter-webhook' }, 'Webhook'), select),
+  ];
+}
+
+// ---------------------------------------------------------------------------------------
 // Deliveries: the attempt log of one webhook, or every attempt of one event
 
 async function deliveriesPage(query) {
   const mine = generation;
-  const list = await api('GET', '/v1/webhooks');
+  let webhookId = query.get('webhook') || '';
+  if (!webhookId) {
+    const first = await api('GET', '/v1/webhooks?limit=1');
+    webhookId = (first.webhooks[0] && first.webhooks[0].id) || '';
+  }
   if (mine !== generation) return;
-  const webhooks = list.webhooks;
-  const webhookId = query.get('webhook') || (webhooks[0] && webhooks[0].id) || '';
   const outcome = query.get('outcome') || '';
 
   const eventInput = h('input', { type: 'text', id: 'event-id', placeholder: 'evt_…', 'aria-describedby': 'event-id-hint' });
@@ -801,24 +917,23 @@ async function deliveriesPage(query) {
   });
 
   const head = h('div', { class: 'page-head' }, h('h1', {}, 'Deliveries'));
-  if (webhooks.length === 0) {
+  if (!webhookId) {
     render(head, findEvent, h('div', { class: 'panel empty' }, h('h2', {}, 'Nothing delivered yet'),
       h('p', {}, 'Attempts appear here once a webhook exists and events arrive.'),
       h('a', { class: 'button', href: '#/webhooks/new' }, 'Create a webhook')));
     return announce('Deliveries');
   }
-  const select = h('select', { id: 'filter-webhook' }, webhooks.map((w) => h('option', { value: w.id, selected: w.id === webhookId }, w.name)));
   const outcomeSelect = h('select', { id: 'filter-outcome' },
     [['', 'Any outcome'], ['delivered', 'Delivered'], ['failed', 'Failed (any)'], ['retry', 'Failed, retrying'], ['dead', 'Failed, dead letter'], ['disabled', 'Failed, webhook disabled']]
       .map(([v, t]) => h('option', { value: v, selected: v === outcome }, t)));
-  const go = () => { location.hash = link(['deliveries'], { webhook: select.value, outcome: outcomeSelect.value }); };
-  select.addEventListener('change', go);
-  outcomeSelect.addEventListener('change', go);
+  const go = (id) => { location.hash = link(['deliveries'], { webhook: id, outcome: outcomeSelect.value }); };
+  const picker = await webhookPicker(webhookId, null, go);
+  if (mine !== generation) return;
+  outcomeSelect.addEventListener('change', () => go(webhookId));
 
   const rowsBox = h('div', { id: 'attempts' });
   render(head,
-    h('div', { class: 'filters' },
-      h('div', { class: 'field' }, h('label', { for: 'filter-webhook' }, 'Webhook'), select),
+    h('div', { class: 'filters' }, picker,
       h('div', { class: 'field' }, h('label', { for: 'filter-outcome' }, 'Outcome'), outcomeSelect)),
     rowsBox, findEvent);
   announce('Deliveries');
@@ -934,12 +1049,13 @@ async function deadLettersPage(query) {
   const webhookId = query.get('webhook') || '';
   const params = new URLSearchParams({ limit: '100' });
   if (webhookId) params.set('webhook_id', webhookId);
-  const [list, page] = await Promise.all([api('GET', '/v1/webhooks'), api('GET', `/v1/dead-letters?${params}`)]);
+  const page = await api('GET', `/v1/dead-letters?${params}`);
+  // The names of just the webhooks on this page: there may be thousands of others.
+  const ids = [...new Set(page.dead_letters.map((d) => d.webhook_id).concat(webhookId ? [webhookId] : []))];
+  const named = await Promise.all(ids.map((id) => api('GET', `/v1/webhooks/${encodeURIComponent(id)}`).catch(() => null)));
+  const names = new Map(named.filter(Boolean).map((w) => [w.id, w.name]));
+  const picker = await webhookPicker(webhookId, 'Every webhook', (id) => { location.hash = link(['dead-letters'], { webhook: id }); });
   if (mine !== generation) return;
-  const names = new Map(list.webhooks.map((w) => [w.id, w.name]));
-  const select = h('select', { id: 'filter-webhook' }, h('option', { value: '' }, 'Every webhook'),
-    list.webhooks.map((w) => h('option', { value: w.id, selected: w.id === webhookId }, w.name)));
-  select.addEventListener('change', () => { location.hash = link(['dead-letters'], { webhook: select.value }); });
 
   const replayAll = webhookId && page.total > 0 ? h('button', { type: 'button', id: 'replay-all' }, `Replay all ${number(page.total)}`) : null;
   if (replayAll) {
@@ -959,7 +1075,7 @@ async function deadLettersPage(query) {
   }
 
   const head = h('div', { class: 'page-head' }, h('h1', {}, 'Dead letters'), h('div', { class: 'actions' }, replayAll));
-  const filters = h('div', { class: 'filters' }, h('div', { class: 'field' }, h('label', { for: 'filter-webhook' }, 'Webhook'), select));
+  const filters = h('div', { class: 'filters' }, picker);
   if (page.dead_letters.length === 0) {
     render(head, filters, h('div', { class: 'panel empty', id: 'no-dead-letters' }, h('h2', {}, 'No dead letters'),
       h('p', {}, 'Events that fail every retry wait here to be replayed. None are waiting.')));

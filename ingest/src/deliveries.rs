@@ -1,7 +1,7 @@
 //! What happened to deliveries: `GET /v1/events/{id}`, attempt logs, dead letters (list and
 //! replay), resending an attempt, and statistics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
@@ -15,11 +15,13 @@ use utoipa::{IntoParams, ToSchema};
 use kivihook_core::delivery::{
     AttemptRecord, DeadLetter, Job, MinuteCounts, TargetState, TotalStats, WebhookStats,
 };
-use kivihook_core::webhook::Subscription;
+use kivihook_core::registry::Snapshot;
+use kivihook_core::webhook::Webhook;
 
 use crate::error::ApiError;
 use crate::openapi::{errors, WebhookId};
-use crate::query::{paging, PageInfo, PageParams};
+use crate::query::{self, cursor_paging, found, paging, search, PageInfo, PageParams};
+use crate::query::{CursorParams, SearchParams};
 use crate::request::{authorize, path_id, Scope};
 use crate::AppState;
 
@@ -101,22 +103,18 @@ pub async fn event_status(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
     let id = path_id(path, "event")?;
-    let (info, states, (_, hooks)) = tokio::try_join!(
+    let (info, states, registry) = tokio::try_join!(
         state.store.event_info(&id),
         state.store.all_target_states(&id),
-        state.store.list_webhooks(),
+        state.registry.refresh(),
     )?;
     if info.is_none() && states.is_empty() {
         return Err(ApiError::NotFound("event"));
     }
-    let names: HashMap<&str, &str> = hooks
-        .iter()
-        .map(|w| (w.id.as_str(), w.name.as_str()))
-        .collect();
     let mut webhooks: Vec<TargetStatus> = states
         .iter()
         .map(|(webhook_id, s)| {
-            let name = names.get(webhook_id.as_str()).map(|n| (*n).to_owned());
+            let name = registry.get(webhook_id).map(|w| w.name.clone());
             match s {
                 TargetState::Delivered { at } => TargetStatus {
                     delivered_at: Some(*at),
@@ -136,15 +134,11 @@ pub async fn event_status(
         .collect();
     // Webhooks that subscribe but have no outcome yet are pending.
     if let Some(info) = &info {
-        for w in hooks {
-            if states.contains_key(&w.id) {
-                continue;
-            }
-            let sub = Subscription::new(w);
-            if sub.matches(&info.event_type, info.clinic_id.as_deref()) {
+        for w in registry.matching(&info.event_type, info.clinic_id.as_deref()) {
+            if !states.contains_key(&w.id) {
                 webhooks.push(TargetStatus::new(
-                    sub.webhook.id.clone(),
-                    Some(sub.webhook.name.clone()),
+                    w.id.clone(),
+                    Some(w.name.clone()),
                     TargetStage::Pending,
                 ));
             }
@@ -540,11 +534,28 @@ pub async fn resend(
 /// `GET /v1/stats`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
+    /// Over every webhook, whatever the page.
     pub totals: TotalStats,
     /// Attempt outcomes today, over 24 hours and per minute over the last hour.
     pub deliveries: RecentDeliveries,
     pub retry_schedule: ScheduleStats,
+    /// One page of webhooks, in creation order (as `GET /v1/webhooks` pages them).
     pub webhooks: Vec<WebhookStatsView>,
+    /// Pass it as `cursor` for the next page of `webhooks`; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+    /// How many webhooks are in each state, over every webhook.
+    pub webhook_counts: WebhookCounts,
+}
+
+/// Webhooks by state.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct WebhookCounts {
+    pub total: u64,
+    pub enabled: u64,
+    pub disabled: u64,
+    /// Enabled, with failures since their last success.
+    pub failing: u64,
 }
 
 /// The retry schedule at a glance.
@@ -569,43 +580,107 @@ pub struct WebhookStatsView {
     pub stats: WebhookStats,
 }
 
-/// `GET /v1/stats`: totals and per webhook.
+impl WebhookStatsView {
+    fn new(w: &Webhook, stats: WebhookStats) -> Self {
+        Self {
+            webhook_id: w.id.clone(),
+            name: w.name.clone(),
+            enabled: w.enabled,
+            disabled_reason: w.disabled_reason.clone(),
+            stats,
+        }
+    }
+}
+
+/// `?attention=` as documented; the handler reads it.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AttentionParam {
+    /// Only webhooks that need attention: disabled, or failing since their last success.
+    attention: Option<bool>,
+}
+
+/// Installation-wide totals and counts, and which webhooks need attention, from the
+/// counters of every webhook (a few fields each, not their hourly buckets).
+async fn survey(
+    state: &AppState,
+    snapshot: &Snapshot,
+) -> Result<(TotalStats, WebhookCounts, HashSet<String>), ApiError> {
+    let ids: Vec<&str> = snapshot.webhooks().map(|w| w.id.as_str()).collect();
+    let counters = state.store.webhook_counters(&ids).await?;
+    let mut totals = TotalStats::default();
+    let mut counts = WebhookCounts::default();
+    let mut attention = HashSet::new();
+    for (w, c) in snapshot.webhooks().zip(&counters) {
+        totals.successes += c.successes;
+        totals.failures += c.failures;
+        totals.retries += c.retries;
+        counts.total += 1;
+        if !w.enabled {
+            counts.disabled += 1;
+            attention.insert(w.id.clone());
+        } else {
+            counts.enabled += 1;
+            if c.consecutive_failures > 0 {
+                counts.failing += 1;
+                attention.insert(w.id.clone());
+            }
+        }
+    }
+    Ok((totals, counts, attention))
+}
+
+/// `GET /v1/stats`: totals over every webhook, and one page of webhooks' statistics.
 #[utoipa::path(
     get,
     path = "/v1/stats",
     tag = "deliveries",
     operation_id = "stats",
+    params(CursorParams, SearchParams, AttentionParam),
     responses(
-        (status = 200, description = "Totals, the retry schedule, and per webhook", body = Stats),
-        errors::AdminAuth, errors::Unavailable,
+        (status = 200, description = "Totals, the retry schedule, and a page of webhooks", body = Stats),
+        errors::AdminAuth, errors::InvalidParameter, errors::Unavailable,
     ),
     security(("admin_token" = [])),
 )]
 pub async fn stats(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
-    let (_, hooks) = state.store.list_webhooks().await?;
-    let ids: Vec<&str> = hooks.iter().map(|w| w.id.as_str()).collect();
-    let (per, schedule) = tokio::try_join!(
-        state.store.webhook_stats(&ids),
-        state.store.schedule_status()
-    )?;
-    let mut totals = TotalStats::default();
-    let mut webhooks = Vec::with_capacity(hooks.len());
-    for (w, s) in hooks.into_iter().zip(per) {
-        totals.successes += s.successes;
-        totals.failures += s.failures;
-        totals.retries += s.retries;
-        webhooks.push(WebhookStatsView {
-            webhook_id: w.id,
-            name: w.name,
-            enabled: w.enabled,
-            disabled_reason: w.disabled_reason,
-            stats: s,
-        });
-    }
+    query::only(&q, &["limit", "cursor", "q", "attention"])?;
+    let paging = cursor_paging(&q)?;
+    let needle = search(&q)?;
+    let only_attention = match q.get("attention").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_parameter",
+                "attention",
+                "must be true or false",
+            ))
+        }
+    };
+    let snapshot = state.registry.refresh().await?;
+    let ((mut totals, webhook_counts, attention), schedule) =
+        tokio::try_join!(survey(&state, &snapshot), async {
+            state.store.schedule_status().await.map_err(ApiError::from)
+        })?;
+    let keep = |w: &Webhook| {
+        needle.as_deref().is_none_or(|n| found(n, &w.name, &w.url))
+            && (!only_attention || attention.contains(&w.id))
+    };
+    let (items, next_cursor) = crate::webhooks::page(&snapshot, &paging, keep);
+    let ids: Vec<&str> = items.iter().map(|w| w.id.as_str()).collect();
+    let per = state.store.webhook_stats(&ids).await?;
+    let webhooks = items
+        .iter()
+        .zip(per)
+        .map(|(w, s)| WebhookStatsView::new(w, s))
+        .collect();
     totals.dead_letters = schedule.dead_letters;
     let deliveries = recent_deliveries(&state).await?;
     Ok(Json(Stats {
@@ -617,8 +692,44 @@ pub async fn stats(
             lag_seconds: schedule.lag.as_secs_f64(),
         },
         webhooks,
+        next_cursor,
+        webhook_counts,
     })
     .into_response())
+}
+
+/// `GET /v1/webhooks/{id}/stats`: one webhook's statistics, without reading every other's.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/stats",
+    tag = "deliveries",
+    operation_id = "webhook_stats",
+    params(WebhookId),
+    responses(
+        (status = 200, description = "The webhook's statistics", body = WebhookStatsView),
+        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
+pub async fn webhook_stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let id = path_id(path, "webhook")?;
+    let webhook = state
+        .store
+        .get_webhook(&id)
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    let stats = state
+        .store
+        .webhook_stats(&[id.as_str()])
+        .await?
+        .pop()
+        .unwrap_or_default();
+    Ok(Json(WebhookStatsView::new(&webhook, stats)).into_response())
 }
 
 /// Minutes in the overview's chart.

@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 use kivihook_core::config::Secret;
 use kivihook_core::event::{EventTypeInfo, CATALOGUE};
 use kivihook_core::ops::{self, OpsState};
+use kivihook_core::registry::Registry;
 use kivihook_core::{Broker, Config, Event, Metrics, Store};
 
 pub mod dashboard;
@@ -35,6 +36,9 @@ use error::ApiError;
 pub struct AppState {
     pub broker: Arc<dyn Broker>,
     pub store: Arc<dyn Store>,
+    /// The registry, cached: listings page and search it in memory after reading only what
+    /// changed since the last request.
+    pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub admin_token: Secret,
     pub ingest_token: Secret,
@@ -52,6 +56,7 @@ impl AppState {
         metrics: Metrics,
     ) -> Self {
         Self {
+            registry: Arc::new(Registry::new(store.clone(), metrics.clone(), "ingest")),
             broker,
             store,
             metrics,
@@ -94,6 +99,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(deliveries::replay))
         .routes(routes!(deliveries::resend))
         .routes(routes!(deliveries::stats))
+        .routes(routes!(deliveries::webhook_stats))
 }
 
 /// The OpenAPI document of everything ingest serves.

@@ -1,4 +1,4 @@
-//! Webhook management: `GET|POST /v1/webhooks`, `GET|PATCH|DELETE /v1/webhooks/{id}`, the
+//! Webhook management: `GET|POST /v1/webhooks` (paged by cursor, searchable), `GET|PATCH|DELETE /v1/webhooks/{id}`, the
 //! signing secret (`GET /v1/webhooks/{id}/secret`, `POST …/rotate-secret`).
 //!
 //! A signing secret may be given on create and on PATCH, so that a registry can be restored
@@ -6,7 +6,10 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,11 +19,14 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use kivihook_core::definitions::parse_secret;
+use kivihook_core::registry::Snapshot;
 use kivihook_core::signing::generate_secret;
 use kivihook_core::webhook::{check_templates, mask, Auth, Webhook, WebhookSpec};
 
 use crate::error::ApiError;
 use crate::openapi::{errors, inputs, WebhookId};
+use crate::query::{self, cursor_paging, encode_cursor, found, search, CursorPaging};
+use crate::query::{CursorParams, SearchParams};
 use crate::request::{authorize, json_body, path_id, Scope};
 use crate::AppState;
 
@@ -60,28 +66,70 @@ async fn load(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
 /// `GET /v1/webhooks`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookList {
-    /// Each as `Webhook::to_public_json` shows it.
+    /// Each as `Webhook::to_public_json` shows it, in creation order.
     #[schema(value_type = Vec<Webhook>)]
     pub webhooks: Vec<Value>,
+    /// Pass it as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+    /// Webhooks on every page together (those `q` finds, with `q`).
+    pub total: u64,
 }
 
-/// Every webhook, secrets and credentials masked.
+/// One page of the webhooks `keep` keeps, in creation order after the cursor, and the
+/// cursor of the next page if any is left.
+pub(crate) fn page<'a>(
+    snapshot: &'a Snapshot,
+    paging: &CursorPaging,
+    keep: impl Fn(&Webhook) -> bool,
+) -> (Vec<&'a Arc<Webhook>>, Option<String>) {
+    let after = paging.after.as_ref().map(|(at, id)| (at, id.as_str()));
+    let mut kept = snapshot.after(after).filter(|w| keep(w));
+    let items: Vec<&Arc<Webhook>> = kept.by_ref().take(paging.limit).collect();
+    let next = match (items.last(), kept.next()) {
+        (Some(last), Some(_)) => Some(encode_cursor(&last.created_at, &last.id)),
+        _ => None,
+    };
+    (items, next)
+}
+
+/// The webhooks, a page at a time in creation order, secrets and credentials masked;
+/// `q` finds them by name or URL.
 #[utoipa::path(
     get,
     path = "/v1/webhooks",
     tag = "webhooks",
     operation_id = "list_webhooks",
+    params(CursorParams, SearchParams),
     responses(
-        (status = 200, description = "Every webhook", body = WebhookList),
-        errors::AdminAuth, errors::Unavailable,
+        (status = 200, description = "A page of webhooks, in creation order", body = WebhookList),
+        errors::AdminAuth, errors::InvalidParameter, errors::Unavailable,
     ),
     security(("admin_token" = [])),
 )]
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
-    let (_, hooks) = state.store.list_webhooks().await?;
-    let webhooks = hooks.iter().map(Webhook::to_public_json).collect();
-    Ok(Json(WebhookList { webhooks }).into_response())
+    query::only(&q, &["limit", "cursor", "q"])?;
+    let paging = cursor_paging(&q)?;
+    let needle = search(&q)?;
+    let snapshot = state.registry.refresh().await?;
+    let keep = |w: &Webhook| needle.as_deref().is_none_or(|n| found(n, &w.name, &w.url));
+    let total = match &needle {
+        None => snapshot.len(),
+        Some(_) => snapshot.webhooks().filter(|w| keep(w)).count(),
+    } as u64;
+    let (items, next_cursor) = page(&snapshot, &paging, keep);
+    let webhooks = items.iter().map(|w| w.to_public_json()).collect();
+    Ok(Json(WebhookList {
+        webhooks,
+        next_cursor,
+        total,
+    })
+    .into_response())
 }
 
 /// Create a webhook. Its URL is checked against the outbound policy and its templates are

@@ -91,15 +91,31 @@ fn parse_file(file: &std::path::Path, reading: Reading) -> Result<Vec<Definition
         .map_err(|e| CliError::InvalidFile(format!("{}: {e}; nothing was changed", shown(file))))
 }
 
-/// Every webhook, as the API shows them (secrets and credentials masked).
+/// Webhooks asked for per page: the most the API gives at once.
+const PAGE: &str = "1000";
+
+/// Every webhook, as the API shows them (secrets and credentials masked): page after page
+/// until the API gives no `next_cursor` (a server older than paging gives none at all).
 pub async fn fetch_all(api: &Api) -> Result<Vec<Value>, CliError> {
-    let answer = api.get(&["v1", "webhooks"], &[]).await?;
-    match answer.get("webhooks") {
-        Some(Value::Array(items)) => Ok(items.clone()),
-        _ => Err(CliError::Io(
-            "the API's webhook list has no `webhooks` array; is KIVIHOOK_API_URL the KiviHook API?"
-                .into(),
-        )),
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", PAGE)];
+        if let Some(c) = &cursor {
+            query.push(("cursor", c.as_str()));
+        }
+        let answer = api.get(&["v1", "webhooks"], &query).await?;
+        match answer.get("webhooks") {
+            Some(Value::Array(items)) => all.extend(items.iter().cloned()),
+            _ => return Err(CliError::Io(
+                "the API's webhook list has no `webhooks` array; is KIVIHOOK_API_URL the KiviHook API?"
+                    .into(),
+            )),
+        }
+        match answer.get("next_cursor").and_then(Value::as_str) {
+            Some(next) if cursor.as_deref() != Some(next) => cursor = Some(next.to_owned()),
+            _ => return Ok(all),
+        }
     }
 }
 

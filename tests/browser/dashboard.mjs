@@ -115,6 +115,14 @@ try {
   await accessible('webhooks');
   await shot('03-webhooks');
   ok('the list shows the existing webhook');
+  // The server searches names and URLs, in any case, as one types.
+  await page.getByLabel('Search by name or URL').fill('no such webhook');
+  await page.locator('#no-webhooks-found').waitFor();
+  check(page.url().includes('q=no+such+webhook'), 'the search is kept in the address');
+  await page.getByLabel('Search by name or URL').fill('BILLING');
+  await page.getByRole('link', { name: 'Billing system' }).waitFor();
+  check((await page.locator('#webhook-count').innerText()).includes('1 found'), 'the count says what the search found');
+  ok('searching by name finds the webhook, and a search that finds none says so');
 
   // --- Create through the form, with its live preview -----------------------------------------
   await page.getByRole('link', { name: 'New webhook' }).click();
