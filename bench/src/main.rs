@@ -5,6 +5,8 @@
 //!    consumed with manual acks through a quorum queue, with the best of a few settings.
 //! 2. The pipeline: ingest, dispatcher and scheduler as real processes of the `kivihook`
 //!    binary, HTTP load into ingest, and an HTTP sink that only counts and timestamps.
+//!    `registry10k` is `one` with 10,000 more webhooks registered that want none of the
+//!    events sent; its throughput is reported beside `one`'s, as a ratio.
 //!
 //! Prints a table and writes JSON (`--json`).
 
@@ -33,9 +35,17 @@ struct Args {
     amqp_url: String,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// Scenarios to run, comma-separated: ceiling, one, fanout10, hung10, flaky20, latency.
-    #[arg(long, default_value = "ceiling,one,fanout10,hung10,flaky20,latency")]
+    /// Scenarios to run, comma-separated: ceiling, one, registry10k, fanout10, hung10,
+    /// flaky20, latency.
+    #[arg(
+        long,
+        default_value = "ceiling,one,registry10k,fanout10,hung10,flaky20,latency"
+    )]
     scenarios: String,
+    /// Webhooks registered in `registry10k` besides the one that receives (fewer for a
+    /// quick try of the scenario).
+    #[arg(long, default_value_t = 10_000)]
+    registry_webhooks: usize,
     /// Events for the throughput scenarios (fan-out scenarios send a tenth).
     #[arg(long, default_value_t = 40_000)]
     events: usize,
@@ -416,6 +426,8 @@ struct Outcome {
     p99_ms: f64,
     cpu_seconds: HashMap<String, f64>,
     ratio_to_ceiling: Option<f64>,
+    /// `registry10k` only: its events/s over `one`'s in the same run.
+    ratio_to_one: Option<f64>,
     notes: String,
 }
 
@@ -510,6 +522,75 @@ struct Spec {
     /// Deliveries expected at the healthy routes.
     expect: usize,
     env: Vec<(&'static str, &'static str)>,
+    /// Webhooks registered besides `hooks` that want none of the events sent (route `other`).
+    bystanders: usize,
+}
+
+/// A webhook that wants none of the events the load sends: other types, or the types sent
+/// but for clinics that send none (the load's clinics are 0 to 49).
+fn bystander(i: usize, sink: std::net::SocketAddr) -> Value {
+    let url = format!("http://{sink}/other");
+    if i % 2 == 0 {
+        let events = [
+            json!(["doctor.created", "encounter.*"]),
+            json!(["clinic.updated"]),
+            json!(["receptionist.*", "custom.lab.ready"]),
+        ];
+        json!({"name": format!("bystander-{i}"), "url": url, "events": events[i / 2 % events.len()]})
+    } else {
+        json!({"name": format!("bystander-{i}"), "url": url,
+               "events": ["appointment.booked", "patient.*", "bill.paid"],
+               "clinic_ids": [format!("elsewhere-{i}")]})
+    }
+}
+
+/// Register webhooks through the API, many requests in flight.
+async fn register(
+    http: &reqwest::Client,
+    base: &str,
+    definitions: Vec<Value>,
+) -> anyhow::Result<()> {
+    futures::stream::iter(definitions)
+        .map(|d| {
+            let http = http.clone();
+            let base = base.to_owned();
+            async move {
+                let r = http
+                    .post(format!("{base}/v1/webhooks"))
+                    .bearer_auth(ADMIN)
+                    .json(&d)
+                    .send()
+                    .await?;
+                if r.status() != 201 {
+                    bail!("creating a webhook: {}", r.status());
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// `kivihook_registry_reloads_total` of one role, by kind, from its `/metrics`.
+async fn registry_reloads(http: &reqwest::Client, role: &Role) -> (u64, u64) {
+    let text = match http
+        .get(format!("http://{}/metrics", role.addr))
+        .send()
+        .await
+    {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let count = |kind: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("kivihook_registry_reloads_total{"))
+            .filter(|l| l.contains(&format!("kind=\"{kind}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    (count("full"), count("incremental"))
 }
 
 async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
@@ -524,19 +605,35 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
-    for (i, route) in spec.hooks.iter().enumerate() {
-        let r = http
-            .post(format!("{base}/v1/webhooks"))
-            .bearer_auth(ADMIN)
-            .json(&json!({"name": format!("{route}-{i}"), "url": format!("http://{sink_addr}/{route}"), "events": ["*"]}))
-            .send()
-            .await?;
-        if r.status() != 201 {
-            bail!("creating a webhook: {}", r.status());
-        }
-    }
-    // Let every role connect and the dispatcher start consuming.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let setup = Instant::now();
+    // Bystanders first, so that the receiving webhook is the newest: nothing in its favour.
+    register(
+        &http,
+        &base,
+        (0..spec.bystanders)
+            .map(|i| bystander(i, sink_addr))
+            .collect(),
+    )
+    .await?;
+    let setup_bystanders = setup.elapsed();
+    register(
+        &http,
+        &base,
+        spec.hooks
+            .iter()
+            .enumerate()
+            .map(|(i, route)| json!({"name": format!("{route}-{i}"), "url": format!("http://{sink_addr}/{route}"), "events": ["*"]}))
+            .collect(),
+    )
+    .await?;
+    // Let every role connect and the dispatcher start consuming (and, with bystanders,
+    // follow the registry's change log past them).
+    tokio::time::sleep(Duration::from_millis(if spec.bystanders > 0 {
+        2000
+    } else {
+        500
+    }))
+    .await;
     let cpu_before: Vec<f64> = roles.iter().map(|r| cpu_seconds(r.child.id())).collect();
     let started_us = now_us();
     let started = Instant::now();
@@ -573,6 +670,14 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
         .zip(cpu_before)
         .map(|(r, before)| (r.name.to_owned(), cpu_seconds(r.child.id()) - before))
         .collect();
+    let reloads = registry_reloads(&http, &roles[1]).await;
+    let stray = sink
+        .by_kind
+        .lock()
+        .unwrap()
+        .get("other")
+        .copied()
+        .unwrap_or(0);
     let mut lat = sink.latencies_us.lock().unwrap().clone();
     lat.sort_unstable();
     let deliveries = sink.ok.load(Ordering::Relaxed);
@@ -588,12 +693,30 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
         p99_ms: percentile(&lat, 0.99),
         cpu_seconds: cpu,
         ratio_to_ceiling: None,
+        ratio_to_one: None,
         notes: format!(
-            "ingest took {:.2}s; {} first attempts failed",
+            "ingest took {:.2}s; {} first attempts failed{}",
             ingested.as_secs_f64(),
-            sink.failed.load(Ordering::Relaxed)
+            sink.failed.load(Ordering::Relaxed),
+            if spec.bystanders > 0 {
+                format!(
+                    "; {} bystander webhooks registered in {:.1}s; {stray} deliveries reached a bystander; dispatcher registry reloads: {} full, {} incremental",
+                    spec.bystanders,
+                    setup_bystanders.as_secs_f64(),
+                    reloads.0,
+                    reloads.1
+                )
+            } else {
+                String::new()
+            }
         ),
     };
+    if stray > 0 {
+        bail!(
+            "{}: {stray} deliveries reached webhooks that do not want the events",
+            spec.name
+        );
+    }
     drop(roles);
     cleanup(args, &prefix).await;
     Ok(out)
@@ -635,6 +758,16 @@ async fn main() -> anyhow::Result<()> {
             rate: None,
             expect: n,
             env: vec![],
+            bystanders: 0,
+        },
+        Spec {
+            name: "registry10k",
+            events: n,
+            hooks: vec!["ok"],
+            rate: None,
+            expect: n,
+            env: vec![],
+            bystanders: args.registry_webhooks,
         },
         Spec {
             name: "fanout10",
@@ -643,6 +776,7 @@ async fn main() -> anyhow::Result<()> {
             rate: None,
             expect: n / 4 * 10,
             env: vec![],
+            bystanders: 0,
         },
         Spec {
             name: "hung10",
@@ -651,6 +785,7 @@ async fn main() -> anyhow::Result<()> {
             rate: None,
             expect: n / 4 * 9,
             env: vec![("KIVIHOOK_DELIVERY_TIMEOUT", "2")],
+            bystanders: 0,
         },
         Spec {
             name: "flaky20",
@@ -662,6 +797,7 @@ async fn main() -> anyhow::Result<()> {
                 ("KIVIHOOK_RETRY_SCHEDULE", "0.5"),
                 ("KIVIHOOK_SCHEDULER_INTERVAL", "0.05"),
             ],
+            bystanders: 0,
         },
         Spec {
             name: "latency",
@@ -670,6 +806,7 @@ async fn main() -> anyhow::Result<()> {
             rate: Some(1000.0),
             expect: 10_000,
             env: vec![],
+            bystanders: 0,
         },
     ];
     for spec in specs {
@@ -681,17 +818,35 @@ async fn main() -> anyhow::Result<()> {
         out.ratio_to_ceiling = ceiling_rate.map(|c| out.events_per_s / c);
         results.push(out);
     }
+    let one_rate = results
+        .iter()
+        .find(|r| r.scenario == "one")
+        .map(|r| r.events_per_s);
+    if let (Some(one), Some(reg)) = (
+        one_rate,
+        results.iter_mut().find(|r| r.scenario == "registry10k"),
+    ) {
+        reg.ratio_to_one = Some(reg.events_per_s / one);
+    }
     println!();
-    println!("{:<10} {:>8} {:>10} {:>8} {:>10} {:>12} {:>8} {:>8} {:>8} {:>7}  cpu s (ingest/dispatcher/scheduler)",
+    println!("{:<12} {:>8} {:>10} {:>8} {:>10} {:>12} {:>8} {:>8} {:>8} {:>7}  cpu s (ingest/dispatcher/scheduler)",
         "scenario", "events", "deliveries", "seconds", "events/s", "deliveries/s", "p50 ms", "p95 ms", "p99 ms", "ratio");
     for r in &results {
         let cpu = |k: &str| r.cpu_seconds.get(k).copied().unwrap_or(0.0);
-        println!("{:<10} {:>8} {:>10} {:>8.2} {:>10.0} {:>12.0} {:>8.1} {:>8.1} {:>8.1} {:>7}  {:.1}/{:.1}/{:.1}",
+        println!("{:<12} {:>8} {:>10} {:>8.2} {:>10.0} {:>12.0} {:>8.1} {:>8.1} {:>8.1} {:>7}  {:.1}/{:.1}/{:.1}",
             r.scenario, r.events, r.deliveries, r.seconds, r.events_per_s, r.deliveries_per_s, r.p50_ms, r.p95_ms, r.p99_ms,
             r.ratio_to_ceiling.map(|x| format!("{x:.2}")).unwrap_or_default(), cpu("ingest"), cpu("dispatcher"), cpu("scheduler"));
     }
     for r in &results {
         println!("  {}: {}", r.scenario, r.notes);
+    }
+    if let Some(r) = results.iter().find(|r| r.scenario == "registry10k") {
+        match r.ratio_to_one {
+            Some(x) => {
+                println!("  registry10k / one: {x:.2} of one webhook's events/s (target ≥ 0.90)")
+            }
+            None => println!("  registry10k / one: run `one` in the same run for the ratio"),
+        }
     }
     std::fs::write(
         &args.json,
