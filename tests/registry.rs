@@ -296,6 +296,72 @@ async fn a_registry_that_redis_lost_is_reloaded_whole_and_nothing_is_delivered_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_by_a_writer_that_keeps_no_log_is_still_picked_up() {
+    // During a rolling upgrade, a role of the previous release changes webhooks the old
+    // way (HSET and INCR, no change log): the new dispatcher must not miss it.
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &[]);
+    let api = Api::new(&k);
+    let before = Receiver::start().await;
+    let after = Receiver::start().await;
+    let hook = api
+        .create_webhook(json!({"name": "moving", "url": before.url(), "events": ["*"]}))
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the dispatcher to hold it",
+        || async {
+            metrics(&k)
+                .await
+                .contains("kivihook_webhooks{state=\"enabled\"} 1")
+        },
+    )
+    .await;
+
+    let keys = kivihook_core::keys::Keys::new(&prefix);
+    let mut r = redis().await;
+    let stored: String = redis::cmd("HGET")
+        .arg(keys.webhooks())
+        .arg(id)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let mut stored: Value = serde_json::from_str(&stored).unwrap();
+    stored["url"] = json!(after.url());
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("HSET")
+        .arg(keys.webhooks())
+        .arg(id)
+        .arg(stored.to_string())
+        .ignore()
+        .cmd("INCR")
+        .arg(keys.webhooks_version())
+        .ignore()
+        .query_async(&mut r)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        api.post_event(&event("evt_legacy_1", "bill.paid", None))
+            .await
+            .status(),
+        202
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the delivery at the new URL",
+        || after.count() == 1,
+    )
+    .await;
+    assert_eq!(before.count(), 0);
+
+    drop(k);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_metrics_are_labelled_by_webhook_only_when_asked() {
     let failing = Receiver::start().await;
     failing.respond_with(500);

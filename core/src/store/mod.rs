@@ -101,6 +101,11 @@ pub struct WebhookChanges {
 /// still holds the entry written at exactly `since`. Anything else (a version that went
 /// back, a log that no longer reaches `since`, or a history that is not the one the cache
 /// followed) is `None`: reload everything.
+///
+/// Every change writes its entry and the version together, so the newest entry is always at
+/// the current version. A version past the newest entry was moved by a writer that keeps no
+/// log (a role of an older release, during a rolling upgrade): the log cannot say what that
+/// writer changed, so that is `None` too.
 pub fn changes_from_log(
     since: u64,
     version: u64,
@@ -115,7 +120,8 @@ pub fn changes_from_log(
         None => version == since && entries.is_empty(),
         Some(f) => f == since || entries.first().is_some_and(|(v, _)| *v == since),
     };
-    if !proven {
+    let explained = entries.last().map_or(since, |(v, _)| *v) == version;
+    if !proven || !explained {
         return None;
     }
     let mut seen = std::collections::HashSet::new();
@@ -266,7 +272,7 @@ mod tests {
         let at_entry = changes_from_log(7, 12, Some(3), &log).unwrap();
         assert_eq!(at_entry.version, 12);
         assert_eq!(at_entry.ids, vec!["wh_b", "wh_a"], "each id once");
-        let at_floor = changes_from_log(3, 12, Some(3), &[(5, "wh_c")]).unwrap();
+        let at_floor = changes_from_log(3, 5, Some(3), &[(5, "wh_c")]).unwrap();
         assert_eq!(at_floor.ids, vec!["wh_c"]);
         let current = changes_from_log(12, 12, Some(3), &[(12, "wh_a")]).unwrap();
         assert!(current.ids.is_empty());
@@ -281,6 +287,12 @@ mod tests {
         // Moved on past the cache's version, but not from it: the entry at 7 is not there,
         // so these changes were written after a loss, on another history.
         assert_eq!(changes_from_log(7, 20, Some(3), &[(15, "wh_a")]), None);
+        // The version moved without an entry: a writer that keeps no log changed something.
+        assert_eq!(
+            changes_from_log(7, 13, Some(3), &[(7, "wh_a"), (12, "wh_b")]),
+            None
+        );
+        assert_eq!(changes_from_log(3, 4, Some(3), &[]), None);
         // Nothing logged yet: only a cache at the current version is current.
         assert_eq!(changes_from_log(4, 6, None, &[]), None);
         assert_eq!(
