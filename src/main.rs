@@ -119,6 +119,15 @@ struct Settings {
     /// Redis URL [env: KIVIHOOK_REDIS_URL].
     #[arg(long, global = true)]
     redis_url: Option<String>,
+    /// Redis Cluster nodes, comma-separated; replaces the Redis URL [env: KIVIHOOK_REDIS_CLUSTER].
+    #[arg(long, global = true)]
+    redis_cluster: Option<String>,
+    /// Replicas every accepted event and outcome must reach first [env: KIVIHOOK_REDIS_WAIT_REPLICAS].
+    #[arg(long, global = true)]
+    redis_wait_replicas: Option<String>,
+    /// Seconds a write waits for those replicas [env: KIVIHOOK_REDIS_WAIT_TIMEOUT].
+    #[arg(long, global = true)]
+    redis_wait_timeout: Option<String>,
     /// HTTP listen address [env: KIVIHOOK_BIND].
     #[arg(long, global = true)]
     bind: Option<String>,
@@ -188,6 +197,9 @@ impl Settings {
         [
             ("amqp_url", &self.amqp_url),
             ("redis_url", &self.redis_url),
+            ("redis_cluster", &self.redis_cluster),
+            ("redis_wait_replicas", &self.redis_wait_replicas),
+            ("redis_wait_timeout", &self.redis_wait_timeout),
             ("bind", &self.bind),
             ("prefix", &self.prefix),
             ("admin_token", &self.admin_token),
@@ -264,6 +276,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(run(cli.command, config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<StartError>() => {
+            eprintln!("kivihook: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "kivihook stopped with an error");
             eprintln!("kivihook: {e:#}");
@@ -297,9 +313,12 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         let redials = metrics
             .redis_reconnects
             .with_label_values(&[command.name()]);
-        let Some(store) = connect_store(&config, redials, shutdown.clone()).await else {
+        let Some(store) = connect_store(&config, redials, shutdown.clone()).await? else {
             return Ok(());
         };
+        if command.schedules() {
+            tokio::spawn(migrate_legacy_layout(store.clone(), shutdown.clone()));
+        }
         let broker = Arc::new(RabbitBroker::new(
             &config.amqp_url,
             &config.prefix,
@@ -387,26 +406,77 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connect to Redis, retrying with backoff until it answers or shutdown is requested.
+/// Move retry jobs and dead letters that a previous version wrote in its key layout, now and
+/// every minute (older dispatchers may still write it during a rolling upgrade).
+async fn migrate_legacy_layout(store: Arc<RedisStore>, mut shutdown: Shutdown) {
+    loop {
+        if let Err(e) = store.migrate_legacy().await {
+            tracing::warn!(error = %e, "could not move records of the previous key layout; trying again in a minute");
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}
+
+/// How long a role tries to reach a Redis Cluster at start before it gives up: a node list
+/// that reaches nothing is a configuration error, not an outage to wait out.
+const CLUSTER_START_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A start-up problem that is the configuration's: exit code 2, one line naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {message}")]
+struct StartError {
+    setting: &'static str,
+    message: String,
+}
+
+/// Connect to Redis (or a Redis Cluster), retrying with backoff until it answers or
+/// shutdown is requested.
 async fn connect_store(
     config: &Config,
     redials: prometheus::IntCounter,
     mut shutdown: Shutdown,
-) -> Option<Arc<RedisStore>> {
+) -> anyhow::Result<Option<Arc<RedisStore>>> {
     let mut backoff = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let cluster = !config.redis_cluster.is_empty();
     loop {
-        match RedisStore::connect_counted(&config.redis_url, &config.prefix, Some(redials.clone()))
-            .await
-        {
+        let connected = if cluster {
+            RedisStore::connect_cluster(&config.redis_cluster, &config.prefix).await
+        } else {
+            RedisStore::connect_counted(&config.redis_url, &config.prefix, Some(redials.clone()))
+                .await
+        };
+        match connected {
             Ok(store) => {
-                let store = store.with_secret_key(config.secret_key.clone());
+                let store = store
+                    .with_secret_key(config.secret_key.clone())
+                    .with_wait_replicas(config.redis_wait_replicas, config.redis_wait_timeout);
                 store.check_durability().await;
-                return Some(Arc::new(store));
+                return Ok(Some(Arc::new(store)));
+            }
+            Err(e) if cluster && started.elapsed() >= CLUSTER_START_DEADLINE => {
+                return Err(StartError {
+                    setting: "KIVIHOOK_REDIS_CLUSTER",
+                    message: format!(
+                        "no node of {} answered within {} s ({e})",
+                        config.redis_cluster.join(","),
+                        CLUSTER_START_DEADLINE.as_secs()
+                    ),
+                }
+                .into());
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to Redis (KIVIHOOK_REDIS_URL)");
+                let setting = if cluster {
+                    "KIVIHOOK_REDIS_CLUSTER"
+                } else {
+                    "KIVIHOOK_REDIS_URL"
+                };
+                tracing::warn!(error = %e, setting, retry_in_ms = backoff.as_millis() as u64, "cannot connect to Redis");
                 tokio::select! {
-                    _ = shutdown.wait() => return None,
+                    _ = shutdown.wait() => return Ok(None),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));

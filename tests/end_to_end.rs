@@ -248,7 +248,7 @@ async fn a_delivery_with_no_retries_left_becomes_a_dead_letter_and_is_never_drop
     let mut entries: Vec<String> = Vec::new();
     for _ in 0..100 {
         entries = redis::cmd("HVALS")
-            .arg(keys.dead_letters())
+            .arg(keys.dead_letters_of_entries(bad_hook["id"].as_str().unwrap()))
             .query_async(&mut r)
             .await
             .unwrap();

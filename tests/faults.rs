@@ -321,14 +321,15 @@ async fn settle(
                     .get_multiplexed_async_connection()
                     .await
                     .unwrap();
-                let (depth, leased): (u64, u64) = redis::pipe()
-                    .cmd("ZCARD")
-                    .arg(keys.retry_schedule())
-                    .cmd("ZCARD")
-                    .arg(keys.retry_leases())
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
+                let mut pipe = redis::pipe();
+                for shard in 0..kivihook_core::keys::RETRY_SHARDS {
+                    pipe.cmd("ZCARD")
+                        .arg(keys.retry_schedule(shard))
+                        .cmd("ZCARD")
+                        .arg(keys.retry_leases(shard));
+                }
+                let counts: Vec<u64> = pipe.query_async(&mut c).await.unwrap();
+                let (depth, leased) = (counts.iter().sum::<u64>(), 0);
                 depth == 0 && leased == 0
             }
         },

@@ -76,6 +76,12 @@ pub struct Config {
     pub secret_key: Option<crate::crypto::SecretBox>,
     /// Which addresses webhooks may reach.
     pub outbound: crate::outbound::Guard,
+    /// Seed nodes of a Redis Cluster; when set, `redis_url` is not used.
+    pub redis_cluster: Vec<String>,
+    /// Replicas that must have every write of the accept and outcome paths (`WAIT`).
+    pub redis_wait_replicas: u32,
+    /// How long such a write waits for them before it counts as failed.
+    pub redis_wait_timeout: Duration,
 }
 
 /// One configuration problem: which setting, from which source, and why.
@@ -219,6 +225,21 @@ const SETTINGS: &[Setting] = &[
         env: "KIVIHOOK_METRICS_WEBHOOK_LABELS",
         flag: "--metrics-webhook-labels",
     },
+    Setting {
+        key: "redis_cluster",
+        env: "KIVIHOOK_REDIS_CLUSTER",
+        flag: "--redis-cluster",
+    },
+    Setting {
+        key: "redis_wait_replicas",
+        env: "KIVIHOOK_REDIS_WAIT_REPLICAS",
+        flag: "--redis-wait-replicas",
+    },
+    Setting {
+        key: "redis_wait_timeout",
+        env: "KIVIHOOK_REDIS_WAIT_TIMEOUT",
+        flag: "--redis-wait-timeout",
+    },
     // Read only by the API client commands; a role ignores it, so one file serves both.
     Setting {
         key: "api_url",
@@ -226,6 +247,28 @@ const SETTINGS: &[Setting] = &[
         flag: "--api-url",
     },
 ];
+
+/// A comma-separated list of Redis Cluster nodes, each a `redis://` or `rediss://` URL.
+fn parse_cluster_nodes(v: &str) -> Result<Vec<String>, String> {
+    let nodes: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if nodes.is_empty() {
+        return Err(
+            "must list at least one node, like redis://10.0.0.1:6379,redis://10.0.0.2:6379".into(),
+        );
+    }
+    for n in &nodes {
+        if !(n.starts_with("redis://") || n.starts_with("rediss://")) {
+            return Err(format!("{n:?} must be a redis:// or rediss:// URL"));
+        }
+        redis::Client::open(n.as_str()).map_err(|e| format!("{n:?} is not a Redis URL ({e})"))?;
+    }
+    Ok(nodes)
+}
 
 /// Raw values by setting key, as given on the command line (flags without their `--`).
 pub type Overrides = BTreeMap<String, String>;
@@ -422,6 +465,20 @@ impl Config {
         let scheduler_interval = seconds("scheduler_interval", 0.25, 60.0)?;
         let circuit_cooldown = seconds("circuit_cooldown", 60.0, 86_400.0)?;
         let auto_disable_after = seconds("auto_disable_after", 5.0 * 86_400.0, 365.0 * 86_400.0)?;
+        let redis_wait_timeout = seconds("redis_wait_timeout", 1.0, 60.0)?;
+        let redis_cluster = match raw("redis_cluster") {
+            Some((name, v)) => parse_cluster_nodes(&v).map_err(|m| err(&name, m))?,
+            None => Vec::new(),
+        };
+        let redis_wait_replicas = match raw("redis_wait_replicas") {
+            Some((name, v)) => v.parse::<u32>().ok().filter(|n| *n <= 16).ok_or_else(|| {
+                err(
+                    &name,
+                    format!("must be a number of replicas from 0 to 16 (got {v:?})"),
+                )
+            })?,
+            None => 0,
+        };
         let max_body_bytes = match raw("max_body_bytes") {
             Some((name, v)) => v
                 .parse::<usize>()
@@ -467,6 +524,9 @@ impl Config {
             webhook_concurrency,
             metrics_webhook_labels,
             webhooks_file: raw("webhooks_file").map(|(_, v)| v.into()),
+            redis_cluster,
+            redis_wait_replicas,
+            redis_wait_timeout,
             secret_key,
             outbound: crate::outbound::Guard {
                 allow,

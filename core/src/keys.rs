@@ -1,8 +1,15 @@
 //! Every Redis key KiviHook uses, built in one place.
 //!
 //! All keys live under the configured prefix so several installations (and parallel tests)
-//! share one Redis. Keys that one script or transaction touches together share a `{…}` hash
-//! tag so they land in one Redis Cluster slot.
+//! share one Redis. On Redis Cluster a script or transaction may only touch keys of one hash
+//! slot, so keys that change together share a `{…}` hash tag; and so that no single slot
+//! carries the whole installation, the tags follow the data: one per event, one per webhook,
+//! one per shard of the retry schedule, one per hour of the minute counters.
+
+/// Shards of the retry schedule. Each is a schedule, its jobs and its leases under one hash
+/// tag (the claim script moves jobs between the three atomically); a job's shard follows
+/// from its id, so nothing else needs to remember it.
+pub const RETRY_SHARDS: u16 = 16;
 
 /// The Redis key space of one installation.
 #[derive(Debug, Clone)]
@@ -21,10 +28,17 @@ impl Keys {
         &self.prefix
     }
 
-    /// `SET NX EX` marker of an accepted event id: `p` while being published, `a` once the
-    /// broker has confirmed it.
+    /// An event's marker, kept for the dedup window (`SET NX EX`): `p` while it is being
+    /// published, then what ingest accepted and, once delivered, the webhooks it reached
+    /// (see `store::marker`). Shares its tag with the event's target states.
     pub fn dedup(&self, event_id: &str) -> String {
-        format!("{}:dedup:{}", self.prefix, event_id)
+        format!("{{{}:e:{}}}", self.prefix, event_id)
+    }
+
+    /// Hash of webhook id → `TargetState` for one event's targets that were not simply
+    /// delivered on their first attempt (retrying, dead, or delivered by a retry).
+    pub fn targets(&self, event_id: &str) -> String {
+        format!("{{{}:e:{}}}:t", self.prefix, event_id)
     }
 
     /// Hash of webhook id → webhook JSON. Shares a hash tag with its version counter, which
@@ -38,40 +52,45 @@ impl Keys {
         format!("{{{}:wh}}:version", self.prefix)
     }
 
-    /// Hash of webhook id → `TargetState` for one event: which targets are settled and how.
-    pub fn targets(&self, event_id: &str) -> String {
-        format!("{}:targets:{}", self.prefix, event_id)
-    }
-
-    /// Hash of dead-letter id → entry JSON.
-    pub fn dead_letters(&self) -> String {
-        format!("{{{}:dlq}}:entries", self.prefix)
-    }
-
-    /// Sorted set of dead-letter ids by time, for listing newest first.
+    /// Sorted set of every dead-letter id by time, for listing newest first.
     pub fn dead_letters_index(&self) -> String {
         format!("{{{}:dlq}}:index", self.prefix)
     }
 
-    /// Sorted set of one webhook's dead-letter ids by time.
+    /// Hash of dead-letter id → the webhook that holds it, for finding one by id.
+    pub fn dead_letter_owners(&self) -> String {
+        format!("{{{}:dlq}}:owner", self.prefix)
+    }
+
+    /// Hash of dead-letter id → entry JSON, one webhook's.
+    pub fn dead_letters_of_entries(&self, webhook_id: &str) -> String {
+        format!("{{{}:wh:{}}}:dl", self.prefix, webhook_id)
+    }
+
+    /// Sorted set of one webhook's dead-letter ids by time (capped per webhook).
     pub fn dead_letters_of(&self, webhook_id: &str) -> String {
-        format!("{{{}:dlq}}:webhook:{}", self.prefix, webhook_id)
+        format!("{{{}:wh:{}}}:dl:index", self.prefix, webhook_id)
     }
 
-    /// Sorted set of retry job ids by due time (ms). Shares a hash tag with the jobs and
-    /// leases, which the claim script moves between atomically.
-    pub fn retry_schedule(&self) -> String {
-        format!("{{{}:retry}}:schedule", self.prefix)
+    /// The shard of the retry schedule that holds this job.
+    pub fn retry_shard(&self, job_id: &str) -> u16 {
+        crc16(job_id.as_bytes()) % RETRY_SHARDS
     }
 
-    /// Hash of retry job id → job JSON.
-    pub fn retry_jobs(&self) -> String {
-        format!("{{{}:retry}}:jobs", self.prefix)
+    /// Sorted set of retry job ids by due time (ms), one shard's. Shares a hash tag with the
+    /// shard's jobs and leases, which the claim script moves between atomically.
+    pub fn retry_schedule(&self, shard: u16) -> String {
+        format!("{{{}:retry:{}}}:schedule", self.prefix, shard)
     }
 
-    /// Sorted set of claimed job ids by lease expiry (ms).
-    pub fn retry_leases(&self) -> String {
-        format!("{{{}:retry}}:leases", self.prefix)
+    /// Hash of retry job id → job JSON, one shard's.
+    pub fn retry_jobs(&self, shard: u16) -> String {
+        format!("{{{}:retry:{}}}:jobs", self.prefix, shard)
+    }
+
+    /// Sorted set of claimed job ids by lease expiry (ms), one shard's.
+    pub fn retry_leases(&self, shard: u16) -> String {
+        format!("{{{}:retry:{}}}:leases", self.prefix, shard)
     }
 
     /// A webhook's counters and failure streak. Shares a hash tag with its hourly buckets
@@ -96,15 +115,68 @@ impl Keys {
     }
 
     /// Installation-wide attempt outcomes in one minute (`minute` = Unix time / 60), for the
-    /// dashboard's overview; expires after a day.
+    /// dashboard's overview; expires after a day. The minutes of one hour share a tag, so
+    /// the overview's day of them is read from 25 slots, not 1,440.
     pub fn minute_counts(&self, minute: i64) -> String {
-        format!("{}:stats:m:{}", self.prefix, minute)
+        format!("{{{}:m:{}}}:{}", self.prefix, minute.div_euclid(60), minute)
     }
 
-    /// Every key of this installation matches this glob (for tests and tooling).
+    /// Keys of the layout before the retry schedule, the dead letters and the event markers
+    /// were spread over slots; read once at start to move what they hold (`migrate`).
+    pub fn legacy(&self) -> LegacyKeys {
+        LegacyKeys {
+            retry_schedule: format!("{{{}:retry}}:schedule", self.prefix),
+            retry_jobs: format!("{{{}:retry}}:jobs", self.prefix),
+            retry_leases: format!("{{{}:retry}}:leases", self.prefix),
+            dead_letters: format!("{{{}:dlq}}:entries", self.prefix),
+            dead_letters_index: format!("{{{}:dlq}}:index", self.prefix),
+        }
+    }
+
+    /// Every key of this installation matches one of these globs (for tests and tooling).
     pub fn all_pattern(&self) -> Vec<String> {
         vec![format!("{}:*", self.prefix), format!("{{{}:*", self.prefix)]
     }
+}
+
+/// Where the previous layout kept the retry schedule and the dead letters.
+#[derive(Debug, Clone)]
+pub struct LegacyKeys {
+    pub retry_schedule: String,
+    pub retry_jobs: String,
+    pub retry_leases: String,
+    pub dead_letters: String,
+    pub dead_letters_index: String,
+}
+
+/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag, or of the whole key
+/// when it has none, modulo 16,384 (the cluster specification's definition).
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(tagged) % 16_384
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 /// The registry's change log. Each key extends `webhooks()`, so it carries the same hash tag
@@ -146,6 +218,7 @@ mod change_log_tests {
             k.webhook_changes_floor(),
         ] {
             assert_eq!(hash_tag(&key), tag, "{key}");
+            assert_eq!(slot(key.as_bytes()), slot(registry.as_bytes()), "{key}");
         }
     }
 }
@@ -155,23 +228,82 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_prefixed_and_grouped_by_hash_tag() {
+    fn keys_that_change_together_share_a_slot() {
         let k = Keys::new("kh");
-        assert_eq!(k.dedup("evt_1"), "kh:dedup:evt_1");
-        assert!(k.webhooks().starts_with("{kh:wh}"));
-        assert!(k.webhooks_version().starts_with("{kh:wh}"));
-        assert!(k.dead_letters().starts_with("{kh:dlq}"));
-        assert!(k.dead_letters_index().starts_with("{kh:dlq}"));
-        assert!(k.dead_letters_of("wh_1").starts_with("{kh:dlq}"));
-        for key in [k.retry_schedule(), k.retry_jobs(), k.retry_leases()] {
-            assert!(key.starts_with("{kh:retry}"), "{key}");
+        assert_eq!(
+            slot(k.dedup("evt_1").as_bytes()),
+            slot(k.targets("evt_1").as_bytes())
+        );
+        assert_eq!(
+            slot(k.webhooks().as_bytes()),
+            slot(k.webhooks_version().as_bytes())
+        );
+        assert_eq!(
+            slot(k.dead_letters_index().as_bytes()),
+            slot(k.dead_letter_owners().as_bytes())
+        );
+        for shard in 0..RETRY_SHARDS {
+            let s = slot(k.retry_schedule(shard).as_bytes());
+            assert_eq!(s, slot(k.retry_jobs(shard).as_bytes()));
+            assert_eq!(s, slot(k.retry_leases(shard).as_bytes()));
         }
+        let w = slot(k.webhook_stats("wh_1").as_bytes());
         for key in [
-            k.webhook_stats("wh_1"),
             k.webhook_hour("wh_1", 7),
             k.attempts("wh_1"),
+            k.rate_bucket("wh_1"),
+            k.dead_letters_of("wh_1"),
+            k.dead_letters_of_entries("wh_1"),
         ] {
-            assert!(key.starts_with("{kh:wh:wh_1}"), "{key}");
+            assert_eq!(slot(key.as_bytes()), w, "{key}");
+        }
+        assert_eq!(
+            slot(k.minute_counts(120).as_bytes()),
+            slot(k.minute_counts(179).as_bytes())
+        );
+    }
+
+    #[test]
+    fn load_spreads_over_slots() {
+        let k = Keys::new("kh");
+        let events: std::collections::HashSet<u16> = (0..1000)
+            .map(|i| slot(k.dedup(&format!("evt_{i}")).as_bytes()))
+            .collect();
+        assert!(events.len() > 900, "{} slots", events.len());
+        let shards: std::collections::HashSet<u16> = (0..RETRY_SHARDS)
+            .map(|s| slot(k.retry_schedule(s).as_bytes()))
+            .collect();
+        assert_eq!(shards.len(), RETRY_SHARDS as usize);
+        let used: std::collections::HashSet<u16> = (0..1000)
+            .map(|i| k.retry_shard(&format!("job_{i}")))
+            .collect();
+        assert_eq!(used.len(), RETRY_SHARDS as usize);
+    }
+
+    #[test]
+    fn slots_match_the_cluster_specification() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
+    }
+
+    #[test]
+    fn every_key_is_under_the_prefix() {
+        let k = Keys::new("kh");
+        for key in [
+            k.dedup("e"),
+            k.targets("e"),
+            k.webhooks(),
+            k.retry_jobs(3),
+            k.minute_counts(5),
+            k.dead_letters_of("w"),
+        ] {
+            assert!(key.starts_with("{kh:"), "{key}");
         }
     }
 }

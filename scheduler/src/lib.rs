@@ -11,7 +11,8 @@ use std::time::Duration;
 use kivihook_core::broker::{OutboundMessage, Queue};
 use kivihook_core::{Broker, Config, Metrics, Shutdown, Store};
 
-/// Jobs claimed per round; a full round is followed at once by another.
+/// Jobs claimed per round from each shard of the schedule; a round that brings this many or
+/// more is followed at once by another.
 const BATCH: usize = 500;
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -64,7 +65,7 @@ impl Scheduler {
             }
             while !shutdown.is_triggered() {
                 match self.promote().await {
-                    Ok(n) if n == BATCH => continue,
+                    Ok(n) if n >= BATCH => continue,
                     Ok(_) => break,
                     Err(()) => break,
                 }

@@ -229,6 +229,20 @@ impl Store for MemoryStore {
             let existed = s.webhooks.remove(id).is_some();
             if existed {
                 log_change(s, id);
+                // What the webhook leaves behind goes with it, as in Redis.
+                s.stats.remove(id);
+                s.attempts.remove(id);
+                s.buckets.remove(id);
+                let gone: Vec<String> = s
+                    .dead
+                    .values()
+                    .filter(|d| d.webhook_id == id)
+                    .map(|d| d.id.clone())
+                    .collect();
+                for d in &gone {
+                    s.dead.remove(d);
+                }
+                s.dead_order.retain(|d| !gone.contains(d));
             }
             existed
         }))

@@ -17,6 +17,8 @@ use crate::delivery::{
 };
 use crate::webhook::Webhook;
 
+mod batch;
+pub mod marker;
 pub mod memory;
 pub mod redis;
 mod redis_conn;

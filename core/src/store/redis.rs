@@ -1,5 +1,6 @@
-//! Redis backend: a few multiplexed connections that redial by themselves, pipelines
-//! for everything on the per-event path, and Lua where several keys must change together.
+//! Redis backend, for one Redis or a Redis Cluster: a few multiplexed connections that
+//! redial by themselves, pipelines for everything on the per-event path (one per hash slot
+//! on a cluster, see `batch.rs`), and Lua where several keys of one slot change together.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,8 +9,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+use redis::{FromRedisValue, Value};
 
-use super::redis_conn::Conn;
+use super::batch::{Batch, WaitReplicas};
+use super::marker;
+use super::redis_conn::{open_cluster, AnyConn, Conn};
 use super::{changes_from_log, WebhookChanges, CHANGE_LOG_CAP};
 use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
 use crate::crypto::{is_sealed, SecretBox};
@@ -18,7 +22,7 @@ use crate::delivery::{
     webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome,
     TargetResult, TargetState, WebhookStats,
 };
-use crate::keys::Keys;
+use crate::keys::{Keys, RETRY_SHARDS};
 use crate::webhook::Webhook;
 
 /// Multiplexed connections in the pool. Each pipelines every request given to it; a few
@@ -27,10 +31,11 @@ const POOL_SIZE: usize = 4;
 /// How long a claim lives while its publish is in flight; a crash in that window frees
 /// the id again after this long.
 const CLAIM_TTL_SECS: u64 = 60;
-/// How long target states are kept: longer than any retry schedule can run.
+/// How long target states of retried targets are kept: longer than any retry schedule runs.
 const TARGETS_TTL_SECS: i64 = 14 * 86_400;
-/// Dead letters kept per installation (oldest dropped first).
-const DEAD_LETTER_CAP: isize = 100_000;
+/// Dead letters kept per webhook (its oldest dropped first), so that one failing endpoint
+/// cannot push another's out.
+pub const DEAD_LETTER_CAP_PER_WEBHOOK: usize = 10_000;
 /// Entries kept in each webhook's attempt log.
 const ATTEMPT_LOG_CAP: usize = 100;
 const HOUR_BUCKET_TTL_SECS: u64 = 25 * 3600;
@@ -86,6 +91,52 @@ redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
 return {tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures')), redis.call('HGET', KEYS[1], 'failing_since') or ''}
 ";
 
+/// Ingest's accept: the marker becomes what was accepted, for the dedup window, keeping
+/// any deliveries a dispatcher appended while the publish was being confirmed.
+const CONFIRM_SCRIPT: &str = r"
+local m = redis.call('GET', KEYS[1])
+if m and string.sub(m, 1, 1) == 'p' then
+  redis.call('SET', KEYS[1], ARGV[1] .. string.sub(m, 2), 'EX', ARGV[2])
+elseif m and string.sub(m, 1, 1) == 'a' then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return 1
+";
+
+/// A delivered target: appended to the event's marker (with the seconds since the event was
+/// received) while the marker lives, so a delivered event is one small string; a target-hash
+/// entry when the marker has expired (a retry delivered after the dedup window), which
+/// then expires on its own.
+const FOLD_SCRIPT: &str = r"
+local m = redis.call('GET', KEYS[1])
+if m then
+  local entry = ARGV[1]
+  if string.sub(m, 1, 1) == 'a' then
+    local bar = string.find(m, '|', 2, true)
+    local received = bar and tonumber(string.sub(m, 2, bar - 1), 36)
+    if received then
+      local secs = math.max(0, math.floor((tonumber(ARGV[5]) - received) / 1000))
+      local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
+      local s = ''
+      repeat
+        local d = secs % 36
+        s = string.sub(digits, d + 1, d + 1) .. s
+        secs = math.floor(secs / 36)
+      until secs == 0
+      entry = entry .. '@' .. s
+    end
+  end
+  redis.call('APPEND', KEYS[1], entry)
+  redis.call('HDEL', KEYS[2], ARGV[2])
+else
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
+return 0
+";
+
 /// A token bucket on the server's clock, shared by every dispatcher; returns the wait in ms.
 const TOKEN_SCRIPT: &str = r"
 local t = redis.call('TIME')
@@ -106,13 +157,16 @@ return wait
 /// The production store.
 pub struct RedisStore {
     keys: Keys,
-    pool: Vec<Conn>,
+    pool: Vec<AnyConn>,
     next: AtomicUsize,
     claim: redis::Script,
     sweep: redis::Script,
     attempt: redis::Script,
+    confirm: redis::Script,
+    fold: redis::Script,
     token: redis::Script,
     sealer: Option<SecretBox>,
+    wait: Option<WaitReplicas>,
     /// Installation-wide minute counters not yet written: (minute, outcome) → count. The
     /// delivery path only adds here; a task writes them once a second (`flush_minutes`).
     minutes: Arc<Mutex<PendingMinutes>>,
@@ -135,6 +189,10 @@ fn millis(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
+fn from<T: FromRedisValue>(v: Option<Value>) -> Result<T, StoreError> {
+    T::from_owned_redis_value(v.unwrap_or(Value::Nil)).map_err(unavailable)
+}
+
 fn parse_all<T: serde::de::DeserializeOwned>(raw: impl IntoIterator<Item = String>) -> Vec<T> {
     raw.into_iter()
         .filter_map(|json| match serde_json::from_str(&json) {
@@ -147,9 +205,18 @@ fn parse_all<T: serde::de::DeserializeOwned>(raw: impl IntoIterator<Item = Strin
         .collect()
 }
 
+/// Ids grouped by the retry shard that holds them.
+fn by_shard<'a>(keys: &Keys, ids: &'a [String]) -> HashMap<u16, Vec<&'a String>> {
+    let mut out: HashMap<u16, Vec<&String>> = HashMap::new();
+    for id in ids {
+        out.entry(keys.retry_shard(id)).or_default().push(id);
+    }
+    out
+}
+
 impl RedisStore {
-    /// Connect the pool. Fails if Redis cannot be reached now; the connections reconnect by
-    /// themselves after that.
+    /// Connect the pool to one Redis. Fails if Redis cannot be reached now; the connections
+    /// reconnect by themselves after that.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         Self::connect_counted(url, prefix, None).await
     }
@@ -163,12 +230,27 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let mut pool = Vec::with_capacity(POOL_SIZE);
         for _ in 0..POOL_SIZE {
-            pool.push(
+            pool.push(AnyConn::Single(
                 Conn::open(client.clone(), redials.clone())
                     .await
                     .map_err(unavailable)?,
-            );
+            ));
         }
+        Ok(Self::with_pool(pool, prefix))
+    }
+
+    /// Connect to a Redis Cluster through any of its nodes. Fails if none answers now.
+    pub async fn connect_cluster(nodes: &[String], prefix: &str) -> Result<Self, StoreError> {
+        let mut pool = Vec::with_capacity(POOL_SIZE);
+        for _ in 0..POOL_SIZE {
+            pool.push(AnyConn::Cluster(
+                open_cluster(nodes).await.map_err(unavailable)?,
+            ));
+        }
+        Ok(Self::with_pool(pool, prefix))
+    }
+
+    fn with_pool(pool: Vec<AnyConn>, prefix: &str) -> Self {
         let store = Self {
             keys: Keys::new(prefix),
             pool,
@@ -176,8 +258,11 @@ impl RedisStore {
             claim: redis::Script::new(CLAIM_SCRIPT),
             sweep: redis::Script::new(SWEEP_SCRIPT),
             attempt: redis::Script::new(ATTEMPT_SCRIPT),
+            confirm: redis::Script::new(CONFIRM_SCRIPT),
+            fold: redis::Script::new(FOLD_SCRIPT),
             token: redis::Script::new(TOKEN_SCRIPT),
             sealer: None,
+            wait: None,
             minutes: Arc::default(),
         };
         tokio::spawn(flush_minutes(
@@ -185,12 +270,19 @@ impl RedisStore {
             store.conn(),
             store.keys.clone(),
         ));
-        Ok(store)
+        store
     }
 
     /// Seal signing secrets with this key before they are stored, and open them on read.
     pub fn with_secret_key(mut self, key: Option<SecretBox>) -> Self {
         self.sealer = key;
+        self
+    }
+
+    /// Make every write on the accept and outcome paths wait until `replicas` replicas
+    /// have it (`WAIT`), failing when they do not within `timeout`.
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait = (replicas > 0).then_some(WaitReplicas { replicas, timeout });
         self
     }
 
@@ -228,13 +320,33 @@ impl RedisStore {
         &self.keys
     }
 
-    fn conn(&self) -> Conn {
+    fn conn(&self) -> AnyConn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         self.pool[i].clone()
     }
 
-    /// Warn at start about settings under which Redis may lose KiviHook's state.
+    /// Send a batch; `durable` ones wait for the configured replicas.
+    async fn run(&self, batch: Batch, durable: bool) -> Result<Vec<Value>, StoreError> {
+        let wait = if durable { self.wait } else { None };
+        batch
+            .run(&self.conn(), wait, || self.load_scripts())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Say how an acknowledged write is kept, and warn about settings under which Redis may
+    /// lose KiviHook's state.
     pub async fn check_durability(&self) {
+        match self.wait {
+            Some(w) => tracing::info!(
+                replicas = w.replicas,
+                timeout_ms = w.timeout.as_millis() as u64,
+                "an event is accepted, and a message acked, only once that many Redis replicas have its writes (WAIT)"
+            ),
+            None => tracing::info!(
+                "an event is accepted, and a message acked, once the Redis primary has its writes; what survives a crash of that primary is what its AOF (appendfsync) has on disk. With replicas, KIVIHOOK_REDIS_WAIT_REPLICAS waits for them"
+            ),
+        }
         let mut c = self.conn();
         let get = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).clone();
         let aof: Result<Vec<String>, _> = get("appendonly").query_async(&mut c).await;
@@ -251,40 +363,50 @@ impl RedisStore {
         }
     }
 
-    /// Keep the dead-letter list bounded; runs only after dead letters were written.
-    async fn trim_dead_letters(&self) {
+    /// Keep each webhook's dead letters under its cap; runs only after dead letters were
+    /// written for it.
+    async fn trim_dead_letters(&self, webhook_id: &str) {
+        let index = self.keys.dead_letters_of(webhook_id);
         let mut c = self.conn();
-        let count: Result<isize, _> = redis::cmd("ZCARD")
-            .arg(self.keys.dead_letters_index())
-            .query_async(&mut c)
-            .await;
+        let count: Result<usize, _> = redis::cmd("ZCARD").arg(&index).query_async(&mut c).await;
         let Ok(n) = count else { return };
-        if n <= DEAD_LETTER_CAP {
+        if n <= DEAD_LETTER_CAP_PER_WEBHOOK {
             return;
         }
         let old: Result<Vec<String>, _> = redis::cmd("ZRANGE")
-            .arg(self.keys.dead_letters_index())
+            .arg(&index)
             .arg(0)
-            .arg(n - DEAD_LETTER_CAP - 1)
+            .arg(n - DEAD_LETTER_CAP_PER_WEBHOOK - 1)
             .query_async(&mut c)
             .await;
         if let Ok(old) = old {
-            for id in old {
-                let _ = self.take_dead_letter(&id).await;
-            }
+            let mut b = Batch::new();
+            self.remove_dead_letters(&mut b, webhook_id, &old);
+            let _ = self.run(b, false).await;
         }
     }
 
-    fn add_attempt(&self, pipe: &mut redis::Pipeline, a: &AttemptRecord, ok: bool) {
+    /// Forget dead letters of one webhook: its entries and index, and the global index.
+    fn remove_dead_letters(&self, b: &mut Batch, webhook_id: &str, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        b.ignored("HDEL", &self.keys.dead_letters_of_entries(webhook_id))
+            .arg(ids);
+        b.ignored("ZREM", &self.keys.dead_letters_of(webhook_id))
+            .arg(ids);
+        b.ignored("ZREM", &self.keys.dead_letters_index()).arg(ids);
+        b.ignored("HDEL", &self.keys.dead_letter_owners()).arg(ids);
+    }
+
+    fn add_attempt(&self, b: &mut Batch, a: &AttemptRecord, ok: bool) {
         let json = serde_json::to_string(a).unwrap_or_default();
         let hour = a.at.timestamp() / 3600;
         let status = a.status.map(|s| s.to_string()).unwrap_or_default();
-        pipe.cmd("EVALSHA")
-            .arg(self.attempt.get_hash())
-            .arg(3)
-            .arg(self.keys.webhook_stats(&a.webhook_id))
-            .arg(self.keys.webhook_hour(&a.webhook_id, hour))
-            .arg(self.keys.attempts(&a.webhook_id))
+        let stats = self.keys.webhook_stats(&a.webhook_id);
+        let bucket = self.keys.webhook_hour(&a.webhook_id, hour);
+        let log = self.keys.attempts(&a.webhook_id);
+        b.script(&self.attempt, &[&stats, &bucket, &log])
             .arg(if ok { "1" } else { "0" })
             .arg(status)
             .arg(a.at.timestamp_millis())
@@ -294,83 +416,58 @@ impl RedisStore {
             .arg(HOUR_BUCKET_TTL_SECS);
     }
 
-    fn record_pipeline(&self, results: &[TargetResult]) -> (redis::Pipeline, Vec<bool>, bool) {
-        let mut pipe = redis::pipe();
-        let mut has_attempt = Vec::with_capacity(results.len());
-        let mut any_dead = false;
-        let now = Utc::now();
-        for r in results {
-            let targets = self.keys.targets(&r.event_id);
-            // The outcome first, then the state that points at it: if the connection drops
-            // halfway, a state never points at something that was not written.
-            let state = match &r.outcome {
-                Outcome::Delivered => Some(TargetState::Delivered { at: now }),
-                Outcome::Retry { job, due } => {
-                    let json = serde_json::to_string(job).unwrap_or_default();
-                    pipe.cmd("HSET")
-                        .arg(self.keys.retry_jobs())
-                        .arg(&job.id)
-                        .arg(json)
-                        .ignore();
-                    pipe.cmd("ZADD")
-                        .arg(self.keys.retry_schedule())
-                        .arg(due.timestamp_millis())
-                        .arg(&job.id)
-                        .ignore();
-                    Some(TargetState::Retrying {
-                        attempt: job.attempt,
-                        due: *due,
-                        job_id: job.id.clone(),
-                    })
-                }
-                Outcome::Dead(dl) => {
-                    any_dead = true;
-                    self.add_dead_letter(&mut pipe, dl);
-                    Some(TargetState::Dead {
-                        dead_letter_id: dl.id.clone(),
-                    })
-                }
-                Outcome::Untouched => None,
-            };
-            if let Some(a) = &r.attempt {
-                let ok = matches!(r.outcome, Outcome::Delivered);
-                self.add_attempt(&mut pipe, a, ok);
-            }
-            has_attempt.push(r.attempt.is_some());
-            if let Some(state) = state {
-                pipe.cmd("HSET")
-                    .arg(&targets)
-                    .arg(&r.webhook_id)
-                    .arg(state.encode())
-                    .ignore();
-                pipe.cmd("EXPIRE")
-                    .arg(&targets)
-                    .arg(TARGETS_TTL_SECS)
-                    .ignore();
-            }
-        }
-        (pipe, has_attempt, any_dead)
+    /// A job and its place in its shard's schedule, the body first.
+    fn add_job(&self, b: &mut Batch, job: &Job, due: DateTime<Utc>) -> Result<(), StoreError> {
+        let json = serde_json::to_string(job).map_err(corrupt)?;
+        let shard = self.keys.retry_shard(&job.id);
+        b.ignored("HSET", &self.keys.retry_jobs(shard))
+            .arg(&job.id)
+            .arg(json);
+        b.ignored("ZADD", &self.keys.retry_schedule(shard))
+            .arg(due.timestamp_millis())
+            .arg(&job.id);
+        Ok(())
     }
 
-    /// The entry and both of its indexes.
-    fn add_dead_letter(&self, pipe: &mut redis::Pipeline, dl: &DeadLetter) {
+    /// The entry, its webhook's index, and the global index with the entry's owner.
+    fn add_dead_letter(&self, b: &mut Batch, dl: &DeadLetter) {
         let json = serde_json::to_string(dl).unwrap_or_default();
         let score = dl.failed_at.timestamp_millis();
-        pipe.cmd("HSET")
-            .arg(self.keys.dead_letters())
+        b.ignored("HSET", &self.keys.dead_letters_of_entries(&dl.webhook_id))
             .arg(&dl.id)
-            .arg(json)
-            .ignore();
-        pipe.cmd("ZADD")
-            .arg(self.keys.dead_letters_index())
+            .arg(json);
+        b.ignored("ZADD", &self.keys.dead_letters_of(&dl.webhook_id))
             .arg(score)
-            .arg(&dl.id)
-            .ignore();
-        pipe.cmd("ZADD")
-            .arg(self.keys.dead_letters_of(&dl.webhook_id))
+            .arg(&dl.id);
+        b.ignored("ZADD", &self.keys.dead_letters_index())
             .arg(score)
+            .arg(&dl.id);
+        b.ignored("HSET", &self.keys.dead_letter_owners())
             .arg(&dl.id)
-            .ignore();
+            .arg(&dl.webhook_id);
+    }
+
+    /// A target's state: folded into the event's marker when delivered, else in its targets
+    /// hash (for as long as a retry schedule can run).
+    fn add_state(&self, b: &mut Batch, r: &TargetResult, state: &TargetState) {
+        let marker = self.keys.dedup(&r.event_id);
+        let targets = self.keys.targets(&r.event_id);
+        let now = Utc::now();
+        if let TargetState::Delivered { .. } = state {
+            if let Some(entry) = marker::delivered_entry(&r.webhook_id, None, now) {
+                b.script(&self.fold, &[&marker, &targets])
+                    .arg(entry)
+                    .arg(&r.webhook_id)
+                    .arg(state.encode())
+                    .arg(TARGETS_TTL_SECS)
+                    .arg(now.timestamp_millis());
+                return;
+            }
+        }
+        b.ignored("HSET", &targets)
+            .arg(&r.webhook_id)
+            .arg(state.encode());
+        b.ignored("EXPIRE", &targets).arg(TARGETS_TTL_SECS);
     }
 
     /// Add what `results` did to the minute counters waiting to be written.
@@ -388,17 +485,159 @@ impl RedisStore {
         }
     }
 
-    async fn load_scripts(&self) -> Result<(), StoreError> {
+    /// Load every script the batches use by hash (on a cluster, on every node).
+    async fn load_scripts(&self) -> redis::RedisResult<()> {
         let mut c = self.conn();
-        for s in [ATTEMPT_SCRIPT] {
+        for s in [
+            ATTEMPT_SCRIPT,
+            CONFIRM_SCRIPT,
+            FOLD_SCRIPT,
+            CLAIM_SCRIPT,
+            SWEEP_SCRIPT,
+        ] {
             redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(s)
-                .query_async::<String>(&mut c)
-                .await
-                .map_err(unavailable)?;
+                .query_async::<Value>(&mut c)
+                .await?;
         }
         Ok(())
+    }
+
+    /// Read an event's marker and targets hash (one slot, one round trip).
+    async fn event_state(
+        &self,
+        event_id: &str,
+        webhook_ids: Option<&[&str]>,
+    ) -> Result<(Option<marker::Marker>, Value), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.keys.dedup(event_id));
+        match webhook_ids {
+            Some(ids) => pipe.cmd("HMGET").arg(self.keys.targets(event_id)).arg(ids),
+            None => pipe.cmd("HGETALL").arg(self.keys.targets(event_id)),
+        };
+        let mut c = self.conn();
+        let (raw, targets): (Option<String>, Value) =
+            pipe.query_async(&mut c).await.map_err(unavailable)?;
+        Ok((raw.as_deref().and_then(marker::parse), targets))
+    }
+
+    /// Move what the previous key layout holds (one retry schedule and one dead-letter hash
+    /// for the whole installation) into the sharded layout. Safe to run from several
+    /// processes at once: a job or dead letter keeps its id, so it lands on the same key
+    /// whoever moves it, and it leaves the old key only after it is in the new one. Returns
+    /// how many records were moved.
+    pub async fn migrate_legacy(&self) -> Result<u64, StoreError> {
+        let legacy = self.keys.legacy();
+        let mut moved = 0u64;
+        loop {
+            let mut c = self.conn();
+            let (scheduled, leased): (Vec<(String, f64)>, Vec<String>) = redis::pipe()
+                .cmd("ZRANGE")
+                .arg(&legacy.retry_schedule)
+                .arg(0)
+                .arg(499)
+                .arg("WITHSCORES")
+                .cmd("ZRANGE")
+                .arg(&legacy.retry_leases)
+                .arg(0)
+                .arg(499)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            let now = Utc::now().timestamp_millis() as f64;
+            let due: Vec<(String, f64)> = scheduled
+                .into_iter()
+                .chain(leased.into_iter().map(|id| (id, now)))
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            let ids: Vec<&String> = due.iter().map(|(id, _)| id).collect();
+            let bodies: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(&legacy.retry_jobs)
+                .arg(&ids)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            let mut b = Batch::new();
+            for ((id, score), body) in due.iter().zip(&bodies) {
+                let Some(body) = body else { continue };
+                let shard = self.keys.retry_shard(id);
+                b.ignored("HSET", &self.keys.retry_jobs(shard))
+                    .arg(id)
+                    .arg(body);
+                b.ignored("ZADD", &self.keys.retry_schedule(shard))
+                    .arg(*score as i64)
+                    .arg(id);
+            }
+            self.run(b, true).await?;
+            redis::pipe()
+                .cmd("ZREM")
+                .arg(&legacy.retry_schedule)
+                .arg(&ids)
+                .ignore()
+                .cmd("ZREM")
+                .arg(&legacy.retry_leases)
+                .arg(&ids)
+                .ignore()
+                .cmd("HDEL")
+                .arg(&legacy.retry_jobs)
+                .arg(&ids)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(unavailable)?;
+            moved += ids.len() as u64;
+        }
+        loop {
+            let mut c = self.conn();
+            let (_, page): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(&legacy.dead_letters)
+                .arg(0)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if page.is_empty() {
+                break;
+            }
+            let mut b = Batch::new();
+            let mut ids = Vec::with_capacity(page.len() / 2);
+            for pair in page.chunks(2) {
+                let [id, json] = pair else { continue };
+                if let Ok(dl) = serde_json::from_str::<DeadLetter>(json) {
+                    self.add_dead_letter(&mut b, &dl);
+                    b.ignored(
+                        "DEL",
+                        &format!("{{{}:dlq}}:webhook:{}", self.keys.prefix(), dl.webhook_id),
+                    );
+                } else {
+                    tracing::error!(dead_letter_id = %id, "an old dead letter cannot be read; leaving it where it is");
+                    continue;
+                }
+                ids.push(id.clone());
+            }
+            if ids.is_empty() {
+                break;
+            }
+            self.run(b, true).await?;
+            redis::cmd("HDEL")
+                .arg(&legacy.dead_letters)
+                .arg(&ids)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(unavailable)?;
+            moved += ids.len() as u64;
+        }
+        if moved > 0 {
+            tracing::info!(
+                records = moved,
+                "moved retry jobs and dead letters to the sharded key layout"
+            );
+        }
+        Ok(moved)
     }
 }
 
@@ -408,7 +647,7 @@ impl RedisStore {
 /// may then count some twice); a process that stops loses at most its last second of them.
 /// They are statistics for a chart: the per-webhook statistics are written with each attempt.
 /// Ends when the store is dropped.
-async fn flush_minutes(pending: Weak<Mutex<PendingMinutes>>, mut conn: Conn, keys: Keys) {
+async fn flush_minutes(pending: Weak<Mutex<PendingMinutes>>, conn: AnyConn, keys: Keys) {
     let mut tick = tokio::time::interval(MINUTE_FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -424,16 +663,14 @@ async fn flush_minutes(pending: Weak<Mutex<PendingMinutes>>, mut conn: Conn, key
         if batch.is_empty() {
             continue;
         }
-        let mut pipe = redis::pipe();
+        let mut b = Batch::new();
         for (&(minute, field), &n) in &batch {
             let key = keys.minute_counts(minute);
-            pipe.cmd("HINCRBY").arg(&key).arg(field).arg(n).ignore();
-            pipe.cmd("EXPIRE")
-                .arg(&key)
-                .arg(MINUTE_BUCKET_TTL_SECS)
-                .ignore();
+            b.ignored("HINCRBY", &key).arg(field).arg(n);
+            b.ignored("EXPIRE", &key).arg(MINUTE_BUCKET_TTL_SECS);
         }
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        let sent = b.run(&conn, None, || async { Ok(()) }).await;
+        if let Err(e) = sent {
             tracing::debug!(error = %e, "minute counters not written; retrying with the next ones");
             let mut p = pending
                 .lock()
@@ -450,42 +687,36 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         redis::cmd("PING")
-            .query_async::<String>(&mut c)
+            .query_async::<Value>(&mut c)
             .await
             .map(|_| ())
             .map_err(unavailable)
     }
 
     async fn claim_events(&self, ids: &[String]) -> Result<(Vec<Claim>, u64), StoreError> {
-        let mut pipe = redis::pipe();
+        let mut b = Batch::new();
         for id in ids {
             // NX with GET (Redis ≥ 7): one command both claims and tells who had it.
-            pipe.cmd("SET")
-                .arg(self.keys.dedup(id))
-                .arg("p")
+            b.cmd("SET", &self.keys.dedup(id))
+                .arg(marker::IN_PROGRESS)
                 .arg("NX")
                 .arg("GET")
                 .arg("EX")
                 .arg(CLAIM_TTL_SECS);
         }
-        pipe.cmd("GET").arg(self.keys.webhooks_version());
-        let mut c = self.conn();
-        let mut replies: Vec<Option<String>> =
-            pipe.query_async(&mut c).await.map_err(unavailable)?;
-        let version = replies
-            .pop()
-            .flatten()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let claims = replies
-            .into_iter()
-            .map(|previous| match previous.as_deref() {
+        b.cmd("GET", &self.keys.webhooks_version());
+        let mut replies = self.run(b, false).await?;
+        let version: Option<u64> = from(replies.pop())?;
+        let mut claims = Vec::with_capacity(ids.len());
+        for r in replies {
+            let previous: Option<String> = from(Some(r))?;
+            claims.push(match previous.as_deref() {
                 None => Claim::New,
-                Some("p") => Claim::InProgress,
+                Some(p) if p.starts_with(marker::IN_PROGRESS) => Claim::InProgress,
                 Some(_) => Claim::Duplicate,
-            })
-            .collect();
-        Ok((claims, version))
+            });
+        }
+        Ok((claims, version.unwrap_or(0)))
     }
 
     async fn confirm_events(
@@ -496,31 +727,21 @@ impl Store for RedisStore {
         if events.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut b = Batch::new();
         for e in events {
-            let json = serde_json::to_string(e).map_err(corrupt)?;
-            pipe.cmd("SET")
-                .arg(self.keys.dedup(&e.id))
-                .arg(json)
-                .arg("EX")
-                .arg(window.as_secs().max(1))
-                .ignore();
+            b.script(&self.confirm, &[&self.keys.dedup(&e.id)])
+                .arg(marker::accepted(e))
+                .arg(window.as_secs().max(1));
         }
-        let mut c = self.conn();
-        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+        self.run(b, true).await.map(|_| ())
     }
 
     async fn release_events(&self, ids: &[String]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
+        let mut b = Batch::new();
+        for id in ids {
+            b.ignored("DEL", &self.keys.dedup(id));
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.dedup(id)).collect();
-        let mut c = self.conn();
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(unavailable)
+        self.run(b, false).await.map(|_| ())
     }
 
     async fn event_info(&self, id: &str) -> Result<Option<EventInfo>, StoreError> {
@@ -530,7 +751,14 @@ impl Store for RedisStore {
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        Ok(raw.and_then(|json| serde_json::from_str(&json).ok()))
+        Ok(raw
+            .as_deref()
+            .and_then(marker::parse)
+            .and_then(|m| m.info)
+            .map(|info| EventInfo {
+                id: id.to_owned(),
+                ..info
+            }))
     }
 
     async fn registry_version(&self) -> Result<u64, StoreError> {
@@ -588,7 +816,35 @@ impl Store for RedisStore {
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.change_webhook(id, None).await?.1)
+        if !self.change_webhook(id, None).await?.1 {
+            return Ok(false);
+        }
+        let mut c = self.conn();
+        // What the webhook leaves behind goes with it: its counters, hourly buckets, attempt
+        // log, rate bucket and dead letters. Retry jobs it still has are dropped by the
+        // dispatcher when they come due (their webhook is gone).
+        let dead: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.dead_letters_of(id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let mut b = Batch::new();
+        self.remove_dead_letters(&mut b, id, &dead);
+        let hour = Utc::now().timestamp() / 3600;
+        let mut keys = vec![
+            self.keys.webhook_stats(id),
+            self.keys.attempts(id),
+            self.keys.rate_bucket(id),
+            self.keys.dead_letters_of(id),
+            self.keys.dead_letters_of_entries(id),
+        ];
+        keys.extend((hour - 26..=hour + 1).map(|h| self.keys.webhook_hour(id, h)));
+        // One slot (the webhook's tag), so one multi-key DEL.
+        b.ignored("DEL", &keys[0]).arg(&keys[1..]);
+        self.run(b, false).await?;
+        Ok(true)
     }
 
     async fn target_states(
@@ -599,16 +855,26 @@ impl Store for RedisStore {
         if webhook_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.conn();
-        let raw: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.keys.targets(event_id))
-            .arg(webhook_ids)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(raw
-            .into_iter()
-            .map(|s| s.and_then(|s| TargetState::decode(&s)))
+        let (marker, targets) = self.event_state(event_id, Some(webhook_ids)).await?;
+        let raw: Vec<Option<String>> = from(Some(targets))?;
+        let received = marker
+            .as_ref()
+            .and_then(|m| m.info.as_ref())
+            .map(|i| i.received_at);
+        Ok(webhook_ids
+            .iter()
+            .zip(raw)
+            .map(|(id, s)| {
+                let folded = marker
+                    .as_ref()
+                    .and_then(|m| m.delivered.iter().find(|(w, _)| w == id));
+                match folded {
+                    Some((_, at)) => Some(TargetState::Delivered {
+                        at: at.or(received).unwrap_or_else(Utc::now),
+                    }),
+                    None => s.and_then(|s| TargetState::decode(&s)),
+                }
+            })
             .collect())
     }
 
@@ -616,43 +882,87 @@ impl Store for RedisStore {
         &self,
         event_id: &str,
     ) -> Result<HashMap<String, TargetState>, StoreError> {
-        let mut c = self.conn();
-        let raw: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys.targets(event_id))
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(raw
+        let (marker, targets) = self.event_state(event_id, None).await?;
+        let raw: HashMap<String, String> = from(Some(targets))?;
+        let mut out: HashMap<String, TargetState> = raw
             .into_iter()
             .filter_map(|(k, v)| TargetState::decode(&v).map(|s| (k, s)))
-            .collect())
+            .collect();
+        if let Some(m) = marker {
+            let received = m.info.as_ref().map(|i| i.received_at);
+            for (id, at) in m.delivered {
+                out.insert(
+                    id,
+                    TargetState::Delivered {
+                        at: at.or(received).unwrap_or_else(Utc::now),
+                    },
+                );
+            }
+        }
+        Ok(out)
     }
 
     async fn record(&self, results: &[TargetResult]) -> Result<Vec<Option<Health>>, StoreError> {
         if results.is_empty() {
             return Ok(Vec::new());
         }
-        let (pipe, has_attempt, any_dead) = self.record_pipeline(results);
-        let mut c = self.conn();
-        let mut replies: Result<Vec<(u64, String)>, _> = pipe.query_async(&mut c).await;
-        if let Err(e) = &replies {
-            if e.kind() == redis::ErrorKind::NoScriptError {
-                // A restarted Redis forgot the script. No script in this pipeline ran, and every
-                // other command in it is idempotent (no counters outside the script), so
-                // running it again is exact.
-                self.load_scripts().await?;
-                replies = pipe.query_async(&mut c).await;
+        // The outcome first, then the state that points at it: if the connection drops (or a
+        // process dies) halfway, a state never points at a job or dead letter that was not
+        // written. On a cluster the two are different slots, so they are two batches; a
+        // message whose targets were all delivered needs only one.
+        let now = Utc::now();
+        let mut outcomes = Batch::new();
+        let mut states = Batch::new();
+        let mut has_attempt = Vec::with_capacity(results.len());
+        let mut dead_for: Vec<&str> = Vec::new();
+        for r in results {
+            let state = match &r.outcome {
+                Outcome::Delivered => Some(TargetState::Delivered { at: now }),
+                Outcome::Retry { job, due } => {
+                    self.add_job(&mut outcomes, job, *due)?;
+                    Some(TargetState::Retrying {
+                        attempt: job.attempt,
+                        due: *due,
+                        job_id: job.id.clone(),
+                    })
+                }
+                Outcome::Dead(dl) => {
+                    self.add_dead_letter(&mut outcomes, dl);
+                    dead_for.push(&dl.webhook_id);
+                    Some(TargetState::Dead {
+                        dead_letter_id: dl.id.clone(),
+                    })
+                }
+                Outcome::Untouched => None,
+            };
+            if let Some(a) = &r.attempt {
+                let ok = matches!(r.outcome, Outcome::Delivered);
+                self.add_attempt(&mut states, a, ok);
+            }
+            has_attempt.push(r.attempt.is_some());
+            if let Some(state) = state {
+                self.add_state(&mut states, r, &state);
             }
         }
-        let mut replies = replies.map_err(unavailable)?.into_iter();
+        if !outcomes.is_empty() {
+            self.run(outcomes, true).await?;
+        }
+        // The replies kept are the attempt scripts' (in order) and the folds' (ignored below).
+        let replies = self.run(states, true).await?;
+        let mut streaks = replies.into_iter().filter_map(|v| match v {
+            Value::Array(_) => <(u64, String)>::from_owned_redis_value(v).ok(),
+            _ => None,
+        });
         self.count_minutes(results);
-        if any_dead {
-            self.trim_dead_letters().await;
+        dead_for.sort_unstable();
+        dead_for.dedup();
+        for webhook_id in dead_for {
+            self.trim_dead_letters(webhook_id).await;
         }
         Ok(has_attempt
             .into_iter()
             .map(|has| {
-                has.then(|| replies.next())
+                has.then(|| streaks.next())
                     .flatten()
                     .map(|(streak, since)| Health {
                         consecutive_failures: streak,
@@ -663,47 +973,36 @@ impl Store for RedisStore {
     }
 
     async fn schedule_job(&self, job: &Job, due: DateTime<Utc>) -> Result<(), StoreError> {
-        let json = serde_json::to_string(job).map_err(corrupt)?;
-        let mut c = self.conn();
-        redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(self.keys.retry_jobs())
-            .arg(&job.id)
-            .arg(json)
-            .ignore()
-            .cmd("ZADD")
-            .arg(self.keys.retry_schedule())
-            .arg(due.timestamp_millis())
-            .arg(&job.id)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(unavailable)
+        let mut b = Batch::new();
+        self.add_job(&mut b, job, due)?;
+        self.run(b, true).await.map(|_| ())
     }
 
     async fn claim_due_jobs(&self, limit: usize, lease: Duration) -> Result<Vec<Job>, StoreError> {
-        let mut c = self.conn();
-        let pairs: Vec<String> = self
-            .claim
-            .key(self.keys.retry_schedule())
-            .key(self.keys.retry_leases())
-            .key(self.keys.retry_jobs())
-            .arg(Utc::now().timestamp_millis())
-            .arg(lease.as_millis() as u64)
-            .arg(limit.max(1))
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        let mut jobs = Vec::with_capacity(pairs.len() / 2);
+        let now = Utc::now().timestamp_millis();
+        let mut b = Batch::new();
+        for shard in 0..RETRY_SHARDS {
+            let schedule = self.keys.retry_schedule(shard);
+            let leases = self.keys.retry_leases(shard);
+            let jobs = self.keys.retry_jobs(shard);
+            b.script(&self.claim, &[&schedule, &leases, &jobs])
+                .arg(now)
+                .arg(lease.as_millis() as u64)
+                .arg(limit.max(1));
+        }
+        let replies = self.run(b, false).await?;
+        let mut jobs = Vec::new();
         let mut orphans = Vec::new();
-        for pair in pairs.chunks(2) {
-            let [id, json] = pair else { continue };
-            match serde_json::from_str::<Job>(json) {
-                Ok(job) => jobs.push(job),
-                Err(_) => {
-                    tracing::error!(job_id = %id, "a scheduled job has no readable body; dropping it");
-                    orphans.push(id.clone());
+        for reply in replies {
+            let pairs: Vec<String> = from(Some(reply))?;
+            for pair in pairs.chunks(2) {
+                let [id, json] = pair else { continue };
+                match serde_json::from_str::<Job>(json) {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => {
+                        tracing::error!(job_id = %id, "a scheduled job has no readable body; dropping it");
+                        orphans.push(id.clone());
+                    }
                 }
             }
         }
@@ -714,79 +1013,68 @@ impl Store for RedisStore {
     }
 
     async fn complete_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
+        let mut b = Batch::new();
+        for (shard, ids) in by_shard(&self.keys, ids) {
+            b.ignored("ZREM", &self.keys.retry_leases(shard)).arg(&ids);
+            b.ignored("HDEL", &self.keys.retry_jobs(shard)).arg(&ids);
         }
-        let mut c = self.conn();
-        redis::pipe()
-            .atomic()
-            .cmd("ZREM")
-            .arg(self.keys.retry_leases())
-            .arg(ids)
-            .ignore()
-            .cmd("HDEL")
-            .arg(self.keys.retry_jobs())
-            .arg(ids)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(unavailable)
+        self.run(b, false).await.map(|_| ())
     }
 
     async fn release_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
         let now = Utc::now().timestamp_millis();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("ZREM")
-            .arg(self.keys.retry_leases())
-            .arg(ids)
-            .ignore();
-        for id in ids {
-            pipe.cmd("ZADD")
-                .arg(self.keys.retry_schedule())
-                .arg(now)
-                .arg(id)
-                .ignore();
+        let mut b = Batch::new();
+        for (shard, ids) in by_shard(&self.keys, ids) {
+            // Back in the schedule first, then out of the lease: never in neither.
+            let add = b.ignored("ZADD", &self.keys.retry_schedule(shard));
+            for id in &ids {
+                add.arg(now).arg(*id);
+            }
+            b.ignored("ZREM", &self.keys.retry_leases(shard)).arg(&ids);
         }
-        let mut c = self.conn();
-        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+        self.run(b, false).await.map(|_| ())
     }
 
     async fn sweep_leases(&self) -> Result<u64, StoreError> {
-        let mut c = self.conn();
-        self.sweep
-            .key(self.keys.retry_leases())
-            .key(self.keys.retry_schedule())
-            .arg(Utc::now().timestamp_millis())
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)
+        let now = Utc::now().timestamp_millis();
+        let mut b = Batch::new();
+        for shard in 0..RETRY_SHARDS {
+            let leases = self.keys.retry_leases(shard);
+            let schedule = self.keys.retry_schedule(shard);
+            b.script(&self.sweep, &[&leases, &schedule]).arg(now);
+        }
+        let mut total = 0;
+        for reply in self.run(b, false).await? {
+            total += from::<u64>(Some(reply))?;
+        }
+        Ok(total)
     }
 
     async fn schedule_status(&self) -> Result<ScheduleStatus, StoreError> {
-        let mut c = self.conn();
-        let (depth, leased, oldest, dead): (u64, u64, Vec<(String, f64)>, u64) = redis::pipe()
-            .cmd("ZCARD")
-            .arg(self.keys.retry_schedule())
-            .cmd("ZCARD")
-            .arg(self.keys.retry_leases())
-            .cmd("ZRANGE")
-            .arg(self.keys.retry_schedule())
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES")
-            .cmd("ZCARD")
-            .arg(self.keys.dead_letters_index())
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+        let mut b = Batch::new();
+        for shard in 0..RETRY_SHARDS {
+            let schedule = self.keys.retry_schedule(shard);
+            b.cmd("ZCARD", &schedule);
+            b.cmd("ZCARD", &self.keys.retry_leases(shard));
+            b.cmd("ZRANGE", &schedule).arg(0).arg(0).arg("WITHSCORES");
+        }
+        b.cmd("ZCARD", &self.keys.dead_letters_index());
+        let mut replies = self.run(b, false).await?;
+        let dead: u64 = from(replies.pop())?;
+        let (mut depth, mut leased) = (0u64, 0u64);
+        let mut oldest: Option<f64> = None;
+        let mut replies = replies.into_iter();
+        for _ in 0..RETRY_SHARDS {
+            depth += from::<u64>(replies.next())?;
+            leased += from::<u64>(replies.next())?;
+            let first: Vec<(String, f64)> = from(replies.next())?;
+            if let Some((_, due)) = first.first() {
+                oldest = Some(oldest.map_or(*due, |o: f64| o.min(*due)));
+            }
+        }
         let now = Utc::now().timestamp_millis() as f64;
         let lag = oldest
-            .first()
-            .map(|(_, due)| ((now - due) / 1000.0).max(0.0))
+            .map(|due| ((now - due) / 1000.0).max(0.0))
             .unwrap_or(0.0);
         Ok(ScheduleStatus {
             depth,
@@ -872,68 +1160,84 @@ impl Store for RedisStore {
             None => self.keys.dead_letters_index(),
         };
         let mut c = self.conn();
-        let (ids, total): (Vec<String>, u64) = redis::pipe()
-            .cmd("ZREVRANGE")
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREVRANGE")
             .arg(&index)
             .arg(offset)
             .arg((offset + limit).saturating_sub(1))
             .cmd("ZCARD")
-            .arg(&index)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+            .arg(&index);
+        let (ids, total): (Vec<String>, u64) =
+            pipe.query_async(&mut c).await.map_err(unavailable)?;
         if ids.is_empty() || limit == 0 {
             return Ok(Page {
                 items: Vec::new(),
                 total,
             });
         }
-        let raw: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.keys.dead_letters())
-            .arg(&ids)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+        let owners: Vec<Option<String>> = match webhook_id {
+            Some(w) => vec![Some(w.to_owned()); ids.len()],
+            None => redis::cmd("HMGET")
+                .arg(self.keys.dead_letter_owners())
+                .arg(&ids)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?,
+        };
+        let mut b = Batch::new();
+        for (id, owner) in ids.iter().zip(&owners) {
+            if let Some(owner) = owner {
+                b.cmd("HGET", &self.keys.dead_letters_of_entries(owner))
+                    .arg(id);
+            }
+        }
+        let raw = self.run(b, false).await?;
+        let mut entries = Vec::with_capacity(raw.len());
+        for v in raw {
+            if let Some(json) = from::<Option<String>>(Some(v))? {
+                entries.push(json);
+            }
+        }
         Ok(Page {
-            items: parse_all(raw.into_iter().flatten()),
+            items: parse_all(entries),
             total,
         })
     }
 
     async fn put_dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        self.add_dead_letter(&mut pipe, dl);
-        let mut c = self.conn();
-        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+        let mut b = Batch::new();
+        self.add_dead_letter(&mut b, dl);
+        self.run(b, true).await?;
+        self.trim_dead_letters(&dl.webhook_id).await;
+        Ok(())
     }
 
     async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
         let mut c = self.conn();
+        let owner: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.dead_letter_owners())
+            .arg(id)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let Some(owner) = owner else { return Ok(None) };
         let raw: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.dead_letters())
+            .arg(self.keys.dead_letters_of_entries(&owner))
             .arg(id)
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
         let Some(raw) = raw else { return Ok(None) };
         let dl: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
-        let (removed,): (u64,) = redis::pipe()
-            .atomic()
-            .cmd("HDEL")
-            .arg(self.keys.dead_letters())
-            .arg(id)
-            .cmd("ZREM")
-            .arg(self.keys.dead_letters_index())
-            .arg(id)
-            .ignore()
-            .cmd("ZREM")
-            .arg(self.keys.dead_letters_of(&dl.webhook_id))
-            .arg(id)
-            .ignore()
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+        let mut b = Batch::new();
+        b.cmd("HDEL", &self.keys.dead_letters_of_entries(&owner))
+            .arg(id);
+        b.ignored("ZREM", &self.keys.dead_letters_of(&owner))
+            .arg(id);
+        b.ignored("ZREM", &self.keys.dead_letters_index()).arg(id);
+        b.ignored("HDEL", &self.keys.dead_letter_owners()).arg(id);
+        let replies = self.run(b, false).await?;
+        let removed: u64 = from(replies.into_iter().next())?;
         // Two replays of one dead letter at once: only the one that removed it proceeds.
         Ok((removed > 0).then_some(dl))
     }
@@ -943,24 +1247,21 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let hour = Utc::now().timestamp() / 3600;
-        let mut pipe = redis::pipe();
+        let mut b = Batch::new();
         for id in webhook_ids {
-            pipe.cmd("HGETALL").arg(self.keys.webhook_stats(id));
+            b.cmd("HGETALL", &self.keys.webhook_stats(id));
             for h in (hour - 23)..=hour {
-                pipe.cmd("HMGET")
-                    .arg(self.keys.webhook_hour(id, h))
+                b.cmd("HMGET", &self.keys.webhook_hour(id, h))
                     .arg("s")
                     .arg("f");
             }
         }
-        let mut c = self.conn();
-        let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(unavailable)?;
-        let mut replies = replies.into_iter();
+        let mut replies = self.run(b, false).await?.into_iter();
         let mut out = Vec::with_capacity(webhook_ids.len());
         for _ in webhook_ids {
             let fields: HashMap<String, String> = replies
                 .next()
-                .and_then(|v| redis::from_redis_value(&v).ok())
+                .and_then(|v| redis::from_owned_redis_value(v).ok())
                 .unwrap_or_default();
             let num = |k: &str| {
                 fields
@@ -978,7 +1279,7 @@ impl Store for RedisStore {
             for _ in 0..24 {
                 let sf: Vec<Option<u64>> = replies
                     .next()
-                    .and_then(|v| redis::from_redis_value(&v).ok())
+                    .and_then(|v| redis::from_owned_redis_value(v).ok())
                     .unwrap_or_default();
                 ok += sf.first().copied().flatten().unwrap_or(0);
                 failed += sf.get(1).copied().flatten().unwrap_or(0);
@@ -1002,28 +1303,26 @@ impl Store for RedisStore {
         if last < first {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut b = Batch::new();
         for minute in first..=last {
-            pipe.cmd("HMGET")
-                .arg(self.keys.minute_counts(minute))
+            b.cmd("HMGET", &self.keys.minute_counts(minute))
                 .arg("delivered")
                 .arg("retrying")
                 .arg("dead");
         }
-        let mut c = self.conn();
-        let replies: Vec<Vec<Option<u64>>> = pipe.query_async(&mut c).await.map_err(unavailable)?;
-        Ok((first..=last)
-            .zip(replies)
-            .map(|(minute, v)| {
-                let n = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
-                MinuteCounts {
-                    minute,
-                    delivered: n(0),
-                    retrying: n(1),
-                    dead: n(2),
-                }
-            })
-            .collect())
+        let replies = self.run(b, false).await?;
+        let mut out = Vec::with_capacity(replies.len());
+        for (minute, v) in (first..=last).zip(replies) {
+            let v: Vec<Option<u64>> = from(Some(v))?;
+            let n = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+            out.push(MinuteCounts {
+                minute,
+                delivered: n(0),
+                retrying: n(1),
+                dead: n(2),
+            });
+        }
+        Ok(out)
     }
 
     async fn reset_health(&self, webhook_id: &str) -> Result<(), StoreError> {
@@ -1208,19 +1507,16 @@ impl RedisStore {
     async fn read_counters(&self, ids: &[&str]) -> Result<Vec<WebhookCounters>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(WEBHOOKS_PER_READ) {
-            let mut pipe = redis::pipe();
+            let mut b = Batch::new();
             for id in chunk {
-                pipe.cmd("HMGET")
-                    .arg(self.keys.webhook_stats(id))
+                b.cmd("HMGET", &self.keys.webhook_stats(id))
                     .arg("successes")
                     .arg("failures")
                     .arg("retries")
                     .arg("consecutive_failures");
             }
-            let mut c = self.conn();
-            let replies: Vec<Vec<Option<u64>>> =
-                pipe.query_async(&mut c).await.map_err(unavailable)?;
-            out.extend(replies.into_iter().map(|v| {
+            out.extend(self.run(b, false).await?.into_iter().map(|v| {
+                let v: Vec<Option<u64>> = redis::from_owned_redis_value(v).unwrap_or_default();
                 let n = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
                 WebhookCounters {
                     successes: n(0),

@@ -125,3 +125,53 @@ impl ConnectionLike for Conn {
         0
     }
 }
+
+/// A connection to one Redis (a slot of the pool above) or to a Redis Cluster. The
+/// cluster client follows `MOVED` and `ASK`, refreshes its slot map after a failover and
+/// redials nodes by itself; what it cannot do is run one pipeline over several slots, which
+/// is what `Batch` is for.
+#[derive(Clone)]
+pub enum AnyConn {
+    Single(Conn),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for AnyConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// Open a cluster connection from a list of seed nodes.
+pub async fn open_cluster(
+    nodes: &[String],
+) -> RedisResult<redis::cluster_async::ClusterConnection> {
+    redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .retries(6)
+        .min_retry_wait(50)
+        .max_retry_wait(2_000)
+        .build()?
+        .get_async_connection()
+        .await
+}
