@@ -113,7 +113,7 @@ struct Settings {
     /// TOML configuration file.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// RabbitMQ URL [env: KIVIHOOK_AMQP_URL].
+    /// RabbitMQ URL, or the nodes of one cluster separated by commas [env: KIVIHOOK_AMQP_URL].
     #[arg(long, global = true)]
     amqp_url: Option<String>,
     /// Redis URL [env: KIVIHOOK_REDIS_URL].
@@ -320,7 +320,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             tokio::spawn(migrate_legacy_layout(store.clone(), shutdown.clone()));
         }
         let broker = Arc::new(RabbitBroker::new(
-            &config.amqp_url,
+            &config.amqp_urls(),
             &config.prefix,
             metrics.clone(),
             command.name(),

@@ -38,6 +38,18 @@ fn invalid_amqp_url_exits_2_naming_it() {
 }
 
 #[test]
+fn a_cluster_list_with_an_entry_that_is_not_amqp_exits_2_naming_it() {
+    let list = "amqp://guest:guest@127.0.0.1:5672/%2f,redis://127.0.0.1:6379";
+    let (code, stderr) = run_with(&[("KIVIHOOK_AMQP_URL", list)], &["dispatcher"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("KIVIHOOK_AMQP_URL") && stderr.contains("entry 2 of 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn unreadable_config_file_exits_2_naming_it() {
     let (code, stderr) = run_with(&[], &["ingest", "--config", "/nonexistent/kivihook.toml"]);
     assert_eq!(code, Some(2));

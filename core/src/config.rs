@@ -40,6 +40,8 @@ pub enum LogFormat {
 /// The validated configuration every role starts from.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// As given: one AMQP URL, or the nodes of one cluster separated by commas
+    /// (`amqp_urls` splits it).
     pub amqp_url: String,
     pub redis_url: String,
     pub bind: SocketAddr,
@@ -282,6 +284,13 @@ enum Source {
 }
 
 impl Config {
+    /// The RabbitMQ nodes `amqp_url` lists, in its order: every connection dials the first
+    /// that answers and, when it is lost, the next one round the list, so one installation
+    /// can be pointed at every node of a cluster rather than at one node or a load balancer.
+    pub fn amqp_urls(&self) -> Vec<String> {
+        split_amqp_urls(&self.amqp_url)
+    }
+
     /// Build from the process environment, an optional TOML file and flag overrides.
     pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Self, ConfigError> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -313,10 +322,7 @@ impl Config {
 
         let amqp_url = match raw("amqp_url") {
             Some((name, v)) => {
-                if !(v.starts_with("amqp://") || v.starts_with("amqps://")) {
-                    return Err(err(&name, "must be an amqp:// or amqps:// URL".into()));
-                }
-                url::Url::parse(&v).map_err(|e| err(&name, format!("is not a URL ({e})")))?;
+                check_amqp_urls(&v).map_err(|m| err(&name, m))?;
                 v
             }
             None => "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
@@ -537,6 +543,37 @@ impl Config {
     }
 }
 
+/// The entries of a comma-separated list of AMQP URLs, trimmed. A comma inside a password
+/// is written `%2C`, as any reserved character in a URL's user info.
+pub fn split_amqp_urls(list: &str) -> Vec<String> {
+    list.split(',').map(|u| u.trim().to_owned()).collect()
+}
+
+/// Every entry must be an AMQP URL; an empty entry (`a,,b`, a trailing comma) is refused
+/// too, as a sign of a list that was cut or joined wrongly. The entry is named by position,
+/// never echoed, because it may carry a password.
+fn check_amqp_urls(list: &str) -> Result<(), String> {
+    let urls = split_amqp_urls(list);
+    let n = urls.len();
+    for (i, u) in urls.iter().enumerate() {
+        let which = if n == 1 {
+            String::new()
+        } else {
+            format!(" (entry {} of {n})", i + 1)
+        };
+        if u.is_empty() {
+            return Err(format!("has an empty entry{which}"));
+        }
+        if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
+            return Err(format!(
+                "must be an amqp:// or amqps:// URL, or a comma-separated list of them{which}"
+            ));
+        }
+        url::Url::parse(u).map_err(|e| format!("is not a URL{which} ({e})"))?;
+    }
+    Ok(())
+}
+
 /// The value of one setting from the source that wins (flag, then file, then environment),
 /// with the name of that source for error messages.
 fn layered(
@@ -728,6 +765,44 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("invalid configuration: {k}: ")));
         }
+    }
+
+    #[test]
+    fn amqp_url_takes_a_list_of_cluster_nodes() {
+        let list =
+            "amqp://u:p@10.0.0.1:5672/%2f, amqps://u:p%2Cq@10.0.0.2:5671/%2f,amqp://10.0.0.3";
+        let c = Config::from_sources(&map(&[("KIVIHOOK_AMQP_URL", list)]), &map(&[]), &map(&[]))
+            .unwrap();
+        assert_eq!(c.amqp_url, list);
+        assert_eq!(
+            c.amqp_urls(),
+            [
+                "amqp://u:p@10.0.0.1:5672/%2f",
+                "amqps://u:p%2Cq@10.0.0.2:5671/%2f",
+                "amqp://10.0.0.3"
+            ]
+        );
+        let c = Config::from_sources(&map(&[]), &map(&[]), &map(&[])).unwrap();
+        assert_eq!(c.amqp_urls(), ["amqp://guest:guest@127.0.0.1:5672/%2f"]);
+        for bad in [
+            "amqp://a,http://b",
+            "amqp://a,,amqp://b",
+            "amqp://a,",
+            "amqp://a, amqp://[::1",
+        ] {
+            let e =
+                Config::from_sources(&map(&[]), &map(&[]), &map(&[("amqp_url", bad)])).unwrap_err();
+            assert_eq!(e.setting, "--amqp-url", "{bad}");
+            assert!(e.message.contains("(entry 2 of "), "{bad}: {}", e.message);
+        }
+        let e = Config::from_sources(
+            &map(&[]),
+            &map(&[("amqp_url", "amqp://u:hunter2@a,x")]),
+            &map(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "amqp_url (config file)");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

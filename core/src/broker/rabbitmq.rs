@@ -1,8 +1,13 @@
 //! RabbitMQ backend (lapin): publisher confirms on a few shared channels, quorum queues,
 //! manual acks, and reconnection with backoff.
+//!
+//! A handle may be given every node of a cluster. Each connection (the publisher's, each
+//! consumer's) dials the first node that answers; when a connection to a node is lost, the
+//! next one starts from the node after it, round the list. The queues are quorum queues, so
+//! whichever node a connection reaches serves them, whichever node leads them.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -26,12 +31,15 @@ use crate::metrics::Metrics;
 const PUBLISH_CHANNELS: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Declaring waits on the queues' leaders; a node that cannot reach them must not hold the
+/// reconnect (and every publish queued behind it) for longer than this.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed connect, publishes fail fast for this long instead of each one dialling.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The production broker.
 pub struct RabbitBroker {
-    url: String,
+    nodes: Arc<Nodes>,
     names: Names,
     metrics: Metrics,
     role: &'static str,
@@ -41,13 +49,112 @@ pub struct RabbitBroker {
 
 struct Publisher {
     conn: Connection,
+    /// Which of `Nodes::urls` it is connected to.
+    node: usize,
     channels: Vec<Channel>,
     next: AtomicUsize,
+    since: Instant,
+    /// The broker nacked a message on it: it is replaced, from the next node.
+    nacked: AtomicBool,
+}
+
+/// The nodes a handle may connect to, and which one it dials first.
+struct Nodes {
+    urls: Vec<String>,
+    /// Where the next dial starts: the node the last connection reached, moved past a node
+    /// once a connection to it is lost.
+    first: AtomicUsize,
+}
+
+impl Nodes {
+    /// Connect to the first node that answers, from `first` round the list; every node is
+    /// tried once before giving up, so one dead node costs a connect attempt, not a backoff.
+    async fn open(&self, names: &Names) -> Result<(Connection, usize), BrokerError> {
+        let n = self.urls.len();
+        if n == 0 {
+            return Err(BrokerError::Unavailable(
+                "no RabbitMQ node is configured".into(),
+            ));
+        }
+        let start = self.first.load(Ordering::Relaxed) % n;
+        let mut skipped = Vec::new();
+        let mut last = None;
+        for i in (0..n).map(|k| (start + k) % n) {
+            match open(&self.urls[i], names).await {
+                Ok(conn) => {
+                    self.first.store(i, Ordering::Relaxed);
+                    if !skipped.is_empty() {
+                        tracing::warn!(
+                            node = %self.label(i),
+                            skipped = %skipped.join(", "),
+                            "connected to RabbitMQ past nodes that did not answer"
+                        );
+                    }
+                    return Ok((conn, i));
+                }
+                Err(e) => {
+                    skipped.push(format!("{} ({e})", self.label(i)));
+                    last = Some(e);
+                }
+            }
+        }
+        match last {
+            // One node: its own error, as before there were lists.
+            Some(e) if n == 1 => Err(e),
+            _ => {
+                // Which node failed how is for the logs; the error may reach API clients.
+                tracing::warn!(nodes = %skipped.join(", "), "no RabbitMQ node answered");
+                Err(BrokerError::Unavailable(format!(
+                    "none of the {n} RabbitMQ nodes answered"
+                )))
+            }
+        }
+    }
+
+    /// A connection to node `i` was lost: the next dial starts at the node after it. The
+    /// publisher and every consumer notice the same loss; only the first moves the start,
+    /// so they all meet again on one node instead of scattering over the list.
+    fn lost(&self, i: usize) {
+        let n = self.urls.len();
+        if n > 1 {
+            let _ =
+                self.first
+                    .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// `host:port` of node `i`, for logs: never the user or password.
+    fn label(&self, i: usize) -> String {
+        let url = &self.urls[i];
+        match url::Url::parse(url) {
+            Ok(u) => {
+                let port = u
+                    .port()
+                    .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 });
+                format!("{}:{port}", u.host_str().unwrap_or("?"))
+            }
+            Err(_) => format!("node {}", i + 1),
+        }
+    }
 }
 
 impl Publisher {
     fn healthy(&self) -> bool {
-        self.conn.status().connected() && self.channels.iter().all(|c| c.status().connected())
+        !self.nacked.load(Ordering::Relaxed)
+            && self.conn.status().connected()
+            && self.channels.iter().all(|c| c.status().connected())
+    }
+
+    /// A nack means the node did not take the message, and a channel may stay that way:
+    /// after a quorum queue's leader was lost, a channel whose first publish fell into the
+    /// election can nack every message from then on while its connection looks healthy;
+    /// only a new channel recovers. So a nacked publisher is retired, but only once it is
+    /// older than the reconnect backoff, so that a cluster that nacks everything costs a
+    /// reconnect every backoff, not one per message.
+    fn nacked(&self) {
+        if self.since.elapsed() >= RECONNECT_BACKOFF {
+            self.nacked.store(true, Ordering::Relaxed);
+        }
     }
 
     fn channel(&self) -> &Channel {
@@ -72,18 +179,33 @@ async fn open(url: &str, names: &Names) -> Result<Connection, BrokerError> {
         .await
         .map_err(|_| BrokerError::Timeout(CONNECT_TIMEOUT))?
         .map_err(unavailable)?;
-    let ch = conn.create_channel().await.map_err(unavailable)?;
-    declare_topology(&ch, names).await.map_err(unavailable)?;
-    let _ = ch.close(200, "topology declared").await;
-    Ok(conn)
+    let declared = tokio::time::timeout(DECLARE_TIMEOUT, async {
+        let ch = conn.create_channel().await.map_err(unavailable)?;
+        declare_topology(&ch, names).await.map_err(unavailable)?;
+        let _ = ch.close(200, "topology declared").await;
+        Ok::<_, BrokerError>(())
+    })
+    .await;
+    match declared {
+        Ok(Ok(())) => Ok(conn),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            let _ = conn.close(200, "topology not declared in time").await;
+            Err(BrokerError::Timeout(DECLARE_TIMEOUT))
+        }
+    }
 }
 
 impl RabbitBroker {
-    /// A broker handle; it connects on first use and reconnects after failures, so a role
-    /// starts (and answers 503) even while RabbitMQ is down.
-    pub fn new(url: &str, prefix: &str, metrics: Metrics, role: &'static str) -> Self {
+    /// A broker handle on the nodes of one cluster (or one node); it connects on first use
+    /// and reconnects after failures, so a role starts (and answers 503) even while RabbitMQ
+    /// is down.
+    pub fn new(urls: &[String], prefix: &str, metrics: Metrics, role: &'static str) -> Self {
         Self {
-            url: url.to_owned(),
+            nodes: Arc::new(Nodes {
+                urls: urls.to_vec(),
+                first: AtomicUsize::new(0),
+            }),
             names: Names::new(prefix),
             metrics,
             role,
@@ -104,6 +226,12 @@ impl RabbitBroker {
         guard.as_ref().filter(|p| p.healthy()).cloned()
     }
 
+    /// The publisher that is no longer healthy, if there is one.
+    fn broken_publisher(&self) -> Option<Arc<Publisher>> {
+        let guard = self.current.read().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().filter(|p| !p.healthy()).cloned()
+    }
+
     async fn publisher(&self) -> Result<Arc<Publisher>, BrokerError> {
         if let Some(p) = self.healthy_publisher() {
             return Ok(p);
@@ -117,6 +245,14 @@ impl RabbitBroker {
             return Err(BrokerError::Unavailable(
                 "not connected to RabbitMQ; reconnecting".into(),
             ));
+        }
+        if let Some(old) = self.broken_publisher() {
+            if old.nacked.load(Ordering::Relaxed) && old.conn.status().connected() {
+                tracing::warn!(role = self.role, node = %self.nodes.label(old.node), "RabbitMQ nacked a publish; reconnecting, from the next node");
+            }
+            // Publishes still in flight on it keep it open until they settle; then dropping
+            // it closes the connection.
+            self.nodes.lost(old.node);
         }
         match self.connect_publisher().await {
             Ok(p) => {
@@ -132,7 +268,7 @@ impl RabbitBroker {
                         .amqp_reconnects
                         .with_label_values(&[self.role])
                         .inc();
-                    tracing::info!(role = self.role, "reconnected to RabbitMQ");
+                    tracing::info!(role = self.role, node = %self.nodes.label(p.node), "reconnected to RabbitMQ");
                 }
                 Ok(p)
             }
@@ -149,7 +285,7 @@ impl RabbitBroker {
     }
 
     async fn connect_publisher(&self) -> Result<Arc<Publisher>, BrokerError> {
-        let conn = open(&self.url, &self.names).await?;
+        let (conn, node) = self.nodes.open(&self.names).await?;
         let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
         for _ in 0..PUBLISH_CHANNELS {
             let ch = conn.create_channel().await.map_err(unavailable)?;
@@ -160,8 +296,11 @@ impl RabbitBroker {
         }
         Ok(Arc::new(Publisher {
             conn,
+            node,
             channels,
             next: AtomicUsize::new(0),
+            since: Instant::now(),
+            nacked: AtomicBool::new(false),
         }))
     }
 
@@ -201,7 +340,10 @@ impl RabbitBroker {
             Confirmation::Ack(Some(_)) => Err(BrokerError::Refused(
                 "no queue is bound for this event".into(),
             )),
-            Confirmation::Nack(_) => Err(BrokerError::Refused("the broker nacked it".into())),
+            Confirmation::Nack(_) => {
+                p.nacked();
+                Err(BrokerError::Refused("the broker nacked it".into()))
+            }
             Confirmation::NotRequested => Err(BrokerError::Refused(
                 "publisher confirms are not enabled".into(),
             )),
@@ -227,7 +369,7 @@ impl Broker for RabbitBroker {
     ) -> Result<DeliveryStream, BrokerError> {
         // Consumers get their own connection: RabbitMQ throttles publishing connections under
         // memory pressure, and that must never stall acks.
-        let conn = open(&self.url, &self.names).await?;
+        let (conn, node) = self.nodes.open(&self.names).await?;
         let channel = conn.create_channel().await.map_err(unavailable)?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -246,6 +388,9 @@ impl Broker for RabbitBroker {
             _conn: conn,
             _channel: channel,
             inner: consumer,
+            nodes: self.nodes.clone(),
+            node,
+            ended: false,
         }
         .boxed())
     }
@@ -279,13 +424,24 @@ struct RabbitConsumer {
     _conn: Connection,
     _channel: Channel,
     inner: lapin::Consumer,
+    nodes: Arc<Nodes>,
+    /// Which node the connection reached, to move past it once the stream ends.
+    node: usize,
+    ended: bool,
 }
 
 impl Stream for RabbitConsumer {
     type Item = Result<Delivery, BrokerError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        // The stream ends, or fails, only when the channel or connection is gone: the next
+        // consumer dials the next node first.
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) && !self.ended {
+            self.ended = true;
+            self.nodes.lost(self.node);
+        }
+        polled.map(|item| {
             item.map(|res| {
                 res.map_err(unavailable).map(|d| Delivery {
                     registry_version: registry_version(d.properties.headers()),
@@ -342,5 +498,43 @@ impl Acker for RabbitAcker {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(urls: &[&str]) -> Nodes {
+        Nodes {
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+            first: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn a_lost_node_moves_the_start_once_round_the_list() {
+        let n = nodes(&["amqp://a", "amqp://b", "amqp://c"]);
+        // The publisher and two consumers all lose node 0: the start moves once.
+        for _ in 0..3 {
+            n.lost(0);
+        }
+        assert_eq!(n.first.load(Ordering::Relaxed), 1);
+        n.lost(1);
+        n.lost(2);
+        assert_eq!(n.first.load(Ordering::Relaxed), 0, "round the list");
+        let one = nodes(&["amqp://a"]);
+        one.lost(0);
+        assert_eq!(one.first.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn node_labels_never_show_credentials() {
+        let n = nodes(&[
+            "amqp://kivi:s3cret@rabbit-0.local/%2f",
+            "amqps://kivi:s3cret@rabbit-1.local:5999",
+        ]);
+        assert_eq!(n.label(0), "rabbit-0.local:5672");
+        assert_eq!(n.label(1), "rabbit-1.local:5999");
     }
 }
