@@ -36,10 +36,10 @@ struct Args {
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Scenarios to run, comma-separated: ceiling, one, registry10k, fanout10, hung10,
-    /// flaky20, latency.
+    /// flaky20, latency, memory (100,000 events to one webhook, for Redis bytes per event).
     #[arg(
         long,
-        default_value = "ceiling,one,registry10k,fanout10,hung10,flaky20,latency"
+        default_value = "ceiling,one,registry10k,fanout10,hung10,flaky20,latency,memory"
     )]
     scenarios: String,
     /// Webhooks registered in `registry10k` besides the one that receives (fewer for a
@@ -412,6 +412,45 @@ async fn cleanup(args: &Args, prefix: &str) {
     }
 }
 
+/// Bytes of Redis the run holds (the sum of `MEMORY USAGE` over every key of its prefix)
+/// and how many keys: after every event was delivered, this is what stays for the dedup
+/// window. `MEMORY USAGE` counts a key, its value and its entry in the keyspace; Redis also
+/// keeps an entry of about 24 bytes per key with a time to live, which it does not count.
+async fn redis_bytes(args: &Args, prefix: &str) -> Option<(u64, usize)> {
+    let client = redis::Client::open(args.redis_url.as_str()).ok()?;
+    let mut c = client.get_multiplexed_async_connection().await.ok()?;
+    let mut keys: Vec<String> = Vec::new();
+    for pattern in kivihook_core::keys::Keys::new(prefix).all_pattern() {
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            keys.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    let mut total = 0u64;
+    for chunk in keys.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+        }
+        let sizes: Vec<Option<u64>> = pipe.query_async(&mut c).await.ok()?;
+        total += sizes.into_iter().flatten().sum::<u64>();
+    }
+    Some((total, keys.len()))
+}
+
 /// What one scenario measured.
 #[derive(serde::Serialize, Default)]
 struct Outcome {
@@ -428,6 +467,8 @@ struct Outcome {
     ratio_to_ceiling: Option<f64>,
     /// `registry10k` only: its events/s over `one`'s in the same run.
     ratio_to_one: Option<f64>,
+    /// `MEMORY USAGE` of every key of the run, over its events, once all were delivered.
+    redis_bytes_per_event: Option<f64>,
     notes: String,
 }
 
@@ -681,6 +722,7 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
     let mut lat = sink.latencies_us.lock().unwrap().clone();
     lat.sort_unstable();
     let deliveries = sink.ok.load(Ordering::Relaxed);
+    let redis_bytes = redis_bytes(args, &prefix).await;
     let out = Outcome {
         scenario: spec.name.to_owned(),
         events: spec.events,
@@ -694,10 +736,12 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
         cpu_seconds: cpu,
         ratio_to_ceiling: None,
         ratio_to_one: None,
+        redis_bytes_per_event: redis_bytes.map(|(bytes, _)| bytes as f64 / spec.events as f64),
         notes: format!(
-            "ingest took {:.2}s; {} first attempts failed{}",
+            "ingest took {:.2}s; {} first attempts failed; {} Redis keys{}",
             ingested.as_secs_f64(),
             sink.failed.load(Ordering::Relaxed),
+            redis_bytes.map_or(0, |(_, keys)| keys),
             if spec.bystanders > 0 {
                 format!(
                     "; {} bystander webhooks registered in {:.1}s; {stray} deliveries reached a bystander; dispatcher registry reloads: {} full, {} incremental",
@@ -800,6 +844,15 @@ async fn main() -> anyhow::Result<()> {
             bystanders: 0,
         },
         Spec {
+            name: "memory",
+            events: 100_000,
+            hooks: vec!["ok"],
+            rate: None,
+            expect: 100_000,
+            env: vec![],
+            bystanders: 0,
+        },
+        Spec {
             name: "latency",
             events: 10_000,
             hooks: vec!["ok"],
@@ -838,7 +891,11 @@ async fn main() -> anyhow::Result<()> {
             r.ratio_to_ceiling.map(|x| format!("{x:.2}")).unwrap_or_default(), cpu("ingest"), cpu("dispatcher"), cpu("scheduler"));
     }
     for r in &results {
-        println!("  {}: {}", r.scenario, r.notes);
+        let bytes = r
+            .redis_bytes_per_event
+            .map(|b| format!("; {b:.0} bytes of Redis per event"))
+            .unwrap_or_default();
+        println!("  {}: {}{bytes}", r.scenario, r.notes);
     }
     if let Some(r) = results.iter().find(|r| r.scenario == "registry10k") {
         match r.ratio_to_one {
