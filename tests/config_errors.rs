@@ -80,3 +80,48 @@ fn an_outbound_proxy_that_is_not_an_http_url_exits_2_naming_it() {
         assert!(stderr.contains("KIVIHOOK_OUTBOUND_PROXY"), "{stderr}");
     }
 }
+
+const KEY: &str = "dGVzdC1rZXktZm9yLXNlYWxpbmctc2VjcmV0cy0zMmI=";
+
+#[test]
+fn a_redis_cluster_list_that_cannot_be_parsed_exits_2_naming_it() {
+    for list in [
+        "redis://127.0.0.1:7000,http://127.0.0.1:7001",
+        " , ",
+        "redis://[::1",
+    ] {
+        let (code, stderr) = run_with(
+            &[
+                ("KIVIHOOK_REDIS_CLUSTER", list),
+                ("KIVIHOOK_SECRET_KEY", KEY),
+            ],
+            &["dispatcher"],
+        );
+        assert_eq!(code, Some(2), "{list}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("KIVIHOOK_REDIS_CLUSTER"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_redis_cluster_that_cannot_be_reached_exits_2_naming_it() {
+    let started = std::time::Instant::now();
+    let (code, stderr) = run_with(
+        &[
+            (
+                "KIVIHOOK_REDIS_CLUSTER",
+                "redis://127.0.0.1:1,redis://127.0.0.1:2",
+            ),
+            ("KIVIHOOK_SECRET_KEY", KEY),
+            ("KIVIHOOK_BIND", "127.0.0.1:0"),
+        ],
+        &["dispatcher"],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("KIVIHOOK_REDIS_CLUSTER") && stderr.contains("answered"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}

@@ -362,11 +362,20 @@ fn start_role(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
+        // The first warnings and errors of each role, so a run that goes wrong says why.
+        let mut shown = 0;
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
         {
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let level = v["level"].as_str().unwrap_or_default();
+                // Failed deliveries are what the flaky and hung scenarios are made of.
+                let expected = v["message"] == "delivery failed";
+                if (level == "WARN" || level == "ERROR") && !expected && shown < 20 {
+                    shown += 1;
+                    eprintln!("  role: {line}");
+                }
                 if v["message"] == "listening" {
                     if let (Some(tx), Some(a)) = (tx.take(), v["addr"].as_str()) {
                         let _ = tx.send(a.to_owned());

@@ -243,6 +243,17 @@ impl Store for MemoryStore {
                     s.dead.remove(d);
                 }
                 s.dead_order.retain(|d| !gone.contains(d));
+                let jobs: Vec<String> = s
+                    .jobs
+                    .values()
+                    .filter(|j| j.webhook_id == id)
+                    .map(|j| j.id.clone())
+                    .collect();
+                for j in &jobs {
+                    s.jobs.remove(j);
+                    s.leases.remove(j);
+                }
+                s.schedule.retain(|(_, j)| !jobs.contains(j));
             }
             existed
         }))

@@ -105,7 +105,7 @@ end
 return 1
 ";
 
-/// A delivered target: appended to the event's marker (with the seconds since the event was
+/// A delivered target: added to the event's marker (with the seconds since the event was
 /// received) while the marker lives, so a delivered event is one small string; a target-hash
 /// entry when the marker has expired (a retry delivered after the dedup window), which
 /// then expires on its own.
@@ -128,7 +128,9 @@ if m then
       entry = entry .. '@' .. s
     end
   end
-  redis.call('APPEND', KEYS[1], entry)
+  -- SET, not APPEND: APPEND turns the string into one with room to grow (about twice its
+  -- size), where SET keeps a short one embedded in its key's object.
+  redis.call('SET', KEYS[1], m .. entry, 'KEEPTTL')
   redis.call('HDEL', KEYS[2], ARGV[2])
 else
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
@@ -641,6 +643,65 @@ impl RedisStore {
     }
 }
 
+/// Remove every retry job of a deleted webhook from every shard of the schedule.
+async fn purge_jobs(mut conn: AnyConn, keys: Keys, webhook_id: String) {
+    let mut removed = 0usize;
+    for shard in 0..RETRY_SHARDS {
+        let jobs_key = keys.retry_jobs(shard);
+        let mut cursor = 0u64;
+        loop {
+            let page: Result<(u64, Vec<String>), _> = redis::cmd("HSCAN")
+                .arg(&jobs_key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await;
+            let Ok((next, pairs)) = page else {
+                tracing::warn!(webhook_id = %webhook_id, "could not scan the retry schedule for a deleted webhook's jobs; they are dropped when due");
+                return;
+            };
+            let ids: Vec<&String> = pairs
+                .chunks(2)
+                .filter_map(|pair| match pair {
+                    [id, json] => serde_json::from_str::<Job>(json)
+                        .ok()
+                        .filter(|j| j.webhook_id == webhook_id)
+                        .map(|_| id),
+                    _ => None,
+                })
+                .collect();
+            if !ids.is_empty() {
+                let gone: Result<(), _> = redis::pipe()
+                    .cmd("ZREM")
+                    .arg(keys.retry_schedule(shard))
+                    .arg(&ids)
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(keys.retry_leases(shard))
+                    .arg(&ids)
+                    .ignore()
+                    .cmd("HDEL")
+                    .arg(&jobs_key)
+                    .arg(&ids)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await;
+                if gone.is_ok() {
+                    removed += ids.len();
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(webhook_id = %webhook_id, jobs = removed, "removed the retry jobs of a deleted webhook");
+    }
+}
+
 /// Write the minute counters once a second, off the delivery path: they feed the dashboard's
 /// overview, so one `HINCRBY` per key and second replaces two commands per recorded message.
 /// Counts that cannot be written are kept for the next try (a write that broke off part-way
@@ -821,8 +882,10 @@ impl Store for RedisStore {
         }
         let mut c = self.conn();
         // What the webhook leaves behind goes with it: its counters, hourly buckets, attempt
-        // log, rate bucket and dead letters. Retry jobs it still has are dropped by the
-        // dispatcher when they come due (their webhook is gone).
+        // log, rate bucket and dead letters, and (in the background, as they are found by a
+        // scan of the schedule) its retry jobs. A job the scan has not reached yet is dropped
+        // by the dispatcher when it comes due, since its webhook is gone.
+        tokio::spawn(purge_jobs(self.conn(), self.keys.clone(), id.to_owned()));
         let dead: Vec<String> = redis::cmd("ZRANGE")
             .arg(self.keys.dead_letters_of(id))
             .arg(0)
@@ -908,18 +971,24 @@ impl Store for RedisStore {
         }
         // The outcome first, then the state that points at it: if the connection drops (or a
         // process dies) halfway, a state never points at a job or dead letter that was not
-        // written. On a cluster the two are different slots, so they are two batches; a
-        // message whose targets were all delivered needs only one.
+        // written. On a cluster the two are different slots, so a message with a retry or a
+        // dead letter takes two batches; one whose targets were all delivered takes one. The
+        // attempt's statistics go in the first, so every attempt counts in its webhook's
+        // failure streak in the order it was made (a failure recorded a round trip later than
+        // the successes around it would make streaks out of nothing).
         let now = Utc::now();
-        let mut outcomes = Batch::new();
-        let mut states = Batch::new();
+        let two_steps = results
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Retry { .. } | Outcome::Dead(_)));
+        let mut first = Batch::new();
+        let mut second = Batch::new();
         let mut has_attempt = Vec::with_capacity(results.len());
         let mut dead_for: Vec<&str> = Vec::new();
         for r in results {
             let state = match &r.outcome {
                 Outcome::Delivered => Some(TargetState::Delivered { at: now }),
                 Outcome::Retry { job, due } => {
-                    self.add_job(&mut outcomes, job, *due)?;
+                    self.add_job(&mut first, job, *due)?;
                     Some(TargetState::Retrying {
                         attempt: job.attempt,
                         due: *due,
@@ -927,7 +996,7 @@ impl Store for RedisStore {
                     })
                 }
                 Outcome::Dead(dl) => {
-                    self.add_dead_letter(&mut outcomes, dl);
+                    self.add_dead_letter(&mut first, dl);
                     dead_for.push(&dl.webhook_id);
                     Some(TargetState::Dead {
                         dead_letter_id: dl.id.clone(),
@@ -937,18 +1006,19 @@ impl Store for RedisStore {
             };
             if let Some(a) = &r.attempt {
                 let ok = matches!(r.outcome, Outcome::Delivered);
-                self.add_attempt(&mut states, a, ok);
+                self.add_attempt(&mut first, a, ok);
             }
             has_attempt.push(r.attempt.is_some());
             if let Some(state) = state {
-                self.add_state(&mut states, r, &state);
+                let states = if two_steps { &mut second } else { &mut first };
+                self.add_state(states, r, &state);
             }
         }
-        if !outcomes.is_empty() {
-            self.run(outcomes, true).await?;
+        // The replies kept are the attempt scripts' (arrays, in order) and the folds' (not).
+        let replies = self.run(first, true).await?;
+        if !second.is_empty() {
+            self.run(second, true).await?;
         }
-        // The replies kept are the attempt scripts' (in order) and the folds' (ignored below).
-        let replies = self.run(states, true).await?;
         let mut streaks = replies.into_iter().filter_map(|v| match v {
             Value::Array(_) => <(u64, String)>::from_owned_redis_value(v).ok(),
             _ => None,
