@@ -23,8 +23,30 @@ use crate::webhook::{Auth, Body, KeyLocation, Method, Webhook};
 use bytes::Bytes;
 
 /// How much of a response body is read and kept.
-const RESPONSE_EXCERPT: usize = 4096;
+pub const RESPONSE_EXCERPT: usize = 4096;
+/// How much of each response header value is kept.
+pub const HEADER_EXCERPT: usize = 512;
 const MAX_RESPONSE_HEADERS: usize = 50;
+
+/// The longest prefix of `s` that is at most `max` bytes and ends on a character boundary:
+/// a receiver's bytes are cut here, never in the middle of a character (which panics).
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// At most `max` bytes of what a receiver sent, as text (invalid UTF-8 replaced), cut at a
+/// character boundary.
+pub fn excerpt(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
+    cut(&text, max).to_owned()
+}
 
 /// Why an attempt failed before a status arrived, or that the status was not 2xx.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +60,8 @@ pub enum ErrorKind {
     Config,
     /// Refused by the outbound guard (a private address, or plain http where https is required).
     Blocked,
+    /// KiviHook itself failed while making the attempt (a bug, caught): retried on schedule.
+    Internal,
 }
 
 impl ErrorKind {
@@ -51,6 +75,7 @@ impl ErrorKind {
             Self::HttpStatus => "http_status",
             Self::Config => "config",
             Self::Blocked => "blocked",
+            Self::Internal => "internal",
         }
     }
 }
@@ -86,7 +111,8 @@ impl Attempt {
         }
     }
 
-    fn failed(kind: ErrorKind, error: String, started: Instant) -> Self {
+    /// An attempt that failed before any status arrived.
+    pub fn failed(kind: ErrorKind, error: String, started: Instant) -> Self {
         Self {
             status: None,
             response_headers: BTreeMap::new(),
@@ -412,11 +438,7 @@ pub async fn send(
         .headers()
         .iter()
         .take(MAX_RESPONSE_HEADERS)
-        .map(|(k, v)| {
-            let mut value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            value.truncate(512);
-            (k.as_str().to_owned(), value)
-        })
+        .map(|(k, v)| (k.as_str().to_owned(), excerpt(v.as_bytes(), HEADER_EXCERPT)))
         .collect();
     // Read a little of the body (kept for the log, and so the connection can be reused);
     // never all of it.
@@ -432,7 +454,6 @@ pub async fn send(
             }
         }
     }
-    body.truncate(RESPONSE_EXCERPT);
     let ok = (200..300).contains(&status);
     let (error_kind, error) = match read_error {
         // A 2xx whose body broke off still counts: the receiver said yes.
@@ -446,7 +467,7 @@ pub async fn send(
     Attempt {
         status: Some(status),
         response_headers,
-        response_body: String::from_utf8_lossy(&body).into_owned(),
+        response_body: excerpt(&body, RESPONSE_EXCERPT),
         error_kind,
         error,
         retry_after,
@@ -525,6 +546,23 @@ pub fn prepare<'a>(webhook: &'a Webhook, envelope: &Bytes) -> Prepared<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receiver_bytes_are_cut_at_a_character_boundary() {
+        // 511 ASCII bytes then a two-byte character: byte 512 falls inside it.
+        let header = format!("{}é and more", "a".repeat(511));
+        let kept = excerpt(header.as_bytes(), HEADER_EXCERPT);
+        assert_eq!(kept, "a".repeat(511));
+        assert_eq!(cut("héllo", 2), "h");
+        assert_eq!(cut("héllo", 3), "hé");
+        assert_eq!(cut("short", 512), "short");
+        // Invalid UTF-8 cut mid-sequence becomes a replacement character, never a panic.
+        let bytes = [b'a', 0xE2, 0x82];
+        assert_eq!(excerpt(&bytes, 3), "a");
+        for max in 0..8 {
+            assert!(excerpt("ééééé".as_bytes(), max).len() <= max);
+        }
+    }
 
     #[test]
     fn message_ids_are_stable_per_event_and_webhook() {

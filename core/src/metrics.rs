@@ -32,6 +32,9 @@ pub struct Metrics {
     pub redelivery_skips: IntCounter,
     /// Messages that could not be parsed, sent to the dead-letter queue.
     pub poison_messages: IntCounter,
+    /// Panics caught while handling a delivery (a bug): the target is recorded as a failed
+    /// attempt and retried, or the message dead-lettered; never left unsettled.
+    pub delivery_panics: IntCounter,
     /// Dead-letter entries written.
     pub dead_letters: IntCounter,
     pub amqp_reconnects: IntCounterVec,
@@ -133,6 +136,10 @@ impl Metrics {
             redelivery_skips: reg!(must(IntCounter::new(
                 "kivihook_redelivery_skips_total",
                 "Targets skipped because a redelivered event had already reached them.",
+            ))),
+            delivery_panics: reg!(must(IntCounter::new(
+                "kivihook_delivery_panics_total",
+                "Panics caught while handling a delivery; each settled its message.",
             ))),
             poison_messages: reg!(must(IntCounter::new(
                 "kivihook_poison_messages_total",

@@ -2,14 +2,19 @@
 //! task; reconnect with backoff when the connection is lost. First attempts and retries
 //! are consumed apart, each with its own prefetch, so neither can starve the other.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 
-use kivihook_core::broker::{Delivery, DeliveryStream, Queue};
+use kivihook_core::broker::{Acker, BrokerError, Delivery, DeliveryStream, Queue};
 use kivihook_core::delivery::Job;
 use kivihook_core::{Event, Shutdown};
 
@@ -81,12 +86,7 @@ async fn consume(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             item = stream.next() => match item {
                 Some(Ok(delivery)) => {
-                    let d = d.clone();
-                    let shutdown = shutdown.clone();
-                    match queue {
-                        Queue::Deliveries => tasks.spawn(handle_event(d, delivery, shutdown)),
-                        Queue::Retries => tasks.spawn(handle_job(d, delivery, shutdown)),
-                    };
+                    tasks.spawn(guarded(d.clone(), queue, delivery, shutdown.clone()));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
@@ -109,6 +109,94 @@ async fn consume(
         tasks.abort_all();
     }
     drop(stream);
+}
+
+/// An acker that remembers whether its message was settled, so a task that panicked
+/// before settling can be settled for it.
+#[derive(Clone)]
+struct Tracked {
+    inner: Arc<dyn Acker>,
+    settled: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Acker for Tracked {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        self.settled.store(true, Ordering::Release);
+        self.inner.ack().await
+    }
+
+    async fn requeue(&self) -> Result<(), BrokerError> {
+        self.settled.store(true, Ordering::Release);
+        self.inner.requeue().await
+    }
+
+    async fn dead_letter(&self) -> Result<(), BrokerError> {
+        self.settled.store(true, Ordering::Release);
+        self.inner.dead_letter().await
+    }
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
+/// Handle one message so that no panic can leave it unsettled: a panic inside one target's
+/// attempt is that attempt's failure (see `attempt`); one anywhere else dead-letters the
+/// message (retrying it would panic again), counted and logged.
+async fn guarded(d: Arc<Dispatcher>, queue: Queue, mut delivery: Delivery, shutdown: Shutdown) {
+    let tracked = Tracked {
+        inner: Arc::from(std::mem::replace(&mut delivery.acker, Box::new(Settled))),
+        settled: Arc::new(AtomicBool::new(false)),
+    };
+    delivery.acker = Box::new(tracked.clone());
+    let handled = match queue {
+        Queue::Deliveries => {
+            AssertUnwindSafe(handle_event(d.clone(), delivery, shutdown))
+                .catch_unwind()
+                .await
+        }
+        Queue::Retries => {
+            AssertUnwindSafe(handle_job(d.clone(), delivery, shutdown))
+                .catch_unwind()
+                .await
+        }
+    };
+    if let Err(panic) = handled {
+        d.metrics.delivery_panics.inc();
+        let settled = tracked.settled.load(Ordering::Acquire);
+        tracing::error!(
+            panic = panic_message(panic.as_ref()),
+            settled,
+            "handling a message panicked; sending it to the dead-letter queue"
+        );
+        if !settled {
+            if let Err(e) = tracked.inner.dead_letter().await {
+                tracing::warn!(error = %e, "could not dead-letter the message; it will be redelivered");
+            }
+        }
+    }
+}
+
+/// A placeholder acker, never used: it stands in while the real one is moved.
+struct Settled;
+
+#[async_trait]
+impl Acker for Settled {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn requeue(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn dead_letter(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 /// A message that cannot be parsed goes to the dead-letter queue, counted, never retried.
@@ -195,12 +283,46 @@ async fn attempt(d: &Dispatcher, target: &Target) -> Processed {
             return record::deferred(target, until);
         }
     };
-    d.metrics.deliveries_in_flight.inc();
-    let result = send::send(&d.clients, target).await;
-    d.metrics.deliveries_in_flight.dec();
+    let started = Instant::now();
+    let in_flight = InFlight::new(d);
+    let result = match AssertUnwindSafe(send::send(&d.clients, target))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => {
+            // A bug, not the receiver's fault: this target's attempt failed and is retried on
+            // its schedule; the event's other targets go on as usual.
+            d.metrics.delivery_panics.inc();
+            tracing::error!(
+                event_id = %target.event_id,
+                webhook_id = %target.webhook.id,
+                panic = panic_message(panic.as_ref()),
+                "an attempt panicked; recording it as failed"
+            );
+            send::Attempt::failed(send::ErrorKind::Internal, "internal error".into(), started)
+        }
+    };
+    drop(in_flight);
     drop(permit);
     observe(d, target, &result);
     record::after_attempt(d, target, &result)
+}
+
+/// Counts a delivery in flight for as long as it lives, panic or not.
+struct InFlight<'a>(&'a Dispatcher);
+
+impl<'a> InFlight<'a> {
+    fn new(d: &'a Dispatcher) -> Self {
+        d.metrics.deliveries_in_flight.inc();
+        Self(d)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.deliveries_in_flight.dec();
+    }
 }
 
 fn observe(d: &Dispatcher, target: &Target, attempt: &send::Attempt) {
@@ -235,5 +357,18 @@ fn observe(d: &Dispatcher, target: &Target, attempt: &send::Attempt) {
             error = %attempt.describe(),
             "delivery failed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_caught_with_its_message() {
+        let caught = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+        assert_eq!(panic_message(caught.as_ref()), "boom 7");
+        let caught = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(caught.as_ref()), "plain");
     }
 }
