@@ -149,6 +149,10 @@ struct Settings {
     /// Largest accepted request body in bytes [env: KIVIHOOK_MAX_BODY_BYTES].
     #[arg(long, global = true)]
     max_body_bytes: Option<String>,
+    /// Largest request body a webhook's templates may render, in bytes
+    /// [env: KIVIHOOK_MAX_BODY].
+    #[arg(long, global = true)]
+    max_body: Option<String>,
     /// Seconds an event id is remembered for de-duplication [env: KIVIHOOK_DEDUP_WINDOW].
     #[arg(long, global = true)]
     dedup_window: Option<String>,
@@ -207,6 +211,7 @@ impl Settings {
             ("prefetch", &self.prefetch),
             ("delivery_timeout", &self.delivery_timeout),
             ("max_body_bytes", &self.max_body_bytes),
+            ("max_body", &self.max_body),
             ("dedup_window", &self.dedup_window),
             ("log_format", &self.log_format),
             ("retry_schedule", &self.retry_schedule),
@@ -358,7 +363,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             broker.clone(),
             store.clone(),
             metrics.clone(),
-        ));
+        )?);
         dev::start(router, store.as_ref(), addr, &config).await?
     } else if command.serves_api() {
         kivihook_ingest::router(AppState::new(
@@ -366,7 +371,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             broker.clone(),
             store.clone(),
             metrics.clone(),
-        ))
+        )?)
     } else {
         ops::router(OpsState {
             metrics: metrics.clone(),
@@ -382,7 +387,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             broker.clone(),
             store.clone(),
             metrics.clone(),
-        ));
+        )?);
         roles.spawn(d.run(shutdown.clone()));
     }
     if command.schedules() {

@@ -125,3 +125,22 @@ fn a_redis_cluster_that_cannot_be_reached_exits_2_naming_it() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
 }
+
+#[test]
+fn an_admin_token_equal_to_the_ingest_token_exits_2() {
+    let token = "same-token-for-both-0123456789";
+    let (code, stderr) = run_with(
+        &[
+            ("KIVIHOOK_ADMIN_TOKEN", token),
+            ("KIVIHOOK_INGEST_TOKEN", token),
+        ],
+        &["ingest"],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("KIVIHOOK_ADMIN_TOKEN") && stderr.contains("ingest token"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(token), "the token is not printed: {stderr}");
+}

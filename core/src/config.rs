@@ -53,6 +53,9 @@ pub struct Config {
     pub prefetch: u16,
     pub delivery_timeout: Duration,
     pub max_body_bytes: usize,
+    /// The largest request body a webhook's templates may render (`KIVIHOOK_MAX_BODY`);
+    /// a larger one fails its attempt and nothing is sent.
+    pub max_body: usize,
     pub dedup_window: Duration,
     pub log_format: LogFormat,
     /// Delays between attempts, unless a webhook sets its own.
@@ -146,6 +149,11 @@ const SETTINGS: &[Setting] = &[
         key: "max_body_bytes",
         env: "KIVIHOOK_MAX_BODY_BYTES",
         flag: "--max-body-bytes",
+    },
+    Setting {
+        key: "max_body",
+        env: "KIVIHOOK_MAX_BODY",
+        flag: "--max-body",
     },
     Setting {
         key: "dedup_window",
@@ -384,6 +392,15 @@ impl Config {
         };
         let admin_token = token("admin_token")?;
         let ingest_token = token("ingest_token")?;
+        if let (Some(admin), Some(ingest)) = (&admin_token, &ingest_token) {
+            if admin == ingest {
+                let name = raw("admin_token").map(|(n, _)| n).unwrap_or_default();
+                return Err(err(
+                    &name,
+                    "must differ from the ingest token: whoever sends events (KiviCare) would be an admin".into(),
+                ));
+            }
+        }
         let generated_tokens = admin_token.is_none() || ingest_token.is_none();
         let int = |key: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
             match raw(key) {
@@ -498,6 +515,19 @@ impl Config {
                 })?,
             None => 256 * 1024,
         };
+        let max_body = match raw("max_body") {
+            Some((name, v)) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        &name,
+                        format!("must be a byte count from 1024 to 67108864 (got {v:?})"),
+                    )
+                })?,
+            None => 256 * 1024,
+        };
         let log_format = match raw("log_format") {
             Some((name, v)) => match v.as_str() {
                 "json" => LogFormat::Json,
@@ -518,6 +548,7 @@ impl Config {
             prefetch,
             delivery_timeout,
             max_body_bytes,
+            max_body,
             dedup_window,
             log_format,
             retry_schedule,
@@ -707,6 +738,7 @@ mod tests {
         assert!(c.generated_tokens);
         assert_ne!(c.admin_token, c.ingest_token);
         assert_eq!(c.max_body_bytes, 256 * 1024);
+        assert_eq!(c.max_body, 256 * 1024);
         assert_eq!(c.dedup_window, Duration::from_secs(86_400));
         assert_eq!(c.retry_schedule, RetrySchedule::default());
         assert_eq!(c.auto_disable_after, Duration::from_secs(5 * 86_400));
@@ -749,6 +781,7 @@ mod tests {
             ("KIVIHOOK_ADMIN_TOKEN", "short"),
             ("KIVIHOOK_DELIVERY_TIMEOUT", "-1"),
             ("KIVIHOOK_MAX_BODY_BYTES", "12"),
+            ("KIVIHOOK_MAX_BODY", "12"),
             ("KIVIHOOK_LOG_FORMAT", "xml"),
             ("KIVIHOOK_RETRY_SCHEDULE", "1,soon"),
             ("KIVIHOOK_CIRCUIT_THRESHOLD", "-2"),

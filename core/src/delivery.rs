@@ -140,7 +140,8 @@ pub struct AttemptRecord {
     pub url: String,
     /// The event envelope (what a resend sends again), empty past 64 KiB.
     pub request_body: String,
-    /// The body as sent, where the webhook's templates made it differ from the envelope.
+    /// The body as sent, where the webhook's templates made it differ from the envelope: at
+    /// most 4 KiB of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rendered_body: Option<String>,
     pub status: Option<u16>,
@@ -148,11 +149,16 @@ pub struct AttemptRecord {
     /// At most 4 KiB of the response body.
     pub response_body: String,
     pub duration_ms: u64,
-    /// `timeout`, `connect`, `dns`, `tls`, `http_status`, `request`, or none on success.
+    /// `timeout`, `connect`, `dns`, `tls`, `http_status`, `request`, `config`, `blocked`,
+    /// `render` (the templates could not make a request for this event; nothing was sent),
+    /// `internal`, or none on success.
     pub error_kind: Option<String>,
     pub error: Option<String>,
     /// What followed: `delivered`, `retry`, `dead`, `disabled`.
     pub outcome: String,
+    /// Placeholders that rendered empty because the event did not have them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// A test send from the API, not part of any event's delivery.
     #[serde(default)]
     pub test: bool,

@@ -16,6 +16,7 @@ use reqwest::header::{
 
 use crate::delivery::AttemptRecord;
 use crate::outbound::{Guard, GuardedResolver, Refused};
+use crate::redact;
 use crate::retry::parse_retry_after;
 use crate::signing::SigningKey;
 use crate::template::{self, Escape};
@@ -62,6 +63,9 @@ pub enum ErrorKind {
     Blocked,
     /// KiviHook itself failed while making the attempt (a bug, caught): retried on schedule.
     Internal,
+    /// The webhook's templates could not make a request for this event (see `RenderError`):
+    /// nothing was sent, and trying again cannot help.
+    Render,
 }
 
 impl ErrorKind {
@@ -76,6 +80,7 @@ impl ErrorKind {
             Self::Config => "config",
             Self::Blocked => "blocked",
             Self::Internal => "internal",
+            Self::Render => "render",
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct Attempt {
     /// The URL and body as sent (the URL without a query credential), for the attempt log.
     pub url: String,
     pub request_body: Bytes,
+    /// Placeholders that rendered empty.
+    pub warnings: Vec<String>,
 }
 
 impl Attempt {
@@ -123,12 +130,14 @@ impl Attempt {
             duration: started.elapsed(),
             url: String::new(),
             request_body: Bytes::new(),
+            warnings: Vec::new(),
         }
     }
 
     fn with_request(mut self, p: &Prepared) -> Self {
         self.url = p.url.to_string();
         self.request_body = p.body.clone();
+        self.warnings = p.warnings.clone();
         self
     }
 }
@@ -161,7 +170,7 @@ impl Attempt {
             request_body = String::new();
         }
         let rendered_body = (!self.request_body.is_empty() && self.request_body != *of.envelope)
-            .then(|| String::from_utf8_lossy(&self.request_body).into_owned());
+            .then(|| excerpt(&self.request_body, RESPONSE_EXCERPT));
         AttemptRecord {
             id,
             webhook_id: webhook.id.clone(),
@@ -186,30 +195,40 @@ impl Attempt {
             error: self.error.clone(),
             outcome: outcome.to_owned(),
             test,
+            warnings: self.warnings.clone(),
         }
     }
 }
 
-/// The outbound HTTP clients: every name they resolve and every redirect they follow goes
-/// through the outbound guard. One follows no redirects (the default for every webhook);
-/// the other follows up to five, for webhooks that opt in.
+/// The outbound HTTP client: every name it resolves goes through the outbound guard, and
+/// every redirect `send` follows (up to five, for webhooks that opt in) is checked by it.
 #[derive(Clone)]
 pub struct Clients {
-    pub plain: reqwest::Client,
-    pub following: reqwest::Client,
+    /// Follows no redirects itself: `send` follows them hop by hop for webhooks that ask.
+    pub client: reqwest::Client,
     pub guard: Arc<Guard>,
+    /// The largest body templates may render (`KIVIHOOK_MAX_BODY`).
+    pub max_body: usize,
 }
 
+/// The outbound client could not be built (TLS roots, the proxy setting): the role stops at
+/// start rather than deliver through a client without the guard or the timeouts.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the outbound HTTP client: {0}")]
+pub struct ClientError(String);
+
 impl Clients {
-    pub fn new(timeout: Duration, guard: Guard) -> Self {
+    pub fn new(timeout: Duration, guard: Guard, max_body: usize) -> Result<Self, ClientError> {
         let guard = Arc::new(guard);
         // The environment's proxy settings are ignored (see `Guard::proxy`); only the
         // configured proxy, if any, is used.
-        let proxy = guard
-            .proxy
-            .as_ref()
-            .and_then(|p| reqwest::Proxy::all(p.as_str()).ok());
-        let build = |redirect: reqwest::redirect::Policy| {
+        let proxy = match &guard.proxy {
+            Some(p) => Some(reqwest::Proxy::all(p.as_str()).map_err(|e| {
+                ClientError(format!("KIVIHOOK_OUTBOUND_PROXY: {}", redact::root_cause(&e)))
+            })?),
+            None => None,
+        };
+        let build = |redirect: reqwest::redirect::Policy| -> Result<reqwest::Client, ClientError> {
             let builder = reqwest::Client::builder()
                 .user_agent(crate::user_agent())
                 .redirect(redirect)
@@ -223,32 +242,15 @@ impl Clients {
                 Some(p) => builder.proxy(p.clone()),
                 None => builder,
             };
-            builder.build().unwrap_or_else(|_| reqwest::Client::new())
+            builder
+                .build()
+                .map_err(|e| ClientError(redact::root_cause(&e)))
         };
-        let hop_guard = guard.clone();
-        let follow = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 5 {
-                return attempt.error("more than 5 redirects");
-            }
-            // Names are checked by the resolver; literal addresses and the scheme here.
-            let refused = match attempt.url().host() {
-                _ if hop_guard.require_https && attempt.url().scheme() != "https" => {
-                    Some(Refused::NotHttps)
-                }
-                Some(url::Host::Ipv4(ip)) => hop_guard.check_ip(ip.into()).err(),
-                Some(url::Host::Ipv6(ip)) => hop_guard.check_ip(ip.into()).err(),
-                _ => None,
-            };
-            match refused {
-                Some(r) => attempt.error(r),
-                None => attempt.follow(),
-            }
-        });
-        Self {
-            plain: build(reqwest::redirect::Policy::none()),
-            following: build(follow),
+        Ok(Self {
+            client: build(reqwest::redirect::Policy::none())?,
             guard,
-        }
+            max_body,
+        })
     }
 
     /// Refuse, before any connection, what the guard can tell from the URL alone.
@@ -315,6 +317,31 @@ fn classify(e: &reqwest::Error) -> ErrorKind {
     }
 }
 
+const MAX_REDIRECTS: usize = 5;
+
+/// Remove what only the webhook's own origin may receive: its auth header, every header
+/// whose name marks a credential, and the signature.
+fn strip_credentials(webhook: &Webhook, headers: &mut HeaderMap) {
+    if let Auth::ApiKey {
+        name,
+        location: KeyLocation::Header,
+        ..
+    } = &webhook.auth
+    {
+        headers.remove(name.as_str());
+    }
+    headers.remove(AUTHORIZATION);
+    let secret: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| crate::webhook::is_secret_header(n.as_str()))
+        .cloned()
+        .collect();
+    for name in secret {
+        headers.remove(name);
+    }
+    headers.remove("webhook-signature");
+}
+
 /// Add the webhook's credential to the request: a header, or a query parameter on the URL
 /// (returned, since only that case changes it).
 fn authenticate<'a>(webhook: &Webhook, base: &'a str, headers: &mut HeaderMap) -> Cow<'a, str> {
@@ -354,6 +381,9 @@ fn authenticate<'a>(webhook: &Webhook, base: &'a str, headers: &mut HeaderMap) -
 }
 
 /// Send an event to a webhook, signed: the envelope, or what its templates render.
+/// Redirects, for a webhook that follows them, are followed here hop by hop (each checked by
+/// the guard): a hop to another origin (scheme, host or port) carries no credential header,
+/// no auth and no signature.
 pub async fn send(
     clients: &Clients,
     webhook: &Webhook,
@@ -361,15 +391,13 @@ pub async fn send(
     envelope: &Bytes,
 ) -> Attempt {
     let started = Instant::now();
-    let prepared = prepare(webhook, envelope);
+    let prepared = match prepare_off_thread(webhook, envelope, clients.max_body).await {
+        Ok(p) => p,
+        Err(e) => return Attempt::failed(ErrorKind::Render, e.to_string(), started),
+    };
     if let Err(e) = clients.precheck(&prepared.url) {
         return Attempt::failed(ErrorKind::Blocked, e, started).with_request(&prepared);
     }
-    let client = if webhook.follow_redirects {
-        &clients.following
-    } else {
-        &clients.plain
-    };
     let now = Utc::now();
     let timestamp = now.timestamp();
     // The current secret signs first; a rotated-out one signs beside it until it expires.
@@ -389,7 +417,7 @@ pub async fn send(
     }
     let mut headers = HeaderMap::with_capacity(prepared.headers.len() + 4);
     for (name, value) in prepared.headers.iter() {
-        // Names were checked when the webhook was saved; a value that renders badly is skipped.
+        // Names were checked when the webhook was saved, values when they were rendered.
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
@@ -412,17 +440,68 @@ pub async fn send(
             headers.insert(HeaderName::from_static(name), v);
         }
     }
-    let mut request = client
-        .request(method(webhook.method), url.as_ref())
-        .headers(headers);
-    if prepared.has_body {
-        request = request.body(prepared.body.clone());
-    }
-    let mut response = match request.send().await {
-        Ok(r) => r,
-        Err(e) => {
-            return Attempt::failed(classify(&e), format!("{e}"), started).with_request(&prepared)
+    let fail = |e: &reqwest::Error, prefix: &str| {
+        let kind = classify(e);
+        let text = redact::redact(webhook, &redact::describe(kind.as_str(), e));
+        Attempt::failed(kind, format!("{prefix}{text}"), started).with_request(&prepared)
+    };
+    let mut method = method(webhook.method);
+    let mut body = prepared.has_body.then(|| prepared.body.clone());
+    let mut current = url.into_owned();
+    let origin = url::Url::parse(&current).ok().map(|u| u.origin());
+    let mut hops = 0;
+    let mut response = loop {
+        let sent = if webhook.follow_redirects {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        let mut request = clients.client.request(method.clone(), &current).headers(sent);
+        if let Some(b) = &body {
+            request = request.body(b.clone());
         }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return fail(&e, ""),
+        };
+        let status = response.status();
+        if !webhook.follow_redirects || !status.is_redirection() {
+            break response;
+        }
+        let Some(location) = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            break response;
+        };
+        let refused = |why: String| {
+            Attempt::failed(ErrorKind::Request, why, started).with_request(&prepared)
+        };
+        if hops == MAX_REDIRECTS {
+            return refused(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        let Ok(next) = url::Url::parse(&current).and_then(|base| base.join(location)) else {
+            return refused("a redirect to an invalid Location".into());
+        };
+        if let Err(e) = clients.precheck(next.as_str()) {
+            return Attempt::failed(ErrorKind::Blocked, format!("redirected: {e}"), started)
+                .with_request(&prepared);
+        }
+        if Some(next.origin()) != origin {
+            strip_credentials(webhook, &mut headers);
+        }
+        // As browsers and reqwest do: 303 becomes a GET, as does a POST answered 301 or 302;
+        // 307 and 308 repeat the request as it was.
+        let becomes_get = status == reqwest::StatusCode::SEE_OTHER
+            || (matches!(status.as_u16(), 301 | 302) && method == reqwest::Method::POST);
+        if becomes_get {
+            method = reqwest::Method::GET;
+            body = None;
+            headers.remove(CONTENT_TYPE);
+        }
+        hops += 1;
+        current = next.into();
     };
     let status = response.status().as_u16();
     let retry_after = if status == 429 || status == 503 {
@@ -459,7 +538,10 @@ pub async fn send(
         // A 2xx whose body broke off still counts: the receiver said yes.
         Some(e) if !ok => (
             Some(classify(&e)),
-            Some(format!("reading the response failed: {e}")),
+            Some(format!(
+                "reading the response failed: {}",
+                redact::redact(webhook, &redact::describe(classify(&e).as_str(), &e))
+            )),
         ),
         _ if !ok => (Some(ErrorKind::HttpStatus), None),
         _ => (None, None),
@@ -474,6 +556,7 @@ pub async fn send(
         duration: started.elapsed(),
         url: String::new(),
         request_body: Bytes::new(),
+        warnings: Vec::new(),
     }
     .with_request(&prepared)
 }
@@ -488,58 +571,160 @@ pub struct Prepared<'a> {
     pub body: Bytes,
     pub has_body: bool,
     pub content_type: &'static str,
+    /// Placeholders that rendered empty (the event did not have them), for the attempt log.
+    pub warnings: Vec<String>,
 }
 
-pub fn prepare<'a>(webhook: &'a Webhook, envelope: &Bytes) -> Prepared<'a> {
+/// Why a webhook's templates could not make a request for an event: nothing is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderError {
+    /// `url`, `headers.X-Name`, `query.name`, `body.template`, `body.fields.name`, `body`.
+    pub part: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.part, self.message)
+    }
+}
+
+fn render_error(part: impl Into<String>, message: impl Into<String>) -> RenderError {
+    RenderError {
+        part: part.into(),
+        message: message.into(),
+    }
+}
+
+/// The request for an event, at most `max_body` bytes of body. Lenient: a placeholder the
+/// event lacks renders empty (and is listed in `warnings`); everything else a template
+/// renders is checked before anything is sent: the URL's path (event data cannot walk it or
+/// choose the host), header values, a JSON body that must parse, the body's size.
+pub fn prepare<'a>(
+    webhook: &'a Webhook,
+    envelope: &Bytes,
+    max_body: usize,
+) -> Result<Prepared<'a>, RenderError> {
     let sends_body = matches!(webhook.method, Method::Post | Method::Put | Method::Patch);
     if !webhook.has_templates() {
-        return Prepared {
+        return Ok(Prepared {
             url: Cow::Borrowed(&webhook.url),
             headers: Cow::Borrowed(&webhook.headers),
             body: envelope.clone(),
             has_body: sends_body,
             content_type: "application/json",
-        };
+            warnings: Vec::new(),
+        });
     }
-    // Lenient at delivery: a field missing from a real event renders empty, never fails.
-    let ctx = serde_json::from_slice::<crate::Event>(envelope)
-        .map(|e| template::context(&e))
-        .unwrap_or_default();
-    let render = |s: &str, escape| template::render(s, escape, &ctx, false).unwrap_or_default();
-    let mut url = render(&webhook.url, Escape::Url);
-    if !webhook.query.is_empty() {
-        if let Ok(mut u) = url::Url::parse(&url) {
-            for (name, source) in &webhook.query {
-                u.query_pairs_mut()
-                    .append_pair(name, &render(source, Escape::Raw));
-            }
-            url = u.into();
+    let event = serde_json::from_slice::<crate::Event>(envelope).ok();
+    let ctx = event.as_ref().map(template::context).unwrap_or_default();
+    let mut warnings = Vec::new();
+    let mut render = |part: &str, s: &str, escape| -> Result<String, RenderError> {
+        if !template::is_template(s) {
+            return Ok(s.to_owned());
         }
+        let (out, undefined) = template::render_lenient(s, escape, &ctx)
+            .map_err(|e| render_error(part, e.to_string()))?;
+        for name in undefined {
+            warnings.push(format!(
+                "{part}: `{name}` is not in this event and rendered empty"
+            ));
+        }
+        Ok(out)
+    };
+    let marked = render("url", &webhook.url, Escape::UrlMarked)?;
+    let mut url = template::check_url_path(&marked).map_err(|m| render_error("url", m))?;
+    if !webhook.query.is_empty() {
+        let mut u = url::Url::parse(&url)
+            .map_err(|e| render_error("url", format!("renders to an invalid URL ({e})")))?;
+        for (name, source) in &webhook.query {
+            let value = render(&format!("query.{name}"), source, Escape::Raw)?;
+            u.query_pairs_mut().append_pair(name, &value);
+        }
+        url = u.into();
     }
-    let headers: BTreeMap<String, String> = webhook
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), render(v, Escape::Raw).replace(['\r', '\n'], " ")))
-        .collect();
+    let mut headers = BTreeMap::new();
+    for (name, source) in &webhook.headers {
+        let part = format!("headers.{name}");
+        let value = render(&part, source, Escape::Raw)?;
+        if HeaderValue::from_str(&value).is_err() {
+            return Err(render_error(
+                part,
+                "renders to a value a header cannot carry (control characters)",
+            ));
+        }
+        headers.insert(name.clone(), value);
+    }
     let (body, content_type, explicit) = match &webhook.body {
         Body::Default => (envelope.clone(), "application/json", false),
-        Body::Json { template } => (
-            Bytes::from(render(template, Escape::Json)),
-            "application/json",
-            true,
-        ),
-        Body::Form { fields } => (
-            Bytes::from(template::render_form(fields, &ctx, false).unwrap_or_default()),
-            "application/x-www-form-urlencoded",
-            true,
-        ),
+        Body::Json { template } => {
+            let out = render("body.template", template, Escape::Json)?;
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&out) {
+                return Err(render_error(
+                    "body.template",
+                    format!("renders to invalid JSON for this event ({e})"),
+                ));
+            }
+            (Bytes::from(out), "application/json", true)
+        }
+        Body::Form { fields } => {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for (name, source) in fields {
+                let value = render(&format!("body.fields.{name}"), source, Escape::Raw)?;
+                form.append_pair(name, &value);
+            }
+            (
+                Bytes::from(form.finish()),
+                "application/x-www-form-urlencoded",
+                true,
+            )
+        }
     };
-    Prepared {
+    if body.len() > max_body {
+        return Err(render_error(
+            "body",
+            format!(
+                "renders to {} bytes, more than KIVIHOOK_MAX_BODY ({max_body})",
+                body.len()
+            ),
+        ));
+    }
+    Ok(Prepared {
         url: Cow::Owned(url),
         headers: Cow::Owned(headers),
         body,
         has_body: sends_body || explicit,
         content_type,
+        warnings,
+    })
+}
+
+/// `prepare`, off the async workers when templates run (their work is bounded by fuel, but
+/// a heavy one should not hold a worker thread that other deliveries need).
+pub async fn prepare_off_thread<'a>(
+    webhook: &'a Webhook,
+    envelope: &Bytes,
+    max_body: usize,
+) -> Result<Prepared<'a>, RenderError> {
+    if !webhook.has_templates() {
+        return prepare(webhook, envelope, max_body);
+    }
+    let (w, e) = (webhook.clone(), envelope.clone());
+    tokio::task::spawn_blocking(move || prepare(&w, &e, max_body).map(Prepared::into_owned))
+        .await
+        .unwrap_or_else(|_| Err(render_error("template", "rendering failed")))
+}
+
+impl Prepared<'_> {
+    pub fn into_owned(self) -> Prepared<'static> {
+        Prepared {
+            url: Cow::Owned(self.url.into_owned()),
+            headers: Cow::Owned(self.headers.into_owned()),
+            body: self.body,
+            has_body: self.has_body,
+            content_type: self.content_type,
+            warnings: self.warnings,
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod metrics;
 pub mod ops;
 pub mod outbound;
+pub mod redact;
 pub mod registry;
 pub mod retry;
 pub mod samples;

@@ -22,6 +22,9 @@ pub enum Escape {
     Json,
     /// In a URL.
     Url,
+    /// In a URL, each value wrapped in markers so the rendered URL can be checked for
+    /// segments that event data made (`check_url_path`) before the markers are removed.
+    UrlMarked,
     /// As it is (headers, query parameters and form fields are encoded later).
     Raw,
 }
@@ -49,8 +52,18 @@ fn escape_json_content(s: &str, out: &mut String) {
     }
 }
 
+/// The work one rendering may do (minijinja's fuel: about one unit per instruction). Real
+/// templates use a few hundred; a loop of millions of steps stops here with an error.
+pub const TEMPLATE_FUEL: u64 = 200_000;
+
+/// Around each value rendered into a URL by `Escape::UrlMarked`: private-use characters,
+/// which a value cannot contain (it is percent-encoded) and a URL never keeps.
+pub const MARK_OPEN: char = '\u{E000}';
+pub const MARK_CLOSE: char = '\u{E001}';
+
 fn environment(escape: Escape, strict: bool) -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_undefined_behavior(if strict {
         UndefinedBehavior::Strict
     } else {
@@ -68,6 +81,10 @@ fn environment(escape: Escape, strict: bool) -> Environment<'static> {
                 s
             }
             Escape::Url => utf8_percent_encode(&text, URL_VALUE).to_string(),
+            Escape::UrlMarked => format!(
+                "{MARK_OPEN}{}{MARK_CLOSE}",
+                utf8_percent_encode(&text, URL_VALUE)
+            ),
             Escape::Raw => text,
         };
         out.write_str(&escaped).map_err(minijinja::Error::from)
@@ -99,6 +116,12 @@ pub fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%")
 }
 
+/// A name the environment itself defines (`range`, `namespace`, …), not a placeholder.
+fn is_global(env: &Environment<'_>, name: &str) -> bool {
+    let root = name.split('.').next().unwrap_or(name);
+    env.globals().any(|(g, _)| g == root)
+}
+
 fn lookup<'a>(ctx: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(ctx, |v, part| v.get(part))
 }
@@ -127,7 +150,7 @@ pub fn render(
         let mut undefined: Vec<String> = template
             .undeclared_variables(true)
             .into_iter()
-            .filter(|v| lookup(ctx, v).is_none())
+            .filter(|v| lookup(ctx, v).is_none() && !is_global(&env, v))
             .collect();
         undefined.sort();
         if let Some(name) = undefined.into_iter().next() {
@@ -143,11 +166,95 @@ pub fn render(
             });
         }
     }
-    template.render(ctx).map_err(|e| TemplateError {
+    template.render(ctx).map_err(render_failure)
+}
+
+/// Render `source` leniently (as at delivery), and name the placeholders the context did
+/// not define, which rendered empty.
+pub fn render_lenient(
+    source: &str,
+    escape: Escape,
+    ctx: &Value,
+) -> Result<(String, Vec<String>), TemplateError> {
+    if !is_template(source) {
+        return Ok((source.to_owned(), Vec::new()));
+    }
+    let env = environment(escape, false);
+    let template = env.template_from_str(source).map_err(|e| TemplateError {
         line: e.line(),
         placeholder: None,
-        message: e.detail().unwrap_or("cannot be rendered").to_owned(),
-    })
+        message: format!(
+            "is not a valid template: {}",
+            e.detail().unwrap_or("syntax error")
+        ),
+    })?;
+    let mut undefined: Vec<String> = template
+        .undeclared_variables(true)
+        .into_iter()
+        .filter(|v| lookup(ctx, v).is_none() && !is_global(&env, v))
+        .collect();
+    undefined.sort();
+    let out = template.render(ctx).map_err(render_failure)?;
+    Ok((out, undefined))
+}
+
+fn render_failure(e: minijinja::Error) -> TemplateError {
+    TemplateError {
+        line: e.line(),
+        placeholder: None,
+        message: if e.kind() == minijinja::ErrorKind::OutOfFuel {
+            format!("does more work than a template may (out of fuel after {TEMPLATE_FUEL} steps)")
+        } else {
+            e.detail().unwrap_or("cannot be rendered").to_owned()
+        },
+    }
+}
+
+/// Check a URL rendered with `Escape::UrlMarked` and return it without the markers. Event
+/// data may fill path segments and query values only: a value in the scheme, host or port,
+/// a path segment it makes `.` or `..` (also percent-encoded), or one it leaves empty, is
+/// refused, since any of them would send the request (and its credentials) somewhere the
+/// webhook's owner did not write.
+pub fn check_url_path(rendered: &str) -> Result<String, String> {
+    let unmark = |s: &str| s.replace([MARK_OPEN, MARK_CLOSE], "");
+    if !rendered.contains(MARK_OPEN) {
+        return Ok(rendered.to_owned());
+    }
+    let after_scheme = rendered.find("://").map_or(0, |i| i + 3);
+    let rest = &rendered[after_scheme..];
+    let path_start = after_scheme + rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if rendered[..path_start].contains(MARK_OPEN) {
+        return Err(
+            "a placeholder in the scheme, host or port would let event data choose where the request goes"
+                .into(),
+        );
+    }
+    let tail = &rendered[path_start..];
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    for segment in tail[..path_end].split('/').skip(1) {
+        if !segment.contains(MARK_OPEN) {
+            continue;
+        }
+        let value = unmark(segment);
+        let dots = value.replace("%2e", ".").replace("%2E", ".");
+        if value.is_empty() {
+            return Err("a placeholder renders an empty path segment".into());
+        }
+        if dots == "." || dots == ".." {
+            return Err(format!(
+                "a placeholder renders the path segment `{value}`, which would change the path"
+            ));
+        }
+    }
+    Ok(unmark(rendered))
+}
+
+/// Whether a URL template has a placeholder before its path (in the scheme, host or port).
+pub fn placeholder_before_path(url_template: &str) -> bool {
+    let after_scheme = url_template.find("://").map_or(0, |i| i + 3);
+    let rest = &url_template[after_scheme..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    url_template[..after_scheme].contains('{') || is_template(authority)
 }
 
 /// The placeholders an event offers: KiviCare's flat names (`patient_name`, `doctor_name`,
@@ -214,6 +321,49 @@ pub fn render_form(
 mod tests {
     use super::*;
     use crate::samples::sample_event;
+
+    #[test]
+    fn event_data_cannot_walk_the_path_or_choose_the_host() {
+        let mut e = sample_event("appointment.booked");
+        let url = "https://api.example.com/clinics/{{ clinic_id }}/patients/{{ patient_id }}/appointments?p={{ patient_id }}";
+        let rendered = |e: &Event| {
+            render(url, Escape::UrlMarked, &context(e), false)
+                .map(|u| check_url_path(&u))
+                .unwrap()
+        };
+        e.data["patient"]["patient_id"] = Value::from(42);
+        let ok = rendered(&e).unwrap();
+        assert!(ok.contains("/patients/42/appointments?p=42"), "{ok}");
+        for walk in ["..", ".", "", "%2e%2e", "%2E."] {
+            e.data["patient"]["patient_id"] = Value::from(walk);
+            // `%` is encoded, so `%2e` arrives as `%252e`: not a dot segment, and allowed.
+            let r = rendered(&e);
+            if walk.contains('%') {
+                assert!(r.is_ok(), "{walk}: {r:?}");
+            } else {
+                assert!(r.is_err(), "{walk}: {r:?}");
+            }
+        }
+        // A literal `%2e` in the template beside a value that makes the segment `..`.
+        let r = render("https://a.example/%2e{{ x }}/y", Escape::UrlMarked, &serde_json::json!({"x": "."}), false).unwrap();
+        assert!(check_url_path(&r).is_err());
+        // In the query, dots are only text.
+        let r = render("https://a.example/y?q={{ x }}", Escape::UrlMarked, &serde_json::json!({"x": ".."}), false).unwrap();
+        assert_eq!(check_url_path(&r).unwrap(), "https://a.example/y?q=..");
+        let r = render("https://{{ x }}/y", Escape::UrlMarked, &serde_json::json!({"x": "evil.example"}), false).unwrap();
+        assert!(check_url_path(&r).is_err());
+        assert!(placeholder_before_path("https://{{ data.host }}/x"));
+        assert!(placeholder_before_path("https://a.example:{{ port }}/x"));
+        assert!(placeholder_before_path("{{ scheme }}://a.example/x"));
+        assert!(!placeholder_before_path("https://a.example/{{ x }}?y={{ y }}"));
+    }
+
+    #[test]
+    fn a_template_that_works_too_hard_is_stopped() {
+        let heavy = "{% for i in range(12000) %}{% for j in range(12000) %}x{% endfor %}{% endfor %}";
+        let e = render(heavy, Escape::Raw, &serde_json::json!({}), false).unwrap_err();
+        assert!(e.message.contains("fuel"), "{e}");
+    }
 
     #[test]
     fn values_are_escaped_for_where_they_land() {

@@ -57,6 +57,18 @@ pub enum KeyLocation {
     Query,
 }
 
+/// Whether a header carries a credential by its name: `Authorization`, `Cookie`,
+/// `Proxy-Authorization`, or any name with `token`, `secret`, `key`, `password`, `auth`,
+/// `session` or `signature` in it. Such headers are never sent to another origin on a
+/// redirect, and their values are cut out of stored and logged errors.
+pub fn is_secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(n.as_str(), "authorization" | "cookie" | "proxy-authorization")
+        || ["token", "secret", "key", "password", "passwd", "auth", "session", "signature"]
+            .iter()
+            .any(|w| n.contains(w))
+}
+
 /// How a webhook authenticates to its endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -977,6 +989,12 @@ pub fn check_templates(spec: &WebhookSpec) -> Result<(), InvalidField> {
         .collect();
     types.sort();
     types.dedup();
+    if crate::template::placeholder_before_path(&spec.url) {
+        return Err(invalid(
+            "url",
+            "placeholders may fill the path and query only: one in the scheme, host or port would let an event's data choose where the request (and its credentials) goes",
+        ));
+    }
     for t in &types {
         let ctx = crate::template::context(&crate::samples::sample_event(t));
         let at = |field: &str, e: crate::template::TemplateError| {

@@ -37,7 +37,7 @@ fn clients() -> Clients {
         allow: Guard::parse_allow("127.0.0.0/8").unwrap(),
         ..Guard::default()
     };
-    Clients::new(Duration::from_secs(2), guard)
+    Clients::new(Duration::from_secs(2), guard, 256 * 1024).expect("a client")
 }
 
 /// A receiver on a raw socket answering whatever the current case put in `reply`.
@@ -188,7 +188,31 @@ proptest! {
         ];
         for extra in kinds {
             let w = webhook("https://example.com/hook", extra);
-            let _ = http_client::prepare(&w, &envelope);
+            match http_client::prepare(&w, &envelope, 256 * 1024) {
+                Ok(p) => {
+                    // What is sent is what the templates promised.
+                    let url = url::Url::parse(&p.url).expect("a URL");
+                    prop_assert_eq!(url.host_str(), Some("example.com"));
+                    if p.url.contains("/clinics/") {
+                        prop_assert!(url.path().starts_with("/clinics/"), "{}", url);
+                        prop_assert!(url.path().ends_with("/x"), "{}", url);
+                        prop_assert_eq!(url.path_segments().unwrap().count(), 5, "{}", url);
+                    }
+                    for value in p.headers.values() {
+                        prop_assert!(reqwest::header::HeaderValue::from_str(value).is_ok());
+                    }
+                    if p.content_type == "application/json" {
+                        prop_assert!(serde_json::from_slice::<Value>(&p.body).is_ok());
+                    }
+                }
+                Err(e) => {
+                    prop_assert!(
+                        e.part == "url" || e.part.starts_with("headers.") || e.part.starts_with("body"),
+                        "{}", e
+                    );
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
         }
     }
 }

@@ -47,11 +47,15 @@ impl Dispatcher {
         broker: Arc<dyn Broker>,
         store: Arc<dyn Store>,
         metrics: Metrics,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, kivihook_core::http_client::ClientError> {
+        Ok(Self {
             registry: Arc::new(Registry::new(store.clone(), metrics.clone(), "dispatcher")),
             gates: gate::Gates::default(),
-            clients: send::Clients::new(config.delivery_timeout, config.outbound.clone()),
+            clients: send::Clients::new(
+                config.delivery_timeout,
+                config.outbound.clone(),
+                config.max_body,
+            )?,
             broker,
             store,
             metrics,
@@ -65,7 +69,7 @@ impl Dispatcher {
             webhook_concurrency: config.webhook_concurrency,
             metrics_webhook_labels: config.metrics_webhook_labels,
             consumer_tag: format!("kivihook-dispatcher-{}", uuid::Uuid::new_v4().simple()),
-        }
+        })
     }
 
     /// Run until shutdown: load the registry, follow its changes, consume both queues.

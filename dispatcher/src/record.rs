@@ -19,7 +19,7 @@ use kivihook_core::retry::RetrySchedule;
 use kivihook_core::webhook::Webhook;
 use kivihook_core::Shutdown;
 
-use crate::send::Attempt;
+use crate::send::{Attempt, ErrorKind};
 use crate::target::Target;
 use crate::Dispatcher;
 use kivihook_core::http_client::AttemptOf;
@@ -79,6 +79,9 @@ pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Proc
         let next = match target.kind {
             // A replay or resend is one attempt; if it fails it is a dead letter again.
             JobKind::Manual => None,
+            // The templates cannot make a request from this event: the same event would fail
+            // the same way. A dead letter at once, to replay once the webhook is fixed.
+            JobKind::Retry if attempt.error_kind == Some(ErrorKind::Render) => None,
             JobKind::Retry => schedule_of(d, &webhook).delay_after(target.attempt),
         };
         match next {

@@ -54,8 +54,8 @@ impl AppState {
         broker: Arc<dyn Broker>,
         store: Arc<dyn Store>,
         metrics: Metrics,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, kivihook_core::http_client::ClientError> {
+        Ok(Self {
             registry: Arc::new(Registry::new(store.clone(), metrics.clone(), "ingest")),
             broker,
             store,
@@ -67,8 +67,9 @@ impl AppState {
             clients: kivihook_core::http_client::Clients::new(
                 config.delivery_timeout,
                 config.outbound.clone(),
-            ),
-        }
+                config.max_body,
+            )?,
+        })
     }
 }
 

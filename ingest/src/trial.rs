@@ -19,7 +19,7 @@ use kivihook_core::http_client::{self, AttemptOf};
 use kivihook_core::samples::{sample_event, types_matching};
 use kivihook_core::signing::generate_secret;
 use kivihook_core::webhook::{
-    check_templates, mask_credential, Auth, KeyLocation, Pattern, Webhook, WebhookSpec,
+    check_templates, mask_credential, is_secret_header, InvalidField, Auth, KeyLocation, Pattern, Webhook, WebhookSpec,
 };
 use kivihook_core::{Event, EventType};
 
@@ -99,6 +99,9 @@ pub struct Preview {
     pub headers: std::collections::BTreeMap<String, String>,
     /// Null for a method that sends no body.
     pub body: Option<String>,
+    /// Placeholders the sample event does not have, which render empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /v1/webhooks/{id}/preview`: the request a sample event makes, credentials and
@@ -122,7 +125,7 @@ pub async fn preview(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (webhook, event) = webhook_and_event(&state, &headers, path, &q).await?;
-    Ok(Json(rendered(&webhook, &event)).into_response())
+    Ok(Json(rendered(&state, &webhook, &event).await?).into_response())
 }
 
 /// `POST /v1/webhooks/preview`: the same for a webhook definition that is not saved yet (the
@@ -155,17 +158,30 @@ pub async fn preview_draft(
     // Never stored, so it signs with a throwaway secret (the preview masks signatures).
     let webhook = Webhook::create(spec, generate_secret());
     let event = sample_for(&webhook, &q)?;
-    Ok(Json(rendered(&webhook, &event)).into_response())
+    Ok(Json(rendered(&state, &webhook, &event).await?).into_response())
 }
 
-/// The request `webhook` makes for `event`, credentials and signature masked.
-fn rendered(webhook: &Webhook, event: &Event) -> Preview {
+/// The request `webhook` makes for `event`, credentials and signature masked; what its
+/// templates cannot render for it (see `http_client::prepare`) is a 422 naming the part.
+async fn rendered(state: &AppState, webhook: &Webhook, event: &Event) -> Result<Preview, ApiError> {
     let body = envelope(event);
-    let prepared = http_client::prepare(webhook, &body);
+    let prepared = http_client::prepare_off_thread(webhook, &body, state.clients.max_body)
+        .await
+        .map_err(|e| InvalidField {
+            field: e.part,
+            message: e.message,
+        })?;
     let mut shown: Vec<(String, String)> = prepared
         .headers
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| {
+            let v = if is_secret_header(k) {
+                mask_credential(v)
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
         .collect();
     shown.push(("content-type".into(), prepared.content_type.into()));
     let mut url = prepared.url.to_string();
@@ -206,7 +222,7 @@ fn rendered(webhook: &Webhook, event: &Event) -> Preview {
         Utc::now().timestamp().to_string(),
     ));
     shown.push(("webhook-signature".into(), "v1,…".into()));
-    Preview {
+    Ok(Preview {
         event_type: event.event_type.clone(),
         method: webhook.method,
         url,
@@ -214,7 +230,8 @@ fn rendered(webhook: &Webhook, event: &Event) -> Preview {
         body: prepared
             .has_body
             .then(|| String::from_utf8_lossy(&prepared.body).into_owned()),
-    }
+        warnings: prepared.warnings,
+    })
 }
 
 /// What a test send got back.
@@ -235,6 +252,9 @@ pub struct TestResult {
     /// null on success.
     pub error_kind: Option<String>,
     pub error: Option<String>,
+    /// Placeholders the sample event does not have, which rendered empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A real, signed delivery of a sample event; the response comes back in the answer.
@@ -292,6 +312,7 @@ pub async fn test(
         duration_ms: record.duration_ms,
         error_kind: record.error_kind,
         error: attempt.error,
+        warnings: attempt.warnings,
     })
     .into_response())
 }
