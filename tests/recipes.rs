@@ -128,3 +128,17 @@ async fn every_recipe_sends_what_its_service_expects() {
     drop(k);
     cleanup(&prefix).await;
 }
+
+/// The five services whose URL is the credential mark it secret: sealed at rest, masked in
+/// every answer.
+#[test]
+fn capability_url_recipes_mark_the_url_secret() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/recipes");
+    for name in ["slack", "discord", "teams", "make", "zapier"] {
+        let recipe: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(recipe["webhook"]["url_secret"], true, "{name}");
+    }
+}

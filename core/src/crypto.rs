@@ -9,6 +9,9 @@ use base64::Engine;
 use rand::RngCore;
 
 const SEALED_PREFIX: &str = "enc:v1:";
+/// Sealed with associated data naming where the value belongs (webhook id and field): a
+/// value copied to another webhook or field no longer opens.
+const BOUND_PREFIX: &str = "enc:v2:";
 
 /// A parsed 256-bit key.
 #[derive(Clone)]
@@ -73,9 +76,56 @@ impl SecretBox {
     }
 }
 
+impl SecretBox {
+    /// `enc:v2:<base64 of nonce ‖ ciphertext>`, bound to `context` (`wh_…:auth`).
+    pub fn seal_bound(&self, plain: &str, context: &str) -> String {
+        use aes_gcm::aead::Payload;
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad: context.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption of a short string cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        format!("{BOUND_PREFIX}{}", STANDARD.encode(out))
+    }
+
+    /// Open a value sealed for `context`; one sealed before values were bound (`enc:v1:`)
+    /// still opens (it is bound when next written), and a plain one passes through.
+    pub fn open_bound(&self, stored: &str, context: &str) -> Result<String, CryptoError> {
+        use aes_gcm::aead::Payload;
+        let Some(b64) = stored.strip_prefix(BOUND_PREFIX) else {
+            return self.open(stored);
+        };
+        let bytes = STANDARD.decode(b64).map_err(|_| CryptoError::Damaged)?;
+        if bytes.len() < 12 + 16 {
+            return Err(CryptoError::Damaged);
+        }
+        let (nonce, sealed) = bytes.split_at(12);
+        let plain = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| CryptoError::WrongKey)?;
+        String::from_utf8(plain).map_err(|_| CryptoError::Damaged)
+    }
+}
+
 /// Whether a stored value is sealed.
 pub fn is_sealed(stored: &str) -> bool {
-    stored.starts_with(SEALED_PREFIX)
+    stored.starts_with(SEALED_PREFIX) || stored.starts_with(BOUND_PREFIX)
 }
 
 #[cfg(test)]
@@ -93,6 +143,24 @@ mod tests {
         assert_ne!(sealed, b.seal("whsec_abc"), "a fresh nonce each time");
         assert_eq!(b.open(&sealed).unwrap(), "whsec_abc");
         assert_eq!(b.open("whsec_plain").unwrap(), "whsec_plain");
+    }
+
+    #[test]
+    fn a_bound_value_opens_only_where_it_was_sealed() {
+        let b = SecretBox::from_base64(KEY).unwrap();
+        let sealed = b.seal_bound("token-a", "wh_1:auth");
+        assert!(is_sealed(&sealed) && !sealed.contains("token-a"));
+        assert_eq!(b.open_bound(&sealed, "wh_1:auth").unwrap(), "token-a");
+        // Swapped into another webhook, or another field: it does not open.
+        assert_eq!(
+            b.open_bound(&sealed, "wh_2:auth").unwrap_err(),
+            CryptoError::WrongKey
+        );
+        assert!(b.open_bound(&sealed, "wh_1:secret").is_err());
+        // Values sealed before binding still open.
+        let legacy = b.seal("whsec_old");
+        assert_eq!(b.open_bound(&legacy, "wh_1:secret").unwrap(), "whsec_old");
+        assert_eq!(b.open_bound("plain", "wh_1:secret").unwrap(), "plain");
     }
 
     #[test]

@@ -57,8 +57,16 @@ pub fn credentials(webhook: &Webhook) -> Vec<String> {
     }
     values.extend(webhook.previous_secrets.iter().map(|p| p.secret.clone()));
     for (name, value) in &webhook.headers {
-        if crate::webhook::is_secret_header(name) {
+        if webhook.is_credential_header(name) {
             values.push(value.clone());
+        }
+    }
+    if webhook.url_secret {
+        // The part after the host: the capability.
+        let after_scheme = webhook.url.find("://").map_or(0, |i| i + 3);
+        let rest = &webhook.url[after_scheme..];
+        if let Some(i) = rest.find(['/', '?', '#']) {
+            values.push(rest[i..].to_owned());
         }
     }
     // Short values would cut innocent text; a credential that short is not one worth hiding
@@ -104,8 +112,14 @@ mod tests {
         let text = "for url (https://a.example/x?key=k%2Fy%2Bsecret+value) k/y+secret value \
                     hdr-key-123456 c2VjcmV0LXNlY3JldC1zZWNyZXQ= X-Clinic 12";
         let out = redact(&w, text);
-        assert!(!out.contains("secret value") && !out.contains("k%2Fy"), "{out}");
-        assert!(!out.contains("hdr-key") && !out.contains("c2VjcmV0"), "{out}");
+        assert!(
+            !out.contains("secret value") && !out.contains("k%2Fy"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("hdr-key") && !out.contains("c2VjcmV0"),
+            "{out}"
+        );
         assert!(out.contains("X-Clinic 12"), "innocent text stays: {out}");
         w.auth = crate::webhook::Auth::Basic {
             username: "u".into(),

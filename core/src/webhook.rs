@@ -63,10 +63,21 @@ pub enum KeyLocation {
 /// redirect, and their values are cut out of stored and logged errors.
 pub fn is_secret_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    matches!(n.as_str(), "authorization" | "cookie" | "proxy-authorization")
-        || ["token", "secret", "key", "password", "passwd", "auth", "session", "signature"]
-            .iter()
-            .any(|w| n.contains(w))
+    matches!(
+        n.as_str(),
+        "authorization" | "cookie" | "proxy-authorization"
+    ) || [
+        "token",
+        "secret",
+        "key",
+        "password",
+        "passwd",
+        "auth",
+        "session",
+        "signature",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 /// How a webhook authenticates to its endpoint.
@@ -240,6 +251,14 @@ pub struct Webhook {
     pub query: BTreeMap<String, String>,
     #[serde(default)]
     pub body: Body,
+    /// Headers marked `"secret": true` (beside those whose names mark a credential, see
+    /// `is_secret_header`): sealed at rest, masked in every answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_headers: Vec<String>,
+    /// The URL is itself a credential (Slack, Discord, Teams, Make, Zapier): sealed at rest,
+    /// its path masked in answers, attempt logs and errors.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub url_secret: bool,
     /// Rotated-out secrets that keep signing beside `secret` until they expire.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_secrets: Vec<PreviousSecret>,
@@ -308,6 +327,8 @@ impl Webhook {
             follow_redirects: false,
             query: BTreeMap::new(),
             body: Body::Default,
+            secret_headers: Vec::new(),
+            url_secret: false,
             previous_secrets: Vec::new(),
             secret,
             created_at: now,
@@ -337,7 +358,27 @@ impl Webhook {
         self.follow_redirects = spec.follow_redirects;
         self.query = spec.query;
         self.body = spec.body;
+        self.secret_headers = spec.secret_headers;
+        self.url_secret = spec.url_secret;
         self.updated_at = Utc::now();
+    }
+
+    /// Whether a header of this webhook carries a credential: by its name, or marked.
+    pub fn is_credential_header(&self, name: &str) -> bool {
+        is_secret_header(name)
+            || self
+                .secret_headers
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+    }
+
+    /// The URL as answers and logs show it: with `url_secret`, the path and query masked.
+    pub fn display_url(&self) -> String {
+        if self.url_secret {
+            mask_url(&self.url)
+        } else {
+            self.url.clone()
+        }
     }
 
     /// The API view: everything but the secret, which is masked.
@@ -355,6 +396,25 @@ impl Webhook {
                 .map(|p| serde_json::json!({"secret": mask(&p.secret), "expires_at": p.expires_at}))
                 .collect();
             obj.insert("previous_secrets".into(), Value::Array(previous));
+            let headers: serde_json::Map<String, Value> = self
+                .headers
+                .iter()
+                .map(|(k, val)| {
+                    let shown = if self.is_credential_header(k) {
+                        mask_credential(val)
+                    } else {
+                        val.clone()
+                    };
+                    (k.clone(), Value::String(shown))
+                })
+                .collect();
+            obj.insert("headers".into(), Value::Object(headers));
+            obj.insert("url".into(), Value::String(self.display_url()));
+            obj.insert("url_secret".into(), Value::Bool(self.url_secret));
+            obj.insert(
+                "secret_headers".into(),
+                serde_json::to_value(&self.secret_headers).unwrap_or_default(),
+            );
         }
         v
     }
@@ -404,6 +464,21 @@ pub fn mask(secret: &str) -> String {
 }
 
 /// A credential shown as `…` and its last four characters (only those of a long one).
+/// A capability URL as it is shown: scheme and host, then `…` and the last 4 characters of
+/// the rest (`https://hooks.slack.com/…AbCd`).
+pub fn mask_url(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let host_end = after_scheme + rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let tail = &url[host_end..];
+    if tail.len() <= 1 {
+        return url.to_owned();
+    }
+    let chars: Vec<char> = tail.chars().collect();
+    let last: String = chars[chars.len().saturating_sub(4)..].iter().collect();
+    format!("{}/…{last}", &url[..host_end])
+}
+
 pub fn mask_credential(value: &str) -> String {
     let n = value.chars().count();
     if n < 12 {
@@ -445,6 +520,9 @@ pub struct WebhookSpec {
     pub follow_redirects: bool,
     pub query: BTreeMap<String, String>,
     pub body: Body,
+    /// Header names marked `"secret": true`.
+    pub secret_headers: Vec<String>,
+    pub url_secret: bool,
 }
 
 /// Whether any part of a request is a template (else the envelope goes as it is).
@@ -482,6 +560,7 @@ pub const FIELDS: &[&str] = &[
     "follow_redirects",
     "query",
     "body",
+    "url_secret",
 ];
 
 /// Limits of a webhook definition, in characters unless named otherwise. Public so that the
@@ -540,6 +619,11 @@ impl WebhookSpec {
         let events = obj
             .get("events")
             .ok_or_else(|| invalid("events", "is required"))?;
+        let headers = obj
+            .get("headers")
+            .map(parse_headers)
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             name: parse_name(name)?,
             url: parse_url(url)?,
@@ -554,11 +638,13 @@ impl WebhookSpec {
                 .map(parse_clinic_ids)
                 .transpose()?
                 .unwrap_or_default(),
-            headers: obj
-                .get("headers")
-                .map(parse_headers)
+            headers: headers.0,
+            secret_headers: headers.1,
+            url_secret: obj
+                .get("url_secret")
+                .map(|v| parse_bool("url_secret", v))
                 .transpose()?
-                .unwrap_or_default(),
+                .unwrap_or(false),
             enabled: obj
                 .get("enabled")
                 .map(|v| parse_bool("enabled", v))
@@ -605,11 +691,36 @@ impl WebhookSpec {
         for (key, value) in obj {
             match key.as_str() {
                 "name" => self.name = parse_name(value)?,
-                "url" => self.url = parse_url(value)?,
+                "url" => {
+                    // A capability URL sent back as it was shown keeps the real one.
+                    let masked = self.url_secret && value.as_str() == Some(&mask_url(&self.url));
+                    if !masked {
+                        self.url = parse_url(value)?;
+                    }
+                }
                 "method" => self.method = parse_method(value)?,
                 "events" => self.events = parse_events(value)?,
                 "clinic_ids" => self.clinic_ids = parse_clinic_ids(value)?,
-                "headers" => self.headers = parse_headers(value)?,
+                "headers" => {
+                    let (mut headers, marked) = parse_headers(value)?;
+                    // A masked value sent back as it was shown keeps the real one.
+                    for (name, v) in headers.iter_mut() {
+                        let credential = is_secret_header(name)
+                            || marked.iter().any(|m| m.eq_ignore_ascii_case(name))
+                            || self
+                                .secret_headers
+                                .iter()
+                                .any(|m| m.eq_ignore_ascii_case(name));
+                        if let Some(real) = self.headers.get(name) {
+                            if credential && *v == mask_credential(real) {
+                                v.clone_from(real);
+                            }
+                        }
+                    }
+                    self.headers = headers;
+                    self.secret_headers = marked;
+                }
+                "url_secret" => self.url_secret = parse_bool("url_secret", value)?,
                 "enabled" => self.enabled = parse_bool("enabled", value)?,
                 "retry_schedule" => self.retry_schedule = parse_schedule(value)?,
                 "rate_limit" => self.rate_limit = parse_rate(value)?,
@@ -635,7 +746,7 @@ impl WebhookSpec {
     /// Every field as `POST /v1/webhooks` takes it, credentials in full: what a PATCH sends
     /// and what two definitions are compared by, field by field.
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "name": self.name,
             "url": self.url,
             "method": self.method,
@@ -650,7 +761,15 @@ impl WebhookSpec {
             "follow_redirects": self.follow_redirects,
             "query": self.query,
             "body": self.body,
-        })
+            "url_secret": self.url_secret,
+        });
+        // Marked headers go back in the form they were given.
+        for name in &self.secret_headers {
+            if let Some(value) = self.headers.get(name) {
+                v["headers"][name] = serde_json::json!({"value": value, "secret": true});
+            }
+        }
+        v
     }
 
     pub fn of(webhook: &Webhook) -> Self {
@@ -667,6 +786,8 @@ impl WebhookSpec {
             max_concurrency: webhook.max_concurrency,
             auth: webhook.auth.clone(),
             follow_redirects: webhook.follow_redirects,
+            secret_headers: webhook.secret_headers.clone(),
+            url_secret: webhook.url_secret,
             query: webhook.query.clone(),
             body: webhook.body.clone(),
         }
@@ -832,7 +953,9 @@ fn parse_clinic_ids(v: &Value) -> Result<Vec<String>, InvalidField> {
     Ok(out)
 }
 
-fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
+/// Headers: name → value, or name → `{"value": …, "secret": true}` for a credential whose
+/// name does not say so. Returns the headers and the names marked secret.
+fn parse_headers(v: &Value) -> Result<(BTreeMap<String, String>, Vec<String>), InvalidField> {
     let obj = v
         .as_object()
         .ok_or_else(|| invalid("headers", "must be an object of header names to values"))?;
@@ -843,6 +966,7 @@ fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
         ));
     }
     let mut out = BTreeMap::new();
+    let mut marked = Vec::new();
     for (name, value) in obj {
         let field = format!("headers.{name}");
         let token = !name.is_empty()
@@ -860,9 +984,35 @@ fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
                 "is set by KiviHook and cannot be overridden",
             ));
         }
-        let value = value
-            .as_str()
-            .ok_or_else(|| invalid(field.as_str(), "must be a string"))?;
+        let value = match value {
+            Value::Object(o) => {
+                let known = o.keys().all(|k| k == "value" || k == "secret");
+                let secret = match o.get("secret") {
+                    None => false,
+                    Some(s) => s.as_bool().ok_or_else(|| {
+                        invalid(format!("{field}.secret"), "must be true or false")
+                    })?,
+                };
+                if !known {
+                    return Err(invalid(
+                        field.as_str(),
+                        "must be a string, or an object with `value` and `secret`",
+                    ));
+                }
+                if secret {
+                    marked.push(name.clone());
+                }
+                o.get("value")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid(format!("{field}.value"), "must be a string"))?
+            }
+            other => other.as_str().ok_or_else(|| {
+                invalid(
+                    field.as_str(),
+                    "must be a string, or an object with `value` and `secret`",
+                )
+            })?,
+        };
         if chars(value) > limits::VALUE || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
         {
             return Err(invalid(
@@ -875,7 +1025,7 @@ fn parse_headers(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {
         }
         out.insert(name.clone(), value.to_owned());
     }
-    Ok(out)
+    Ok((out, marked))
 }
 
 fn parse_query(v: &Value) -> Result<BTreeMap<String, String>, InvalidField> {

@@ -670,7 +670,9 @@ pub async fn stats(
             state.store.schedule_status().await.map_err(ApiError::from)
         })?;
     let keep = |w: &Webhook| {
-        needle.as_deref().is_none_or(|n| found(n, &w.name, &w.url))
+        needle
+            .as_deref()
+            .is_none_or(|n| found(n, &w.name, &w.display_url()))
             && (!only_attention || attention.contains(&w.id))
     };
     let (items, next_cursor) = crate::webhooks::page(&snapshot, &paging, keep);

@@ -19,7 +19,8 @@ use kivihook_core::http_client::{self, AttemptOf};
 use kivihook_core::samples::{sample_event, types_matching};
 use kivihook_core::signing::generate_secret;
 use kivihook_core::webhook::{
-    check_templates, mask_credential, is_secret_header, InvalidField, Auth, KeyLocation, Pattern, Webhook, WebhookSpec,
+    check_templates, mask_credential, Auth, InvalidField, KeyLocation, Pattern, Webhook,
+    WebhookSpec,
 };
 use kivihook_core::{Event, EventType};
 
@@ -175,7 +176,7 @@ async fn rendered(state: &AppState, webhook: &Webhook, event: &Event) -> Result<
         .headers
         .iter()
         .map(|(k, v)| {
-            let v = if is_secret_header(k) {
+            let v = if webhook.is_credential_header(k) {
                 mask_credential(v)
             } else {
                 v.clone()
@@ -184,7 +185,11 @@ async fn rendered(state: &AppState, webhook: &Webhook, event: &Event) -> Result<
         })
         .collect();
     shown.push(("content-type".into(), prepared.content_type.into()));
-    let mut url = prepared.url.to_string();
+    let mut url = if webhook.url_secret {
+        kivihook_core::webhook::mask_url(&prepared.url)
+    } else {
+        prepared.url.to_string()
+    };
     match &webhook.auth {
         Auth::None => {}
         Auth::ApiKey {

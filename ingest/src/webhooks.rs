@@ -117,7 +117,11 @@ pub async fn list(
     let paging = cursor_paging(&q)?;
     let needle = search(&q)?;
     let snapshot = state.registry.refresh().await?;
-    let keep = |w: &Webhook| needle.as_deref().is_none_or(|n| found(n, &w.name, &w.url));
+    let keep = |w: &Webhook| {
+        needle
+            .as_deref()
+            .is_none_or(|n| found(n, &w.name, &w.display_url()))
+    };
     let total = match &needle {
         None => snapshot.len(),
         Some(_) => snapshot.webhooks().filter(|w| keep(w)).count(),
@@ -294,9 +298,14 @@ pub struct WebhookSecret {
     pub secret: String,
     /// With its credential unmasked.
     pub auth: Auth,
+    /// The URL in full (a `url_secret` one is masked everywhere else).
+    pub url: String,
+    /// Every header in full (credential headers are masked everywhere else).
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
-/// `GET /v1/webhooks/{id}/secret`: the signing secret, and the endpoint credential, in full.
+/// `GET /v1/webhooks/{id}/secret`: the signing secret, the endpoint credential, credential
+/// headers and a capability URL, in full.
 ///
 /// Every other answer masks them; this one exists so that an export through the API is a
 /// real backup (and so that a declarative apply can tell whether a credential changed).
@@ -326,6 +335,8 @@ pub async fn secret(
         id: webhook.id,
         secret: webhook.secret,
         auth: webhook.auth,
+        url: webhook.url,
+        headers: webhook.headers,
     })
     .into_response())
 }

@@ -161,18 +161,42 @@ async fn compare<'a>(
     // The list masks the secret and the credential; the real ones are read only when there
     // is something to compare them with.
     let needs_real = definition.secret.is_some()
-        || (want.auth.credential().is_some() && have.auth.credential().is_some());
+        || (want.auth.credential().is_some() && have.auth.credential().is_some())
+        || current.url_secret
+        || want.url_secret
+        || current
+            .headers
+            .keys()
+            .any(|h| current.is_credential_header(h));
     let real_secret = if needs_real {
-        let (secret, auth) = secrets(api, &current.id)
+        let s = secrets(api, &current.id)
             .await
             .map_err(|e| e.during(entry(index, name)))?;
-        have.auth = auth;
-        Some(secret)
+        have.auth = s.auth;
+        if let Some(url) = s.url {
+            have.url = url;
+        }
+        if let Some(headers) = s.headers {
+            have.headers = headers;
+        }
+        Some(s.secret)
     } else {
         None
     };
     // A masked credential keeps the real one, as it does in a PATCH.
     want.auth.keep_masked(&have.auth);
+    if have.url_secret && want.url == kivihook_core::webhook::mask_url(&have.url) {
+        want.url.clone_from(&have.url);
+    }
+    for (header, value) in want.headers.iter_mut() {
+        if let Some(real) = have.headers.get(header) {
+            if current.is_credential_header(header)
+                && *value == kivihook_core::webhook::mask_credential(real)
+            {
+                value.clone_from(real);
+            }
+        }
+    }
     if want.auth.credential().is_some_and(is_masked) {
         return Err(masked_credential(index, name));
     }

@@ -128,13 +128,27 @@ pub fn parse_webhook(value: &Value) -> Result<Webhook, CliError> {
     })
 }
 
-/// The signing secret and the endpoint credential of a webhook, in full.
-pub async fn secrets(api: &Api, id: &str) -> Result<(String, Auth), CliError> {
+/// What every answer but one masks: the signing secret, the endpoint credential, and the
+/// URL and headers in full.
+pub struct Secrets {
+    pub secret: String,
+    pub auth: Auth,
+    pub url: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A webhook's secrets, in full (`GET /v1/webhooks/{id}/secret`).
+pub async fn secrets(api: &Api, id: &str) -> Result<Secrets, CliError> {
     let answer = api.get(&["v1", "webhooks", id, "secret"], &[]).await?;
     let secret = answer["secret"].as_str().map(str::to_owned);
     let auth = serde_json::from_value::<Auth>(answer["auth"].clone());
     match (secret, auth) {
-        (Some(secret), Ok(auth)) => Ok((secret, auth)),
+        (Some(secret), Ok(auth)) => Ok(Secrets {
+            secret,
+            auth,
+            url: answer["url"].as_str().map(str::to_owned),
+            headers: serde_json::from_value(answer["headers"].clone()).ok(),
+        }),
         _ => Err(CliError::Io(format!(
             "the API's answer for the secret of {id} lacks `secret` or `auth`; is the server older than this CLI?"
         ))),
@@ -178,9 +192,15 @@ async fn list(api: &Api, output: Output) -> Result<(), CliError> {
 async fn get(api: &Api, id: &str, show_secret: bool, output: Output) -> Result<(), CliError> {
     let mut webhook = api.get(&["v1", "webhooks", id], &[]).await?;
     if show_secret {
-        let (secret, auth) = secrets(api, id).await?;
-        webhook["secret"] = Value::String(secret);
-        webhook["auth"] = serde_json::to_value(auth).unwrap_or(Value::Null);
+        let s = secrets(api, id).await?;
+        webhook["secret"] = Value::String(s.secret);
+        webhook["auth"] = serde_json::to_value(s.auth).unwrap_or(Value::Null);
+        if let Some(url) = s.url {
+            webhook["url"] = Value::String(url);
+        }
+        if let Some(headers) = s.headers {
+            webhook["headers"] = serde_json::to_value(headers).unwrap_or(Value::Null);
+        }
     }
     match output {
         Output::Json => output::json(&webhook),
@@ -208,11 +228,17 @@ async fn export(api: &Api, format: FileFormat, no_secrets: bool) -> Result<(), C
         let secret = if no_secrets {
             None
         } else {
-            let (secret, auth) = secrets(api, &webhook.id)
+            let s = secrets(api, &webhook.id)
                 .await
                 .map_err(|e| e.during(format!("exporting `{}` ({})", webhook.name, webhook.id)))?;
-            webhook.auth = auth;
-            Some(secret)
+            webhook.auth = s.auth;
+            if let Some(url) = s.url {
+                webhook.url = url;
+            }
+            if let Some(headers) = s.headers {
+                webhook.headers = headers;
+            }
+            Some(s.secret)
         };
         exported.push(Definition {
             spec: WebhookSpec::of(&webhook),

@@ -288,31 +288,51 @@ impl RedisStore {
         self
     }
 
-    /// Every secret a webhook holds: its signing secrets and its endpoint credential.
-    fn secrets_of(w: &mut Webhook) -> Vec<&mut String> {
-        let mut out = vec![&mut w.secret];
-        out.extend(w.previous_secrets.iter_mut().map(|p| &mut p.secret));
-        out.extend(w.auth.credential_mut());
+    /// Every secret a webhook holds, with the field it is bound to when sealed: its signing
+    /// secrets, its endpoint credential, its credential headers, and a capability URL.
+    fn secrets_of(w: &mut Webhook) -> Vec<(String, &mut String)> {
+        let id = w.id.clone();
+        let credential_headers: Vec<String> = w
+            .headers
+            .keys()
+            .filter(|name| w.is_credential_header(name))
+            .cloned()
+            .collect();
+        let mut out = vec![(format!("{id}:secret"), &mut w.secret)];
+        out.extend(
+            w.previous_secrets
+                .iter_mut()
+                .map(|p| (format!("{id}:previous_secret"), &mut p.secret)),
+        );
+        out.extend(w.auth.credential_mut().map(|c| (format!("{id}:auth"), c)));
+        for (name, value) in w.headers.iter_mut() {
+            if credential_headers.contains(name) {
+                out.push((format!("{id}:headers.{}", name.to_ascii_lowercase()), value));
+            }
+        }
+        if w.url_secret {
+            out.push((format!("{id}:url"), &mut w.url));
+        }
         out
     }
 
     fn seal(&self, webhook: &Webhook) -> Webhook {
         let mut stored = webhook.clone();
         if let Some(b) = &self.sealer {
-            for s in Self::secrets_of(&mut stored) {
-                *s = b.seal(s);
+            for (context, s) in Self::secrets_of(&mut stored) {
+                *s = b.seal_bound(s, &context);
             }
         }
         stored
     }
 
     fn open(&self, mut stored: Webhook) -> Result<Webhook, StoreError> {
-        for s in Self::secrets_of(&mut stored) {
+        for (context, s) in Self::secrets_of(&mut stored) {
             if is_sealed(s) {
                 let b = self.sealer.as_ref().ok_or_else(|| {
                     corrupt("stored secrets are encrypted, and KIVIHOOK_SECRET_KEY is not set")
                 })?;
-                *s = b.open(s).map_err(corrupt)?;
+                *s = b.open_bound(s, &context).map_err(corrupt)?;
             }
         }
         Ok(stored)

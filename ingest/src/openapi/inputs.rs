@@ -264,11 +264,32 @@ fn headers_schema() -> ObjectBuilder {
         .schema_type(Type::Object)
         .max_properties(Some(limits::PAIRS))
         .property_names(Some(string().pattern(Some(header_name_pattern()))))
-        .additional_properties(Some(value_schema(true)))
+        .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(Schema::OneOf(
+            OneOfBuilder::new()
+                .item(value_schema(true))
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Object)
+                        .property("value", value_schema(true))
+                        .property("secret", ObjectBuilder::new().schema_type(Type::Boolean))
+                        .required("value")
+                        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(
+                            false,
+                        )))
+                        .description(Some(
+                            "A value with `\"secret\": true`: sealed at rest and masked in \
+                             answers like a credential",
+                        )),
+                )
+                .build(),
+        )))))
         .description(Some(
-            "Headers to send, name → value (`{{placeholders}}` allowed); at most 50, never \
-             one KiviHook sets itself (webhook-id, webhook-timestamp, webhook-signature, \
-             content-length, transfer-encoding, host, connection)",
+            "Headers to send, name → value (`{{placeholders}}` allowed), or name → \
+             {\"value\": …, \"secret\": true} for a credential whose name does not say so \
+             (names with authorization, cookie, token, secret, key, password, auth, session or \
+             signature are credentials already); at most 50, never one KiviHook sets itself \
+             (webhook-id, webhook-timestamp, webhook-signature, content-length, \
+             transfer-encoding, host, connection)",
         ))
 }
 
@@ -469,6 +490,15 @@ fn webhook_schema(kind: Definition) -> RefOr<Schema> {
         )
         .property("query", query_schema())
         .property("body", body_schema())
+        .property(
+            "url_secret",
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .description(Some(
+                    "The URL is the credential (Slack, Discord, Teams, Make, Zapier): sealed at \
+                 rest, its path masked in answers and logs; false by default",
+                )),
+        )
         .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
     if kind != Definition::Draft {
         o = o.property(
