@@ -272,7 +272,10 @@ async fn signing_secrets_are_encrypted_at_rest_and_still_sign() {
         !raw.contains(secret_body),
         "the raw Redis value holds no secret: {raw}"
     );
-    assert!(raw.contains("enc:v1:"));
+    assert!(
+        raw.contains("enc:v2:"),
+        "sealed and bound to the webhook: {raw}"
+    );
 
     assert_eq!(
         api.post_event(&event("evt_sealed", "patient.created", None))

@@ -1370,6 +1370,7 @@ mod tests {
             "enabled": false, "retry_schedule": [1, 2], "rate_limit": 5, "max_concurrency": 3,
             "auth": {"type": "bearer", "token": "t0ken"}, "follow_redirects": true,
             "query": {"source": "kivihook"}, "body": {"type": "json", "template": "{\"a\": 1}"},
+            "url_secret": true,
         });
         assert_eq!(
             FIELDS.len(),

@@ -253,8 +253,8 @@ pub struct TestResult {
     /// At most 4 KiB of it.
     pub response_body: String,
     pub duration_ms: u64,
-    /// `timeout`, `connect`, `dns`, `tls`, `http_status`, `request`, `config`, `blocked`;
-    /// null on success.
+    /// `timeout`, `connect`, `dns`, `tls`, `http_status`, `request`, `config`, `blocked`,
+    /// `render`, `internal`; null on success.
     pub error_kind: Option<String>,
     pub error: Option<String>,
     /// Placeholders the sample event does not have, which rendered empty.
