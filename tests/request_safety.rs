@@ -325,3 +325,38 @@ async fn a_redirect_to_another_origin_carries_no_credential_and_no_signature() {
     drop(k);
     cleanup(&prefix).await;
 }
+
+/// A placeholder the event does not have (its data nested where the template expects a flat
+/// name) renders empty, and the attempt says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_missing_from_the_event_is_a_warning_on_the_attempt() {
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &[]);
+    let api = Api::new(&k);
+    let r = Receiver::start().await;
+    let w = api
+        .create_webhook(json!({
+            "name": "flat", "url": r.url(), "events": ["appointment.booked"],
+            "body": {"type": "json", "template": "{\"name\": \"{{ patient_name }}\", \"clinic\": \"{{ clinic_id }}\"}"},
+        }))
+        .await;
+    post(
+        &api,
+        "evt_w",
+        json!({"appointment": {"patient": {"name": "Ada"}}}),
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "the delivery", || r.count() == 1).await;
+    assert_eq!(r.received()[0].json(), json!({"name": "", "clinic": "12"}));
+    let log = wait_attempts(&api, &id(&w), 1).await;
+    assert_eq!(log[0]["outcome"], "delivered");
+    let warnings = log[0]["warnings"].as_array().expect("warnings").clone();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let text = warnings[0].as_str().unwrap();
+    assert!(
+        text.contains("patient_name") && text.contains("body.template"),
+        "{text}"
+    );
+    drop(k);
+    cleanup(&prefix).await;
+}
