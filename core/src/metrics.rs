@@ -57,6 +57,8 @@ pub struct Metrics {
     pub circuits_open: IntGauge,
     pub webhooks_auto_disabled: IntCounterVec,
     pub retry_jobs_published: IntCounter,
+    /// Retry jobs a scheduler could not publish (they stay scheduled and are tried again).
+    pub scheduler_publish_failures: IntCounter,
     pub leases_expired: IntCounter,
     pub retry_schedule_depth: IntGauge,
     pub retry_jobs_leased: IntGauge,
@@ -205,6 +207,10 @@ impl Metrics {
                 "Webhooks disabled by KiviHook, by reason (gone, failing).",
                 &["reason"],
             )),
+            scheduler_publish_failures: reg!(must(IntCounter::new(
+                "kivihook_scheduler_publish_failures_total",
+                "Retry jobs a scheduler could not publish to RabbitMQ; they stay scheduled.",
+            ))),
             retry_jobs_published: reg!(must(IntCounter::new(
                 "kivihook_retry_jobs_published_total",
                 "Due retry jobs moved from the schedule to the retries queue.",

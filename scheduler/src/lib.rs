@@ -5,8 +5,8 @@
 //! message, and a lease that expires (its scheduler died between claim and publish) puts
 //! the job back. Nothing here needs a leader.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kivihook_core::broker::{OutboundMessage, Queue};
 use kivihook_core::{Broker, Config, Metrics, Shutdown, Store};
@@ -15,6 +15,17 @@ use kivihook_core::{Broker, Config, Metrics, Shutdown, Store};
 /// more is followed at once by another.
 const BATCH: usize = 500;
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+/// While publishing fails, how often the running count is logged.
+const OUTAGE_REPORT: Duration = Duration::from_secs(60);
+
+/// A publishing outage as the log tells it: one line when it starts, a count every minute
+/// while it lasts, one line when it ends (not a line per job per tick).
+#[derive(Default)]
+struct Outage {
+    since: Option<Instant>,
+    failed: u64,
+    reported: Option<Instant>,
+}
 
 pub struct Scheduler {
     broker: Arc<dyn Broker>,
@@ -22,6 +33,7 @@ pub struct Scheduler {
     metrics: Metrics,
     lease: Duration,
     interval: Duration,
+    outage: Mutex<Outage>,
 }
 
 impl Scheduler {
@@ -37,6 +49,7 @@ impl Scheduler {
             metrics,
             lease: config.retry_lease,
             interval: config.scheduler_interval,
+            outage: Mutex::default(),
         }
     }
 
@@ -108,15 +121,17 @@ impl Scheduler {
         let results = futures::future::join_all(publishes).await;
         let mut done = Vec::with_capacity(jobs.len());
         let mut failed = Vec::new();
+        let mut first_error = None;
         for (job, r) in jobs.iter().zip(results) {
             match r {
                 Ok(()) => done.push(job.id.clone()),
                 Err(e) => {
-                    tracing::warn!(job_id = %job.id, error = %e, "could not publish a retry job");
+                    first_error.get_or_insert(e);
                     failed.push(job.id.clone());
                 }
             }
         }
+        self.outage_news(done.len(), failed.len(), first_error.as_deref());
         // Only confirmed jobs are forgotten; if this fails, their leases expire and they are
         // published again, which the dispatcher's job check turns into a no-op.
         if let Err(e) = self.store.complete_jobs(&done).await {
@@ -130,6 +145,50 @@ impl Scheduler {
             return Err(());
         }
         Ok(jobs.len())
+    }
+
+    /// Log an outage of publishing once as it starts, as a count while it lasts, once as it
+    /// ends; count every failed publish in `kivihook_scheduler_publish_failures_total`.
+    fn outage_news(&self, published: usize, failed: usize, error: Option<&str>) {
+        let mut o = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if failed > 0 {
+            self.metrics
+                .scheduler_publish_failures
+                .inc_by(failed as u64);
+            o.failed += failed as u64;
+            match o.since {
+                None => {
+                    o.since = Some(now);
+                    o.reported = Some(now);
+                    tracing::warn!(
+                        error = error.unwrap_or_default(),
+                        jobs = failed,
+                        "cannot publish retry jobs to RabbitMQ; they stay scheduled and are tried again every tick"
+                    );
+                }
+                Some(since) if o.reported.is_some_and(|r| now - r >= OUTAGE_REPORT) => {
+                    o.reported = Some(now);
+                    tracing::warn!(
+                        error = error.unwrap_or_default(),
+                        failed_publishes = o.failed,
+                        for_seconds = (now - since).as_secs(),
+                        "still cannot publish retry jobs to RabbitMQ"
+                    );
+                }
+                Some(_) => {}
+            }
+        } else if published > 0 {
+            if let Some(since) = o.since.take() {
+                tracing::info!(
+                    failed_publishes = o.failed,
+                    for_seconds = (now - since).as_secs(),
+                    "publishing retry jobs to RabbitMQ works again"
+                );
+                o.failed = 0;
+                o.reported = None;
+            }
+        }
     }
 
     /// Gauges of the schedule, the dead letters and the queues.
