@@ -358,6 +358,35 @@ fn parse_event(
     })
 }
 
+/// How long a release keeps trying: as long as a claim can live.
+const RELEASE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Release this request's claims in the background, trying until Redis answers (or the
+/// claims have expired by themselves).
+fn release_later(state: &AppState, ids: Vec<String>, token: String) {
+    if ids.is_empty() {
+        return;
+    }
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            match store.release_events(&ids, &token).await {
+                Ok(()) => return,
+                Err(e) if started.elapsed() >= RELEASE_FOR => {
+                    tracing::warn!(error = %e, count = ids.len(), "could not release dedup claims; they expire by themselves");
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        }
+    });
+}
+
 /// Claim, publish with confirms, then settle the claims. Returns one status per event.
 async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, ApiError> {
     // An id repeated inside one request is published once; later copies are duplicates.
@@ -370,7 +399,18 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
         .map(|(e, _)| e.id.clone())
         .collect();
 
-    let (claims, registry_version) = state.store.claim_events(&unique).await?;
+    // The claim names this request, so a release removes this request's claim only, and a
+    // claim that lands after the request gave up on it is removed by the release after it.
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let (claims, registry_version) = match state.store.claim_events(&unique, &token).await {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            // The claim may still land (Redis paused, a reply lost): release it, so the
+            // client's retry after this 503 is accepted, not `in_progress`.
+            release_later(state, unique, token);
+            return Err(e.into());
+        }
+    };
     let mut claim_of = unique
         .iter()
         .zip(claims)
@@ -457,8 +497,9 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
     }
     if !failed.is_empty() {
         let failed: Vec<String> = failed.into_iter().collect();
-        if let Err(e) = state.store.release_events(&failed).await {
-            tracing::warn!(error = %e, count = failed.len(), "could not release dedup claims; they expire by themselves");
+        if let Err(e) = state.store.release_events(&failed, &token).await {
+            tracing::warn!(error = %e, count = failed.len(), "could not release dedup claims; trying again in the background");
+            release_later(state, failed.clone(), token.clone());
         }
         let error = first_error.unwrap_or_default();
         tracing::warn!(error = %error, failed = failed.len(), "publishing to RabbitMQ failed; answering 503");

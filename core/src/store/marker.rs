@@ -26,6 +26,13 @@ use crate::event::CATALOGUE;
 /// The marker's first character while the event is being published.
 pub const IN_PROGRESS: &str = "p";
 
+/// The marker a request claims an id with: `p!<token>`, the token naming the request, so
+/// that its release removes its own claim and nobody else's (and a claim that lands after
+/// the request gave up is removed by the release that follows it).
+pub fn claim(token: &str) -> String {
+    format!("{IN_PROGRESS}!{token}")
+}
+
 /// A marker, read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Marker {
@@ -95,7 +102,7 @@ pub fn parse(raw: &str) -> Option<Marker> {
         Some(i) => raw.split_at(i),
         None => (raw, ""),
     };
-    let info = if head == IN_PROGRESS {
+    let info = if head == IN_PROGRESS || head.starts_with("p!") {
         None
     } else {
         let rest = head.strip_prefix('a')?;

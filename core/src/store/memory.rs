@@ -149,7 +149,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn claim_events(&self, ids: &[String]) -> Result<(Vec<Claim>, u64), StoreError> {
+    async fn claim_events(
+        &self,
+        ids: &[String],
+        _token: &str,
+    ) -> Result<(Vec<Claim>, u64), StoreError> {
         Ok(self.with(|s| {
             let now = Instant::now();
             let claims = ids
@@ -187,8 +191,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn release_events(&self, ids: &[String]) -> Result<(), StoreError> {
-        self.with(|s| ids.iter().for_each(|id| drop(s.dedup.remove(id))));
+    async fn release_events(&self, ids: &[String], _token: &str) -> Result<(), StoreError> {
+        // One process, no late writes: a claim still in progress is this request's.
+        self.with(|s| {
+            for id in ids {
+                if s.dedup.get(id).is_some_and(|(info, _)| info.is_none()) {
+                    s.dedup.remove(id);
+                }
+            }
+        });
         Ok(())
     }
 

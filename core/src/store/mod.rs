@@ -146,7 +146,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claim event ids before publishing them (one round trip for a whole batch), and read
     /// the registry version to stamp on the messages.
-    async fn claim_events(&self, ids: &[String]) -> Result<(Vec<Claim>, u64), StoreError>;
+    async fn claim_events(
+        &self,
+        ids: &[String],
+        token: &str,
+    ) -> Result<(Vec<Claim>, u64), StoreError>;
     /// Mark claimed events accepted for the dedup window, once the broker confirmed them.
     async fn confirm_events(
         &self,
@@ -154,7 +158,7 @@ pub trait Store: Send + Sync + 'static {
         window: Duration,
     ) -> Result<(), StoreError>;
     /// Release claims whose publish failed, so a retry of the request is not a "duplicate".
-    async fn release_events(&self, ids: &[String]) -> Result<(), StoreError>;
+    async fn release_events(&self, ids: &[String], token: &str) -> Result<(), StoreError>;
     /// What was accepted under this id, within the dedup window.
     async fn event_info(&self, id: &str) -> Result<Option<EventInfo>, StoreError>;
 

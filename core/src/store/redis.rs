@@ -93,10 +93,22 @@ return {tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures')), redis.cal
 
 /// Ingest's accept: the marker becomes what was accepted, for the dedup window, keeping
 /// any deliveries a dispatcher appended while the publish was being confirmed.
+/// Release a claim: delete the id's marker only while it is still this request's claim
+/// (ARGV[1], `p!<token>`, optionally followed by delivered targets).
+const RELEASE_SCRIPT: &str = r"
+local m = redis.call('GET', KEYS[1])
+if m and (m == ARGV[1] or string.sub(m, 1, string.len(ARGV[1]) + 2) == ARGV[1] .. '|~') then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
 const CONFIRM_SCRIPT: &str = r"
 local m = redis.call('GET', KEYS[1])
 if m and string.sub(m, 1, 1) == 'p' then
-  redis.call('SET', KEYS[1], ARGV[1] .. string.sub(m, 2), 'EX', ARGV[2])
+  local rest = string.gsub(string.sub(m, 2), '^![^|]*', '')
+  redis.call('SET', KEYS[1], ARGV[1] .. rest, 'EX', ARGV[2])
 elseif m and string.sub(m, 1, 1) == 'a' then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 else
@@ -164,6 +176,7 @@ pub struct RedisStore {
     claim: redis::Script,
     sweep: redis::Script,
     attempt: redis::Script,
+    release: redis::Script,
     confirm: redis::Script,
     fold: redis::Script,
     token: redis::Script,
@@ -261,6 +274,7 @@ impl RedisStore {
             sweep: redis::Script::new(SWEEP_SCRIPT),
             attempt: redis::Script::new(ATTEMPT_SCRIPT),
             confirm: redis::Script::new(CONFIRM_SCRIPT),
+            release: redis::Script::new(RELEASE_SCRIPT),
             fold: redis::Script::new(FOLD_SCRIPT),
             token: redis::Script::new(TOKEN_SCRIPT),
             sealer: None,
@@ -774,12 +788,17 @@ impl Store for RedisStore {
             .map_err(unavailable)
     }
 
-    async fn claim_events(&self, ids: &[String]) -> Result<(Vec<Claim>, u64), StoreError> {
+    async fn claim_events(
+        &self,
+        ids: &[String],
+        token: &str,
+    ) -> Result<(Vec<Claim>, u64), StoreError> {
+        let claim = marker::claim(token);
         let mut b = Batch::new();
         for id in ids {
             // NX with GET (Redis ≥ 7): one command both claims and tells who had it.
             b.cmd("SET", &self.keys.dedup(id))
-                .arg(marker::IN_PROGRESS)
+                .arg(&claim)
                 .arg("NX")
                 .arg("GET")
                 .arg("EX")
@@ -817,10 +836,11 @@ impl Store for RedisStore {
         self.run(b, true).await.map(|_| ())
     }
 
-    async fn release_events(&self, ids: &[String]) -> Result<(), StoreError> {
+    async fn release_events(&self, ids: &[String], token: &str) -> Result<(), StoreError> {
+        let claim = marker::claim(token);
         let mut b = Batch::new();
         for id in ids {
-            b.ignored("DEL", &self.keys.dedup(id));
+            b.script(&self.release, &[&self.keys.dedup(id)]).arg(&claim);
         }
         self.run(b, false).await.map(|_| ())
     }
