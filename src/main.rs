@@ -449,7 +449,12 @@ async fn connect_store(
     let cluster = !config.redis_cluster.is_empty();
     loop {
         let connected = if cluster {
-            RedisStore::connect_cluster(&config.redis_cluster, &config.prefix).await
+            RedisStore::connect_cluster_counted(
+                &config.redis_cluster,
+                &config.prefix,
+                Some(redials.clone()),
+            )
+            .await
         } else {
             RedisStore::connect_counted(&config.redis_url, &config.prefix, Some(redials.clone()))
                 .await

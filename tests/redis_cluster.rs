@@ -273,10 +273,12 @@ async fn a_primary_killed_mid_stream_loses_no_accepted_event_with_wait_replicas(
         ("KIVIHOOK_REDIS_CLUSTER", nodes.as_str()),
         ("KIVIHOOK_REDIS_WAIT_REPLICAS", "1"),
         ("KIVIHOOK_REDIS_WAIT_TIMEOUT", "1"),
+        // Debug, so that a failure can say what became of the events it misses.
+        ("KIVIHOOK_LOG", "info,kivihook_dispatcher=debug"),
     ];
     let ingest = Kivihook::start("ingest", &prefix, &env);
-    let _dispatcher = Kivihook::start("dispatcher", &prefix, &env);
-    let _scheduler = Kivihook::start("scheduler", &prefix, &env);
+    let dispatcher = Kivihook::start("dispatcher", &prefix, &env);
+    let scheduler = Kivihook::start("scheduler", &prefix, &env);
     let api = Api::new(&ingest);
     let receiver = Receiver::start().await;
     api.create_webhook(json!({"name": "crm", "url": receiver.url(), "events": ["*"]}))
@@ -336,20 +338,41 @@ async fn a_primary_killed_mid_stream_loses_no_accepted_event_with_wait_replicas(
     posting.await.unwrap();
 
     let accepted: HashSet<String> = accepted.lock().unwrap().clone();
-    wait_until(
-        Duration::from_secs(120),
-        "every accepted event delivered",
-        || {
-            let got: HashSet<String> = receiver
-                .received()
-                .iter()
-                .filter(|r| r.status_sent_ok())
-                .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
-                .collect();
-            accepted.iter().all(|id| got.contains(id))
-        },
-    )
-    .await;
+    let delivered = || -> HashSet<String> {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.status_sent_ok())
+            .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let waiting = Instant::now();
+    loop {
+        let got = delivered();
+        let mut missing: Vec<&String> = accepted.iter().filter(|id| !got.contains(*id)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        if waiting.elapsed() > Duration::from_secs(120) {
+            missing.sort();
+            diagnose(
+                &cluster,
+                &prefix,
+                &missing,
+                &[
+                    ("ingest", &ingest),
+                    ("dispatcher", &dispatcher),
+                    ("scheduler", &scheduler),
+                ],
+            );
+            panic!(
+                "timed out waiting for every accepted event delivered: {} of {} missing",
+                missing.len(),
+                accepted.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut per_event: HashMap<String, usize> = HashMap::new();
     for r in receiver.received().iter().filter(|r| r.status_sent_ok()) {
         *per_event
@@ -366,4 +389,117 @@ async fn a_primary_killed_mid_stream_loses_no_accepted_event_with_wait_replicas(
         started.elapsed()
     );
     assert!(accepted.len() >= EVENTS / 2, "most events are accepted");
+}
+
+/// What the cluster, RabbitMQ and the processes' logs say about events never delivered:
+/// their markers and target states, the retry schedule, the queues, and every kind of
+/// warning (the first few of each, and how many).
+fn diagnose(cluster: &Cluster, prefix: &str, missing: &[&String], procs: &[(&str, &Kivihook)]) {
+    println!(
+        "MISSING {}: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(40)]
+    );
+    let live: Vec<u16> = cluster
+        .ports()
+        .into_iter()
+        .filter(|p| !cluster.info(*p, "replication").is_empty())
+        .collect();
+    for p in cluster.ports() {
+        let info = cluster.info(p, "replication");
+        let role = info
+            .lines()
+            .filter(|l| {
+                l.starts_with("role:") || l.starts_with("slave0:") || l.starts_with("master_port:")
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!("node {p}: {role}");
+    }
+    let Some(node) = live.first().map(u16::to_string) else {
+        return;
+    };
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-h", "127.0.0.1", "-p", &node])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .replace('\n', " ; ")
+    };
+    for id in missing.iter().take(15) {
+        let marker = format!("{{{prefix}:e:{id}}}");
+        let targets = format!("{marker}:t");
+        println!(
+            "event {id}: marker={:?} targets={:?}",
+            cli(&["GET", &marker]),
+            cli(&["HGETALL", &targets])
+        );
+    }
+    for shard in 0..16 {
+        let tag = format!("{{{prefix}:retry:{shard}}}");
+        let schedule = cli(&["ZCARD", &format!("{tag}:schedule")]);
+        let leases = cli(&["ZCARD", &format!("{tag}:leases")]);
+        let jobs = cli(&["HLEN", &format!("{tag}:jobs")]);
+        if schedule != "0" || leases != "0" || jobs != "0" {
+            println!("retry shard {shard}: schedule={schedule} leases={leases} jobs={jobs}");
+            println!(
+                "  schedule: {}",
+                cli(&["ZRANGE", &format!("{tag}:schedule"), "0", "5", "WITHSCORES"])
+            );
+            println!(
+                "  leases: {}",
+                cli(&["ZRANGE", &format!("{tag}:leases"), "0", "5", "WITHSCORES"])
+            );
+        }
+    }
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "name",
+            "messages",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ])
+        .output();
+    if let Ok(out) = out {
+        for l in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(prefix))
+        {
+            println!("queue: {l}");
+        }
+    }
+    for (name, k) in procs {
+        let logs = k.logs.lock().unwrap();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for l in logs.iter() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let level = v["level"].as_str().unwrap_or_default();
+            if level == "WARN" || level == "ERROR" {
+                let key = format!(
+                    "{level} {} {}",
+                    v["message"].as_str().unwrap_or_default(),
+                    v["what"].as_str().unwrap_or_default()
+                );
+                let n = counts.entry(key).or_default();
+                if *n < 3 {
+                    println!("{name}: {l}");
+                }
+                *n += 1;
+            }
+        }
+        for (k, n) in counts {
+            println!("{name}: {n} × {k}");
+        }
+        for id in missing.iter().take(15) {
+            let needle = format!("\"{id}\"");
+            for l in logs.iter().filter(|l| l.contains(&needle)) {
+                println!("{name} about {id}: {l}");
+            }
+        }
+    }
 }

@@ -242,6 +242,12 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
     record::settle(&d, &mut shutdown, processed, acker).await;
 }
 
+/// How long a retry job whose target's state does not point at it yet is read again before
+/// it counts as stale: longer than the one `record` round trip (a cluster client rebuilt,
+/// then a response timeout) that may separate a job's write from its state's. A record that
+/// fails instead is retried, and its retry writes the job again, so that copy comes back.
+const JOB_STATE_WAIT: Duration = Duration::from_secs(30);
+
 /// A retry or manual job: check it is still current, attempt, record, ack.
 async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) {
     let job: Job = match serde_json::from_slice(&delivery.body) {
@@ -250,12 +256,28 @@ async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdo
     };
     let acker = delivery.acker;
     let job_id = job.id.clone();
-    let target = record::persist(&d, &mut shutdown, "read the job's target", || {
-        fanout::job_target(&d, job.clone())
-    })
-    .await;
+    let arrived = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    let target = loop {
+        let target = record::persist(&d, &mut shutdown, "read the job's target", || {
+            fanout::job_target(&d, job.clone())
+        })
+        .await;
+        if !matches!(target, Some(JobTarget::NotYet)) {
+            break target;
+        }
+        if arrived.elapsed() >= JOB_STATE_WAIT {
+            break Some(JobTarget::Skip("target moved on"));
+        }
+        tokio::select! {
+            _ = shutdown.wait() => break None,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
+    };
     let processed = match target {
-        None => {
+        // Shutdown came first (`NotYet` itself is read again until it is something else).
+        None | Some(JobTarget::NotYet) => {
             let _ = acker.requeue().await;
             return;
         }

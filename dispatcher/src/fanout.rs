@@ -56,6 +56,12 @@ pub enum JobTarget {
     Disabled(Target),
     /// Nothing to do (the webhook was deleted, or the target moved on).
     Skip(&'static str),
+    /// The target's state does not point at this job yet: it has no state, or another
+    /// job's. The dispatcher that made the job writes it first and the state that points at
+    /// it a round trip later (another slot, on a cluster), so a job that comes due quickly
+    /// (a deferral, 1 s) can be published and taken before its state is written. Read again
+    /// shortly; only a job whose state never comes to point at it is stale.
+    NotYet,
 }
 
 pub async fn job_target(d: &Dispatcher, job: Job) -> Result<JobTarget, StoreError> {
@@ -77,10 +83,10 @@ pub async fn job_target(d: &Dispatcher, job: Job) -> Result<JobTarget, StoreErro
             .await?
             .pop()
             .flatten();
-        let current =
-            matches!(&state, Some(TargetState::Retrying { job_id, .. }) if *job_id == job.id);
-        if !current {
-            return Ok(JobTarget::Skip("target moved on"));
+        match &state {
+            Some(TargetState::Retrying { job_id, .. }) if *job_id == job.id => {}
+            None | Some(TargetState::Retrying { .. }) => return Ok(JobTarget::NotYet),
+            Some(_) => return Ok(JobTarget::Skip("target moved on")),
         }
     }
     let received_at = serde_json::from_str::<ReceivedAt>(&job.body)

@@ -13,7 +13,7 @@ use redis::{FromRedisValue, Value};
 
 use super::batch::{Batch, WaitReplicas};
 use super::marker;
-use super::redis_conn::{open_cluster, AnyConn, Conn};
+use super::redis_conn::{AnyConn, ClusterConn, Conn};
 use super::{changes_from_log, WebhookChanges, CHANGE_LOG_CAP};
 use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
 use crate::crypto::{is_sealed, SecretBox};
@@ -58,6 +58,19 @@ for i, id in ipairs(due) do
   out[#out + 1] = jobs[i] or ''
 end
 return out
+";
+
+/// Forget published jobs: out of the lease, and the body too unless the job is back in the
+/// schedule (its dispatcher's `record` was retried and wrote it again after this claim:
+/// that write must keep its body, or the schedule would hold an id with nothing to run).
+const COMPLETE_SCRIPT: &str = r"
+for _, id in ipairs(ARGV) do
+  redis.call('ZREM', KEYS[1], id)
+  if not redis.call('ZSCORE', KEYS[2], id) then
+    redis.call('HDEL', KEYS[3], id)
+  end
+end
+return 0
 ";
 
 /// Return expired leases to the schedule, due now.
@@ -174,6 +187,7 @@ pub struct RedisStore {
     pool: Vec<AnyConn>,
     next: AtomicUsize,
     claim: redis::Script,
+    complete: redis::Script,
     sweep: redis::Script,
     attempt: redis::Script,
     release: redis::Script,
@@ -256,10 +270,21 @@ impl RedisStore {
 
     /// Connect to a Redis Cluster through any of its nodes. Fails if none answers now.
     pub async fn connect_cluster(nodes: &[String], prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_cluster_counted(nodes, prefix, None).await
+    }
+
+    /// Like `connect_cluster`, counting every client replaced in `redials`.
+    pub async fn connect_cluster_counted(
+        nodes: &[String],
+        prefix: &str,
+        redials: Option<prometheus::IntCounter>,
+    ) -> Result<Self, StoreError> {
         let mut pool = Vec::with_capacity(POOL_SIZE);
         for _ in 0..POOL_SIZE {
             pool.push(AnyConn::Cluster(
-                open_cluster(nodes).await.map_err(unavailable)?,
+                ClusterConn::open(nodes, redials.clone())
+                    .await
+                    .map_err(unavailable)?,
             ));
         }
         Ok(Self::with_pool(pool, prefix))
@@ -271,6 +296,7 @@ impl RedisStore {
             pool,
             next: AtomicUsize::new(0),
             claim: redis::Script::new(CLAIM_SCRIPT),
+            complete: redis::Script::new(COMPLETE_SCRIPT),
             sweep: redis::Script::new(SWEEP_SCRIPT),
             attempt: redis::Script::new(ATTEMPT_SCRIPT),
             confirm: redis::Script::new(CONFIRM_SCRIPT),
@@ -529,6 +555,7 @@ impl RedisStore {
             CONFIRM_SCRIPT,
             FOLD_SCRIPT,
             CLAIM_SCRIPT,
+            COMPLETE_SCRIPT,
             SWEEP_SCRIPT,
         ] {
             redis::cmd("SCRIPT")
@@ -1125,8 +1152,11 @@ impl Store for RedisStore {
     async fn complete_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
         let mut b = Batch::new();
         for (shard, ids) in by_shard(&self.keys, ids) {
-            b.ignored("ZREM", &self.keys.retry_leases(shard)).arg(&ids);
-            b.ignored("HDEL", &self.keys.retry_jobs(shard)).arg(&ids);
+            let leases = self.keys.retry_leases(shard);
+            let schedule = self.keys.retry_schedule(shard);
+            let jobs = self.keys.retry_jobs(shard);
+            b.script(&self.complete, &[&leases, &schedule, &jobs])
+                .arg(&ids);
         }
         self.run(b, false).await.map(|_| ())
     }
