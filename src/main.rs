@@ -407,6 +407,8 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     while roles.join_next().await.is_some() {}
+    // Close the broker connections before the runtime stops, which would cut them.
+    broker.close().await;
     tracing::info!(role = command.name(), "stopped");
     Ok(())
 }

@@ -87,4 +87,7 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Readiness: can we publish right now?
     async fn ready(&self) -> Result<(), BrokerError>;
+
+    /// Close every connection cleanly, at shutdown.
+    async fn close(&self) {}
 }

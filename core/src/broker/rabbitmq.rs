@@ -45,7 +45,15 @@ pub struct RabbitBroker {
     role: &'static str,
     current: RwLock<Option<Arc<Publisher>>>,
     reconnect: tokio::sync::Mutex<Option<Instant>>,
+    /// Consumer connections being closed (a consumer closes its connection when dropped);
+    /// `close` waits for them, so that none is cut by the runtime's shutdown.
+    closing: Closing,
 }
+
+type Closing = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
+/// How long shutting down waits for the broker to acknowledge closing a connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Publisher {
     conn: Connection,
@@ -211,6 +219,7 @@ impl RabbitBroker {
             role,
             current: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(None),
+            closing: Closing::default(),
         }
     }
 
@@ -385,8 +394,9 @@ impl Broker for RabbitBroker {
             .await
             .map_err(unavailable)?;
         Ok(RabbitConsumer {
-            _conn: conn,
+            conn: Some(conn),
             _channel: channel,
+            closing: self.closing.clone(),
             inner: consumer,
             nodes: self.nodes.clone(),
             node,
@@ -397,6 +407,26 @@ impl Broker for RabbitBroker {
 
     async fn ready(&self) -> Result<(), BrokerError> {
         self.publisher().await.map(|_| ())
+    }
+
+    async fn close(&self) {
+        let publisher = self
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(p) = publisher {
+            if p.conn.status().connected() {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, p.conn.close(200, "shutting down"))
+                    .await;
+            }
+        }
+        let closing: Vec<_> = std::mem::take(
+            &mut *self.closing.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        for task in closing {
+            let _ = task.await;
+        }
     }
 
     async fn queue_status(&self, queue: Queue) -> Result<(u32, u32), BrokerError> {
@@ -421,13 +451,36 @@ impl Broker for RabbitBroker {
 
 /// Keeps the connection and channel alive as long as the stream is consumed.
 struct RabbitConsumer {
-    _conn: Connection,
+    conn: Option<Connection>,
     _channel: Channel,
+    closing: Closing,
     inner: lapin::Consumer,
     nodes: Arc<Nodes>,
     /// Which node the connection reached, to move past it once the stream ends.
     node: usize,
     ended: bool,
+}
+
+impl Drop for RabbitConsumer {
+    /// Close the connection with the broker (what it had prefetched and not settled goes back
+    /// to the queue), rather than leave it to be cut when the runtime stops.
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if !conn.status().connected() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let task = runtime.spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "consumer stopped"))
+                    .await;
+            });
+            let mut closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
+            closing.retain(|t| !t.is_finished());
+            closing.push(task);
+        }
+    }
 }
 
 impl Stream for RabbitConsumer {
