@@ -142,5 +142,8 @@ fn an_admin_token_equal_to_the_ingest_token_exits_2() {
         stderr.contains("KIVIHOOK_ADMIN_TOKEN") && stderr.contains("ingest token"),
         "{stderr}"
     );
-    assert!(!stderr.contains(token), "the token is not printed: {stderr}");
+    assert!(
+        !stderr.contains(token),
+        "the token is not printed: {stderr}"
+    );
 }

@@ -89,7 +89,10 @@ async fn event_data_cannot_walk_the_path_and_bad_renders_send_nothing() {
         json!({"patient_id": "7", "appointment_status": 1, "clinic_name": "North", "patient_name": "Ada"}),
     )
     .await;
-    wait_until(Duration::from_secs(20), "four deliveries", || r.count() == 4).await;
+    wait_until(Duration::from_secs(20), "four deliveries", || {
+        r.count() == 4
+    })
+    .await;
     let got = r.received();
     assert!(got
         .iter()
@@ -117,15 +120,25 @@ async fn event_data_cannot_walk_the_path_and_bad_renders_send_nothing() {
         let log = wait_attempts(&api, &id(w), 2).await;
         let bad = log.iter().find(|a| a["event_id"] == "evt_bad").unwrap();
         assert_eq!(bad["error_kind"], "render", "{bad}");
-        assert_eq!(bad["outcome"], "dead", "a render error is not retried: {bad}");
+        assert_eq!(
+            bad["outcome"], "dead",
+            "a render error is not retried: {bad}"
+        );
         assert!(
-            bad["error"].as_str().unwrap().starts_with(&format!("{part}:")),
+            bad["error"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{part}:")),
             "{part}: {bad}"
         );
         assert!(bad["status"].is_null(), "nothing was sent: {bad}");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(r.count(), 4, "nothing of the hostile event reached the receiver");
+    assert_eq!(
+        r.count(),
+        4,
+        "nothing of the hostile event reached the receiver"
+    );
     let log = attempts(&api, &id(&walk)).await;
     let bad = log.iter().find(|a| a["event_id"] == "evt_bad").unwrap();
     assert!(bad["error"].as_str().unwrap().contains("`..`"), "{bad}");
@@ -199,7 +212,10 @@ async fn templates_that_choose_the_host_or_work_without_bound_are_refused_at_sav
     );
     for e in [save, preview] {
         assert_eq!(e["error"]["field"], "body.template", "{e}");
-        assert!(e["error"]["message"].as_str().unwrap().contains("fuel"), "{e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("fuel"),
+            "{e}"
+        );
     }
     assert_eq!(health.0, 200);
     assert!(
@@ -235,7 +251,10 @@ async fn a_refused_query_key_is_in_no_attempt_log_and_no_process_log() {
     let a = &log[0];
     assert_eq!(a["error_kind"], "connect", "{a}");
     let error = a["error"].as_str().unwrap();
-    assert!(error.to_lowercase().contains("refused"), "the root cause: {error}");
+    assert!(
+        error.to_lowercase().contains("refused"),
+        "the root cause: {error}"
+    );
     assert!(!error.contains("for url"), "{error}");
     let text = serde_json::to_string(&log).unwrap();
     assert!(!text.contains(KEY) && !text.contains("5e3f9a0b"), "{text}");
@@ -270,9 +289,11 @@ async fn a_redirect_to_another_origin_carries_no_credential_and_no_signature() {
     }))
     .await;
     post(&api, "evt_r1", json!({})).await;
-    wait_until(Duration::from_secs(20), "the hop to the other origin", || {
-        other.count() == 1
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the hop to the other origin",
+        || other.count() == 1,
+    )
     .await;
     let hop = &other.received()[0];
     assert_eq!(hop.method, "POST", "307 repeats the request");
@@ -296,7 +317,10 @@ async fn a_redirect_to_another_origin_carries_no_credential_and_no_signature() {
     let same = &first.received()[2];
     assert_eq!(same.uri, "/same-origin");
     assert_eq!(same.header("x-api-key"), "header-key-0123456789");
-    assert_eq!(same.header("authorization"), "Bearer bearer-token-0123456789");
+    assert_eq!(
+        same.header("authorization"),
+        "Bearer bearer-token-0123456789"
+    );
     assert!(same.header("webhook-signature").starts_with("v1,"));
     drop(k);
     cleanup(&prefix).await;

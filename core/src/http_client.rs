@@ -224,7 +224,10 @@ impl Clients {
         // configured proxy, if any, is used.
         let proxy = match &guard.proxy {
             Some(p) => Some(reqwest::Proxy::all(p.as_str()).map_err(|e| {
-                ClientError(format!("KIVIHOOK_OUTBOUND_PROXY: {}", redact::root_cause(&e)))
+                ClientError(format!(
+                    "KIVIHOOK_OUTBOUND_PROXY: {}",
+                    redact::root_cause(&e)
+                ))
             })?),
             None => None,
         };
@@ -456,7 +459,10 @@ pub async fn send(
         } else {
             std::mem::take(&mut headers)
         };
-        let mut request = clients.client.request(method.clone(), &current).headers(sent);
+        let mut request = clients
+            .client
+            .request(method.clone(), &current)
+            .headers(sent);
         if let Some(b) = &body {
             request = request.body(b.clone());
         }
@@ -475,9 +481,8 @@ pub async fn send(
         else {
             break response;
         };
-        let refused = |why: String| {
-            Attempt::failed(ErrorKind::Request, why, started).with_request(&prepared)
-        };
+        let refused =
+            |why: String| Attempt::failed(ErrorKind::Request, why, started).with_request(&prepared);
         if hops == MAX_REDIRECTS {
             return refused(format!("more than {MAX_REDIRECTS} redirects"));
         }

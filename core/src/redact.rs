@@ -104,8 +104,14 @@ mod tests {
         let text = "for url (https://a.example/x?key=k%2Fy%2Bsecret+value) k/y+secret value \
                     hdr-key-123456 c2VjcmV0LXNlY3JldC1zZWNyZXQ= X-Clinic 12";
         let out = redact(&w, text);
-        assert!(!out.contains("secret value") && !out.contains("k%2Fy"), "{out}");
-        assert!(!out.contains("hdr-key") && !out.contains("c2VjcmV0"), "{out}");
+        assert!(
+            !out.contains("secret value") && !out.contains("k%2Fy"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("hdr-key") && !out.contains("c2VjcmV0"),
+            "{out}"
+        );
         assert!(out.contains("X-Clinic 12"), "innocent text stays: {out}");
         w.auth = crate::webhook::Auth::Basic {
             username: "u".into(),

@@ -345,22 +345,43 @@ mod tests {
             }
         }
         // A literal `%2e` in the template beside a value that makes the segment `..`.
-        let r = render("https://a.example/%2e{{ x }}/y", Escape::UrlMarked, &serde_json::json!({"x": "."}), false).unwrap();
+        let r = render(
+            "https://a.example/%2e{{ x }}/y",
+            Escape::UrlMarked,
+            &serde_json::json!({"x": "."}),
+            false,
+        )
+        .unwrap();
         assert!(check_url_path(&r).is_err());
         // In the query, dots are only text.
-        let r = render("https://a.example/y?q={{ x }}", Escape::UrlMarked, &serde_json::json!({"x": ".."}), false).unwrap();
+        let r = render(
+            "https://a.example/y?q={{ x }}",
+            Escape::UrlMarked,
+            &serde_json::json!({"x": ".."}),
+            false,
+        )
+        .unwrap();
         assert_eq!(check_url_path(&r).unwrap(), "https://a.example/y?q=..");
-        let r = render("https://{{ x }}/y", Escape::UrlMarked, &serde_json::json!({"x": "evil.example"}), false).unwrap();
+        let r = render(
+            "https://{{ x }}/y",
+            Escape::UrlMarked,
+            &serde_json::json!({"x": "evil.example"}),
+            false,
+        )
+        .unwrap();
         assert!(check_url_path(&r).is_err());
         assert!(placeholder_before_path("https://{{ data.host }}/x"));
         assert!(placeholder_before_path("https://a.example:{{ port }}/x"));
         assert!(placeholder_before_path("{{ scheme }}://a.example/x"));
-        assert!(!placeholder_before_path("https://a.example/{{ x }}?y={{ y }}"));
+        assert!(!placeholder_before_path(
+            "https://a.example/{{ x }}?y={{ y }}"
+        ));
     }
 
     #[test]
     fn a_template_that_works_too_hard_is_stopped() {
-        let heavy = "{% for i in range(12000) %}{% for j in range(12000) %}x{% endfor %}{% endfor %}";
+        let heavy =
+            "{% for i in range(12000) %}{% for j in range(12000) %}x{% endfor %}{% endfor %}";
         let e = render(heavy, Escape::Raw, &serde_json::json!({}), false).unwrap_err();
         assert!(e.message.contains("fuel"), "{e}");
     }

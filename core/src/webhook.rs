@@ -63,10 +63,21 @@ pub enum KeyLocation {
 /// redirect, and their values are cut out of stored and logged errors.
 pub fn is_secret_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    matches!(n.as_str(), "authorization" | "cookie" | "proxy-authorization")
-        || ["token", "secret", "key", "password", "passwd", "auth", "session", "signature"]
-            .iter()
-            .any(|w| n.contains(w))
+    matches!(
+        n.as_str(),
+        "authorization" | "cookie" | "proxy-authorization"
+    ) || [
+        "token",
+        "secret",
+        "key",
+        "password",
+        "passwd",
+        "auth",
+        "session",
+        "signature",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 /// How a webhook authenticates to its endpoint.

@@ -19,7 +19,8 @@ use kivihook_core::http_client::{self, AttemptOf};
 use kivihook_core::samples::{sample_event, types_matching};
 use kivihook_core::signing::generate_secret;
 use kivihook_core::webhook::{
-    check_templates, mask_credential, is_secret_header, InvalidField, Auth, KeyLocation, Pattern, Webhook, WebhookSpec,
+    check_templates, is_secret_header, mask_credential, Auth, InvalidField, KeyLocation, Pattern,
+    Webhook, WebhookSpec,
 };
 use kivihook_core::{Event, EventType};
 
