@@ -181,7 +181,7 @@ fn crc16(data: &[u8]) -> u16 {
 
 /// The registry's change log. Each key extends `webhooks()`, so it carries the same hash tag
 /// (the first `{…}` of a key) whatever that tag is: the script that changes a webhook
-/// touches the hash, the version and the log in one slot.
+/// touches the hash, the version, the log and the name index in one slot.
 impl Keys {
     /// Sorted set of the registry's changes, `<version>:<webhook id>` scored by version,
     /// capped; caches read it to fetch only the webhooks that changed.
@@ -193,6 +193,19 @@ impl Keys {
     /// the newest entry trimmed off.
     pub fn webhook_changes_floor(&self) -> String {
         format!("{}:changes:floor", self.webhooks())
+    }
+
+    /// Hash of webhook name → the id of the webhook that holds it: names are unique, and the
+    /// script that changes a webhook checks and moves its name here in the same step.
+    pub fn webhook_names(&self) -> String {
+        format!("{}:names", self.webhooks())
+    }
+
+    /// Set of names that several webhooks held when the name index was first built (a
+    /// registry from before names were unique); while any of them holds one, no other
+    /// webhook may take it.
+    pub fn webhook_names_shared(&self) -> String {
+        format!("{}:names:shared", self.webhooks())
     }
 }
 
@@ -216,6 +229,8 @@ mod change_log_tests {
             k.webhooks_version(),
             k.webhook_changes(),
             k.webhook_changes_floor(),
+            k.webhook_names(),
+            k.webhook_names_shared(),
         ] {
             assert_eq!(hash_tag(&key), tag, "{key}");
             assert_eq!(slot(key.as_bytes()), slot(registry.as_bytes()), "{key}");
