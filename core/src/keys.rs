@@ -52,6 +52,13 @@ impl Keys {
         format!("{{{}:wh}}:version", self.prefix)
     }
 
+    /// A fixed value sealed with `KIVIHOOK_SECRET_KEY`, written by the first role to start:
+    /// a role whose key does not open it stops at start (`store::key_check`). Under the
+    /// registry's tag, beside the secrets it vouches for.
+    pub fn secret_key_check(&self) -> String {
+        format!("{{{}:wh}}:key_check", self.prefix)
+    }
+
     /// Sorted set of every dead-letter id by time, for listing newest first.
     pub fn dead_letters_index(&self) -> String {
         format!("{{{}:dlq}}:index", self.prefix)
@@ -314,6 +321,7 @@ mod tests {
             k.dedup("e"),
             k.targets("e"),
             k.webhooks(),
+            k.secret_key_check(),
             k.retry_jobs(3),
             k.minute_counts(5),
             k.dead_letters_of("w"),

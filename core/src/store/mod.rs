@@ -18,6 +18,7 @@ use crate::delivery::{
 use crate::webhook::Webhook;
 
 mod batch;
+pub mod key_check;
 pub mod marker;
 pub mod memory;
 pub mod redis;

@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use redis::{FromRedisValue, Value};
 
 use super::batch::{Batch, WaitReplicas};
+use super::key_check::{self, KeyCheckError};
 use super::marker;
 use super::redis_conn::{open_cluster, AnyConn, Conn};
 use super::{changes_from_log, WebhookChanges, CHANGE_LOG_CAP};
@@ -279,6 +280,16 @@ impl RedisStore {
     pub fn with_secret_key(mut self, key: Option<SecretBox>) -> Self {
         self.sealer = key;
         self
+    }
+
+    /// Stop a role whose `KIVIHOOK_SECRET_KEY` is not the one this installation's secrets
+    /// are sealed with, before it looks healthy (see `key_check`); nothing to check without
+    /// a key.
+    pub async fn check_secret_key(&self) -> Result<(), KeyCheckError> {
+        match &self.sealer {
+            Some(key) => key_check::check(&mut self.conn(), &self.keys, key).await,
+            None => Ok(()),
+        }
     }
 
     /// Make every write on the accept and outcome paths wait until `replicas` replicas
