@@ -108,9 +108,36 @@ EOF
 }
 
 check_compose() {
-  local bin
+  local bin var out
   bin="$(compose_bin)"
   "$bin" version
+  # The credentials have no defaults (a default is a credential everyone knows): without
+  # them Compose must refuse the file, naming each. An empty env file keeps a developer's
+  # .env out of this check.
+  local empty
+  empty="$(mktemp)"
+  for var in KIVIHOOK_ADMIN_TOKEN KIVIHOOK_INGEST_TOKEN KIVIHOOK_SECRET_KEY; do
+    # The other two set, this one missing.
+    if out="$(export KIVIHOOK_ADMIN_TOKEN=x KIVIHOOK_INGEST_TOKEN=x KIVIHOOK_SECRET_KEY=x
+        unset "$var"
+        "$bin" -f docker-compose.yml --env-file "$empty" config -q 2>&1)"; then
+      echo "  FAIL  docker-compose.yml renders without $var: credentials must have no default"
+      rm -f "$empty"
+      return 1
+    fi
+    if ! grep -q "required variable $var" <<<"$out"; then
+      echo "  FAIL  without $var, Compose's error does not name it: $out"
+      rm -f "$empty"
+      return 1
+    fi
+  done
+  rm -f "$empty"
+  echo "  ok    without KIVIHOOK_ADMIN_TOKEN, KIVIHOOK_INGEST_TOKEN or KIVIHOOK_SECRET_KEY, Compose refuses the file, naming it"
+  # Values shaped like real ones, for the checks below.
+  export KIVIHOOK_ADMIN_TOKEN=admin-0123456789abcdef0123456789abcdef
+  export KIVIHOOK_INGEST_TOKEN=ingest-0123456789abcdef0123456789abcdef
+  export KIVIHOOK_SECRET_KEY=ZGVwbG95LWNoZWNrcy1zZWNyZXQta2V5LTMyYnl0ZXM=
+  unset KIVIHOOK_INGEST_PUBLISH
   "$bin" -f docker-compose.yml config -q
   echo "  ok    docker-compose config -q: docker-compose.yml is a valid Compose file"
   local project
@@ -119,7 +146,7 @@ check_compose() {
   trap "rm -f '$project'" EXIT
   "$bin" -f docker-compose.yml config --format json >"$project"
   python3 - "$project" <<'EOF'
-import base64, binascii, json, sys
+import base64, binascii, json, os, sys
 
 services = json.load(open(sys.argv[1]))["services"]
 errors = []
@@ -139,14 +166,21 @@ for role in ("ingest", "dispatcher", "scheduler"):
     if not {"rabbitmq", "redis"} <= set(svc.get("depends_on") or {}):
         errors.append(f"{role}: does not wait for rabbitmq and redis")
     env = svc.get("environment") or {}
-    for key in ("KIVIHOOK_ADMIN_TOKEN", "KIVIHOOK_INGEST_TOKEN"):
-        if len(env.get(key) or "") < 16:
-            errors.append(f"{role}: {key} default is shorter than 16 characters")
+    for key in ("KIVIHOOK_ADMIN_TOKEN", "KIVIHOOK_INGEST_TOKEN", "KIVIHOOK_SECRET_KEY"):
+        if env.get(key) != os.environ[key]:
+            errors.append(f"{role}: {key} is not taken from the environment")
     try:
         if len(base64.b64decode(env.get("KIVIHOOK_SECRET_KEY") or "", validate=True)) != 32:
-            errors.append(f"{role}: KIVIHOOK_SECRET_KEY default is not 32 bytes")
+            errors.append(f"{role}: KIVIHOOK_SECRET_KEY is not 32 bytes")
     except binascii.Error:
-        errors.append(f"{role}: KIVIHOOK_SECRET_KEY default is not base64")
+        errors.append(f"{role}: KIVIHOOK_SECRET_KEY is not base64")
+# Nothing is published beyond this machine unless asked for.
+for name, svc in sorted(services.items()):
+    for port in svc.get("ports") or []:
+        if port.get("published") and port.get("host_ip") != "127.0.0.1":
+            errors.append(f"{name}: port {port.get('published')} is published on {port.get('host_ip') or 'every interface'}, not 127.0.0.1")
+if not any(p.get("target") == 8080 for p in services.get("ingest", {}).get("ports") or []):
+    errors.append("ingest: port 8080 is not published")
 if (services.get("dispatcher", {}).get("deploy") or {}).get("replicas") != 2:
     errors.append("dispatcher: deploy.replicas is not 2")
 redis = " ".join(services.get("redis", {}).get("command") or [])
@@ -157,7 +191,8 @@ for e in errors:
 if errors:
     sys.exit(1)
 print(f"  ok    {len(services)} services, each with a health check; depends_on waits for healthy;"
-      " roles, credentials, Redis persistence and dispatcher replicas as required")
+      " roles, credentials from the environment, ports on 127.0.0.1, Redis persistence and"
+      " dispatcher replicas as required")
 EOF
 }
 

@@ -12,6 +12,7 @@ use kivihook_core::broker::{MemoryBroker, RabbitBroker};
 use kivihook_core::config::Overrides;
 use kivihook_core::ops::{self, OpsState};
 use kivihook_core::shutdown::{self, Shutdown};
+use kivihook_core::store::key_check::KeyCheckError;
 use kivihook_core::store::{MemoryStore, RedisStore};
 use kivihook_core::{Broker, Config, Metrics, Store};
 use kivihook_dispatcher::Dispatcher;
@@ -466,8 +467,29 @@ async fn connect_store(
                 let store = store
                     .with_secret_key(config.secret_key.clone())
                     .with_wait_replicas(config.redis_wait_replicas, config.redis_wait_timeout);
-                store.check_durability().await;
-                return Ok(Some(Arc::new(store)));
+                match store.check_secret_key().await {
+                    Ok(()) => {
+                        store.check_durability().await;
+                        return Ok(Some(Arc::new(store)));
+                    }
+                    Err(KeyCheckError::Mismatch(message)) => {
+                        return Err(StartError {
+                            setting: "KIVIHOOK_SECRET_KEY",
+                            message,
+                        }
+                        .into());
+                    }
+                    // Redis went away between connecting and the check: as if it had not
+                    // answered, try again.
+                    Err(KeyCheckError::Store(e)) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot check KIVIHOOK_SECRET_KEY against Redis");
+                        tokio::select! {
+                            _ = shutdown.wait() => return Ok(None),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
             }
             Err(e) if cluster && started.elapsed() >= CLUSTER_START_DEADLINE => {
                 return Err(StartError {

@@ -826,7 +826,7 @@ async fn client_errors_are_one_clear_line_and_a_non_zero_exit() {
         &["webhooks", "apply", "-f", "/nonexistent/webhooks.yaml"],
     )
     .await;
-    assert_eq!(bad_file.code, Some(1));
+    assert_eq!(bad_file.code, Some(2), "an input file is wrong");
     assert!(
         bad_file.stderr.contains("cannot read"),
         "{}",
@@ -834,6 +834,46 @@ async fn client_errors_are_one_clear_line_and_a_non_zero_exit() {
     );
     drop(k);
     cleanup(&prefix).await;
+}
+
+/// An input file that cannot be read is the command line's fault, like one that does not
+/// parse: exit 2, one line naming the file, and nothing sent (nothing listens at the API
+/// address here, which would be exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_input_file_exits_2_with_one_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("KIVIHOOK_API_URL", nowhere.as_str()),
+        ("KIVIHOOK_ADMIN_TOKEN", ADMIN),
+        ("KIVIHOOK_INGEST_TOKEN", INGEST),
+    ];
+    let missing = "/nonexistent/webhooks.yaml".to_owned();
+    let directory = std::env::temp_dir().display().to_string();
+    for file in [&missing, &directory] {
+        for args in [
+            vec!["webhooks", "apply", "-f", file],
+            vec!["webhooks", "apply", "--dry-run", "-f", file],
+            vec!["webhooks", "import", file],
+            vec!["webhooks", "create", "-f", file],
+            vec!["events", "send", "--type", "bill.paid", "-f", file],
+        ] {
+            let r = run_with(&env, &args, None).await;
+            assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+            assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
+            assert!(
+                r.stderr.starts_with("error: ")
+                    && r.stderr.contains("cannot read")
+                    && r.stderr.contains(file.as_str()),
+                "{args:?}: {}",
+                r.stderr
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -200,7 +200,7 @@ async fn a_webhook_created_just_before_an_event_receives_it() {
     let mut receivers = Vec::new();
     for round in 0..10 {
         let r = Receiver::start().await;
-        api.create_webhook(json!({"name": "fresh", "url": r.url(), "events": ["patient.created"]}))
+        api.create_webhook(json!({"name": format!("fresh {round}"), "url": r.url(), "events": ["patient.created"]}))
             .await;
         let e = event(&format!("fresh_{round}"), "patient.created", None);
         assert_eq!(api.post_event(&e).await.status(), 202);

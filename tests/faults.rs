@@ -374,7 +374,7 @@ async fn nothing_accepted_is_lost_through_crashes_and_outages() {
     if scenario(1) {
         let (mut p, api, receiver) = pipeline_to_a_receiver(&s).await;
         receiver.delay(Duration::from_millis(10));
-        api.create_webhook(json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
+        api.create_webhook(json!({"name": "r2", "url": receiver.url(), "events": ["*"]}))
             .await;
         let producer = produce(api.clone(), "kill");
         for kill in 1..=3 {
@@ -396,7 +396,7 @@ async fn nothing_accepted_is_lost_through_crashes_and_outages() {
     // 2. RabbitMQ stopped and started mid-stream: every process reconnects by itself.
     if scenario(2) {
         let (mut p, api, receiver) = pipeline_to_a_receiver(&s).await;
-        api.create_webhook(json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
+        api.create_webhook(json!({"name": "r2", "url": receiver.url(), "events": ["*"]}))
             .await;
         let producer = produce(api.clone(), "amqp");
         wait_until(
@@ -423,7 +423,7 @@ async fn nothing_accepted_is_lost_through_crashes_and_outages() {
     if scenario(3) {
         let (mut p, api, receiver) = pipeline_to_a_receiver(&s).await;
         receiver.fail_first_attempts();
-        api.create_webhook(json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
+        api.create_webhook(json!({"name": "r2", "url": receiver.url(), "events": ["*"]}))
             .await;
         let producer = produce(api.clone(), "redis");
         wait_until(
@@ -448,7 +448,7 @@ async fn nothing_accepted_is_lost_through_crashes_and_outages() {
     if scenario(4) {
         let (mut p, api, receiver) = pipeline_to_a_receiver(&s).await;
         receiver.fail_first_attempts();
-        api.create_webhook(json!({"name": "r", "url": receiver.url(), "events": ["*"]}))
+        api.create_webhook(json!({"name": "r2", "url": receiver.url(), "events": ["*"]}))
             .await;
         let mut second = Pipeline::spawn("scheduler", &p.prefix, &p.env);
         let producer = produce(api.clone(), "sched");

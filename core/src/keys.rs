@@ -52,6 +52,13 @@ impl Keys {
         format!("{{{}:wh}}:version", self.prefix)
     }
 
+    /// A fixed value sealed with `KIVIHOOK_SECRET_KEY`, written by the first role to start:
+    /// a role whose key does not open it stops at start (`store::key_check`). Under the
+    /// registry's tag, beside the secrets it vouches for.
+    pub fn secret_key_check(&self) -> String {
+        format!("{{{}:wh}}:key_check", self.prefix)
+    }
+
     /// Sorted set of every dead-letter id by time, for listing newest first.
     pub fn dead_letters_index(&self) -> String {
         format!("{{{}:dlq}}:index", self.prefix)
@@ -181,7 +188,7 @@ fn crc16(data: &[u8]) -> u16 {
 
 /// The registry's change log. Each key extends `webhooks()`, so it carries the same hash tag
 /// (the first `{…}` of a key) whatever that tag is: the script that changes a webhook
-/// touches the hash, the version and the log in one slot.
+/// touches the hash, the version, the log and the name index in one slot.
 impl Keys {
     /// Sorted set of the registry's changes, `<version>:<webhook id>` scored by version,
     /// capped; caches read it to fetch only the webhooks that changed.
@@ -193,6 +200,19 @@ impl Keys {
     /// the newest entry trimmed off.
     pub fn webhook_changes_floor(&self) -> String {
         format!("{}:changes:floor", self.webhooks())
+    }
+
+    /// Hash of webhook name → the id of the webhook that holds it: names are unique, and the
+    /// script that changes a webhook checks and moves its name here in the same step.
+    pub fn webhook_names(&self) -> String {
+        format!("{}:names", self.webhooks())
+    }
+
+    /// Set of names that several webhooks held when the name index was first built (a
+    /// registry from before names were unique); while any of them holds one, no other
+    /// webhook may take it.
+    pub fn webhook_names_shared(&self) -> String {
+        format!("{}:names:shared", self.webhooks())
     }
 }
 
@@ -216,6 +236,8 @@ mod change_log_tests {
             k.webhooks_version(),
             k.webhook_changes(),
             k.webhook_changes_floor(),
+            k.webhook_names(),
+            k.webhook_names_shared(),
         ] {
             assert_eq!(hash_tag(&key), tag, "{key}");
             assert_eq!(slot(key.as_bytes()), slot(registry.as_bytes()), "{key}");
@@ -299,6 +321,7 @@ mod tests {
             k.dedup("e"),
             k.targets("e"),
             k.webhooks(),
+            k.secret_key_check(),
             k.retry_jobs(3),
             k.minute_counts(5),
             k.dead_letters_of("w"),

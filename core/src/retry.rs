@@ -5,7 +5,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-/// Delays after the first attempt, in seconds: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+/// Waits between attempts, in seconds, each counted from the attempt that failed: 5 s,
+/// 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts over about 27.6 h).
 pub const DEFAULT_SCHEDULE: &[f64] = &[5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0];
 
 /// The longest wait a `Retry-After` may ask for; a longer one is treated as this.
@@ -43,7 +44,7 @@ impl RetrySchedule {
         Ok(Self(delays))
     }
 
-    /// Parse `1,2,4` (seconds after the first attempt).
+    /// Parse `1,2,4`: seconds to wait after the first, second and third attempts fail.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if s.is_empty() {

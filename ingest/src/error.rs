@@ -22,7 +22,7 @@ pub struct ErrorDetail {
     /// `unsupported_media_type`, `payload_too_large`, `invalid_field`, `missing_field`,
     /// `unknown_field`, `unknown_event_type`, `batch_too_large`, `invalid_header`,
     /// `invalid_parameter`, `forbidden_destination`, `not_resendable`, `import_failed`,
-    /// `not_found`, `method_not_allowed`, `in_progress`, `unavailable`.
+    /// `not_found`, `method_not_allowed`, `in_progress`, `name_taken`, `unavailable`.
     #[schema(example = "invalid_field")]
     pub code: String,
     /// For people; wording may change.
@@ -62,6 +62,10 @@ pub enum ApiError {
     /// a conflict with the attempt's state, not a fault in the request.
     #[error("this attempt's request body was not kept (a test send, or a body over 64 KiB); replay its dead letter instead")]
     NotResendable,
+    /// Another webhook has this name (names are unique: `apply`, the import and declared
+    /// files match webhooks by name). The message names it and the webhook holding it.
+    #[error("{0}")]
+    NameTaken(String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -92,6 +96,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InProgress(_) => "in_progress",
             Self::NotResendable => "not_resendable",
+            Self::NameTaken(_) => "name_taken",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -106,7 +111,7 @@ impl ApiError {
             Self::Invalid { .. } | Self::NotResendable => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::InProgress(_) => StatusCode::CONFLICT,
+            Self::InProgress(_) | Self::NameTaken(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -116,6 +121,7 @@ impl ApiError {
             Self::Invalid { field, .. } => Some(field),
             Self::InvalidJson(_) | Self::PayloadTooLarge(_) => Some(""),
             Self::NotResendable => Some("id"),
+            Self::NameTaken(_) => Some("name"),
             _ => None,
         }
     }
@@ -129,7 +135,9 @@ impl From<InvalidField> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::warn!(error = %e, "store error while serving a request");
+        if !matches!(e, StoreError::NameTaken { .. }) {
+            tracing::warn!(error = %e, "store error while serving a request");
+        }
         match e {
             StoreError::Unavailable(_) => {
                 Self::Unavailable("the state store is unavailable; retry shortly".into())
@@ -137,6 +145,9 @@ impl From<StoreError> for ApiError {
             StoreError::Corrupt(why) => {
                 Self::Unavailable(format!("stored data cannot be read: {why}"))
             }
+            StoreError::NameTaken { name, id } => Self::NameTaken(format!(
+                "a webhook named `{name}` already exists ({id}); names are unique, so choose another name or change that webhook"
+            )),
         }
     }
 }

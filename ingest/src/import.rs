@@ -4,7 +4,11 @@
 //! `webhook_data` with `url`, `headers[]`, `query_parameters[]`, `content_type`,
 //! `form_data[]`, `json_data`, as an object or as the JSON text the add-on stores) and
 //! creates the equivalent webhooks. Every row is translated and checked first; if any
-//! cannot be, nothing is created and each problem is reported with its row.
+//! cannot be, nothing is created and each problem is reported with its row. Names are
+//! unique: a row whose name a webhook (or an earlier row) has is a `409 name_taken`, and
+//! nothing is created.
+
+use std::collections::HashMap;
 
 use axum::body::Body as HttpBody;
 use axum::extract::State;
@@ -286,7 +290,8 @@ pub struct RowProblem {
     request_body(content = inputs::KiviCareImport, content_type = "application/json"),
     responses(
         (status = 201, description = "Every row became a webhook", body = ImportResult),
-        errors::AdminAuth, errors::JsonBodyShape, errors::ImportRejected, errors::Unavailable,
+        errors::AdminAuth, errors::JsonBodyShape, errors::ImportRejected, errors::NameTaken,
+        errors::Unavailable,
     ),
     security(("admin_token" = [])),
 )]
@@ -362,10 +367,37 @@ pub async fn kivicare(
         )
             .into_response());
     }
-    let mut imported = Vec::with_capacity(specs.len());
+    // Names are unique: no row may take a name a webhook has, or one an earlier row takes.
+    let snapshot = state.registry.refresh().await?;
+    let mut holders: HashMap<String, String> = snapshot
+        .webhooks()
+        .map(|w| (w.name.clone(), w.id.clone()))
+        .collect();
+    for (i, spec) in specs.iter().enumerate() {
+        if let Some(holder) = holders.get(&spec.name) {
+            return Err(ApiError::NameTaken(format!(
+                "row {i}: a webhook named `{}` already exists ({holder}); names are unique, so rename the row or that webhook; nothing was created",
+                spec.name
+            )));
+        }
+        holders.insert(spec.name.clone(), format!("row {i} of this import"));
+    }
+    let mut imported: Vec<Imported> = Vec::with_capacity(specs.len());
     for (i, spec) in specs.into_iter().enumerate() {
         let webhook = Webhook::create(spec, generate_secret());
-        state.store.put_webhook(&webhook).await?;
+        if let Err(e) = state.store.put_webhook(&webhook).await {
+            // A name taken since the check (another request), or the store failing: take
+            // back what this import created, so that it stays all or nothing.
+            for done in &imported {
+                let _ = state.store.delete_webhook(&done.id).await;
+            }
+            return Err(match e {
+                kivihook_core::StoreError::NameTaken { name, id } => ApiError::NameTaken(format!(
+                    "row {i}: a webhook named `{name}` already exists ({id}); names are unique, so rename the row or that webhook; nothing was created"
+                )),
+                other => other.into(),
+            });
+        }
         imported.push(Imported {
             row: i,
             id: webhook.id,

@@ -138,8 +138,9 @@ pub async fn list(
 
 /// Create a webhook. Its URL is checked against the outbound policy and its templates are
 /// rendered against a sample of every event type it subscribes to, so that a mistake is a
-/// `422` now instead of a failed delivery later. The answer is the one place the signing
-/// secret is shown in full.
+/// `422` now instead of a failed delivery later. Names are unique: a name another webhook
+/// has is a `409 name_taken`. The answer is the one place the signing secret is shown in
+/// full.
 #[utoipa::path(
     post,
     path = "/v1/webhooks",
@@ -157,7 +158,7 @@ pub async fn list(
                 ("PreviewWebhook" = (operation_id = "preview_webhook", parameters(("id" = "$response.body#/id")))),
                 ("TestWebhook" = (operation_id = "test_webhook", parameters(("id" = "$response.body#/id")))),
             )),
-        errors::AdminAuth, errors::JsonBody, errors::Unavailable,
+        errors::AdminAuth, errors::JsonBody, errors::NameTaken, errors::Unavailable,
     ),
     security(("admin_token" = [])),
 )]
@@ -206,7 +207,8 @@ pub async fn get_one(
 }
 
 /// Change some fields of a webhook; fields left out keep their value. A masked credential
-/// sent back as shown keeps the real one. Enabling a disabled webhook clears its disabled
+/// sent back as shown keeps the real one. Renaming to a name another webhook has is a
+/// `409 name_taken`; the old name is free once the rename is saved. Enabling a disabled webhook clears its disabled
 /// reason and failure streak.
 #[utoipa::path(
     patch,
@@ -217,7 +219,8 @@ pub async fn get_one(
     request_body(content = inputs::WebhookPatch, content_type = "application/json"),
     responses(
         (status = 200, description = "The webhook as changed", body = Webhook),
-        errors::AdminAuth, errors::JsonBody, errors::NotFound, errors::Unavailable,
+        errors::AdminAuth, errors::JsonBody, errors::NotFound, errors::NameTaken,
+        errors::Unavailable,
     ),
     security(("admin_token" = [])),
 )]

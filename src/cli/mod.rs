@@ -193,14 +193,21 @@ async fn dispatch(command: ClientCommand, layers: &Layers) -> Result<(), CliErro
     }
 }
 
-/// The text of an input file; `-` is standard input.
+/// The text of an input file; `-` is standard input. One that cannot be read (missing, a
+/// directory, not readable, not UTF-8) is a wrong input file, like one that does not parse:
+/// exit code 2, and nothing is sent.
 fn read_input(path: &Path) -> Result<String, CliError> {
     let read = if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
     } else {
         std::fs::read_to_string(path)
     };
-    read.map_err(|e| CliError::Io(format!("cannot read {}: {e}", shown(path))))
+    read.map_err(|e| {
+        CliError::InvalidFile(format!(
+            "cannot read {}: {e}; nothing was sent",
+            shown(path)
+        ))
+    })
 }
 
 /// How a file is named in messages.

@@ -229,10 +229,27 @@ impl Store for MemoryStore {
     }
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
-        Ok(self.with(|s| {
+        self.with(|s| {
+            // As in Redis: only taking a name (a new webhook, or a rename) is checked.
+            let keeps_its_name = s
+                .webhooks
+                .get(&webhook.id)
+                .is_some_and(|w| w.name == webhook.name);
+            if !keeps_its_name {
+                if let Some(holder) = s
+                    .webhooks
+                    .values()
+                    .find(|w| w.id != webhook.id && w.name == webhook.name)
+                {
+                    return Err(StoreError::NameTaken {
+                        name: webhook.name.clone(),
+                        id: holder.id.clone(),
+                    });
+                }
+            }
             s.webhooks.insert(webhook.id.clone(), webhook.clone());
-            log_change(s, &webhook.id)
-        }))
+            Ok(log_change(s, &webhook.id))
+        })
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
@@ -611,5 +628,60 @@ impl Store for MemoryStore {
                 Some(Duration::from_secs_f64((1.0 - *tokens) / rate))
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::WebhookSpec;
+
+    fn hook(name: &str) -> Webhook {
+        let spec = WebhookSpec::from_json(&serde_json::json!({
+            "name": name, "url": "https://example.com/h", "events": ["*"]
+        }))
+        .expect("a valid definition");
+        Webhook::create(spec, crate::signing::generate_secret())
+    }
+
+    fn taken_by(r: Result<u64, StoreError>) -> Option<String> {
+        match r {
+            Err(StoreError::NameTaken { id, .. }) => Some(id),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn names_are_unique_as_in_redis() {
+        let store = MemoryStore::new();
+        let crm = hook("CRM");
+        store.put_webhook(&crm).await.unwrap();
+        // A second webhook of that name is refused, and nothing is written.
+        let second = hook("CRM");
+        assert_eq!(
+            taken_by(store.put_webhook(&second).await),
+            Some(crm.id.clone())
+        );
+        assert!(store.get_webhook(&second.id).await.unwrap().is_none());
+        // Writing the holder again, name kept, is an edit, not a second webhook.
+        let mut edited = crm.clone();
+        edited.enabled = false;
+        store.put_webhook(&edited).await.unwrap();
+        // A rename onto a taken name is refused; a rename frees the old name.
+        let other = hook("Billing");
+        store.put_webhook(&other).await.unwrap();
+        let mut renamed = other.clone();
+        renamed.name = "CRM".into();
+        assert_eq!(
+            taken_by(store.put_webhook(&renamed).await),
+            Some(crm.id.clone())
+        );
+        let mut moved = edited.clone();
+        moved.name = "CRM (old)".into();
+        store.put_webhook(&moved).await.unwrap();
+        store.put_webhook(&renamed).await.unwrap();
+        // Deleting frees a name.
+        store.delete_webhook(&moved.id).await.unwrap();
+        store.put_webhook(&hook("CRM (old)")).await.unwrap();
     }
 }

@@ -18,6 +18,7 @@ use crate::delivery::{
 use crate::webhook::Webhook;
 
 mod batch;
+pub mod key_check;
 pub mod marker;
 pub mod memory;
 pub mod redis;
@@ -33,6 +34,14 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Another webhook already has this name: names are unique, since `apply`, the import
+    /// and a declared file match webhooks by name. Nothing was written.
+    #[error("a webhook named `{name}` already exists ({id}); webhook names are unique")]
+    NameTaken {
+        name: String,
+        /// The webhook that holds the name.
+        id: String,
+    },
 }
 
 /// The state of an event id at ingest.
@@ -168,7 +177,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every webhook, with the registry version they belong to.
     async fn list_webhooks(&self) -> Result<(u64, Vec<Webhook>), StoreError>;
     async fn get_webhook(&self, id: &str) -> Result<Option<Webhook>, StoreError>;
-    /// Create or replace; returns the new registry version.
+    /// Create or replace; returns the new registry version. Names are unique: a webhook
+    /// that takes a name another webhook holds (created with it, or renamed to it) is
+    /// `StoreError::NameTaken` and nothing is written. A write that keeps the webhook's name
+    /// is never refused, so webhooks that shared a name before names were checked can still
+    /// be edited; renaming or deleting a webhook frees its name.
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError>;
     /// Whether it existed.
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;

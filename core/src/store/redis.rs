@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use redis::{FromRedisValue, Value};
 
 use super::batch::{Batch, WaitReplicas};
+use super::key_check::{self, KeyCheckError};
 use super::marker;
 use super::redis_conn::{AnyConn, ClusterConn, Conn};
 use super::{changes_from_log, WebhookChanges, CHANGE_LOG_CAP};
@@ -319,6 +320,16 @@ impl RedisStore {
     pub fn with_secret_key(mut self, key: Option<SecretBox>) -> Self {
         self.sealer = key;
         self
+    }
+
+    /// Stop a role whose `KIVIHOOK_SECRET_KEY` is not the one this installation's secrets
+    /// are sealed with, before it looks healthy (see `key_check`); nothing to check without
+    /// a key.
+    pub async fn check_secret_key(&self) -> Result<(), KeyCheckError> {
+        match &self.sealer {
+            Some(key) => key_check::check(&mut self.conn(), &self.keys, key).await,
+            None => Ok(()),
+        }
     }
 
     /// Make every write on the accept and outcome paths wait until `replicas` replicas
@@ -940,7 +951,10 @@ impl Store for RedisStore {
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
         let json = serde_json::to_string(&self.seal(webhook)).map_err(corrupt)?;
-        Ok(self.change_webhook(&webhook.id, Some(&json)).await?.0)
+        Ok(self
+            .change_webhook(&webhook.id, Some((&webhook.name, &json)))
+            .await?
+            .0)
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
@@ -1518,14 +1532,72 @@ impl Store for RedisStore {
 /// The version comes from the server's clock in microseconds (or one more than the last,
 /// if the clock has not moved past it): after Redis lost writes, the versions it hands out
 /// are newer than any it lost, never the same numbers again (see `changes_from_log`).
-/// `ARGV[2]` empty deletes; deleting what is not there changes nothing. Returns the version
-/// and how many webhooks were removed.
+/// `ARGV[2]` empty deletes; deleting what is not there changes nothing.
+///
+/// Names are unique, and checked here, atomically with the write: `KEYS[5]` maps each name
+/// to the webhook that holds it. A write that takes a name (a new webhook, or a rename)
+/// whose holder still has it changes nothing and returns that holder; a write that keeps
+/// the webhook's name is never refused. Renaming or deleting a webhook frees its old name.
+/// The index is built from the registry by the first change that finds it missing (a
+/// registry written before names were unique): webhooks that shared a name then keep it,
+/// the name goes in `KEYS[6]`, and while any of them holds it no other webhook may take it
+/// (only for those names is the registry scanned). An index entry whose webhook no longer
+/// has the name (written by an older release, which keeps no index) is not trusted.
+///
+/// Returns the version, how many webhooks were removed, and the holder of a taken name
+/// (empty when the write went through).
 const CHANGE_SCRIPT: &str = r"
+local function name_of(json)
+  if not json then return nil end
+  local ok, w = pcall(cjson.decode, json)
+  if ok and type(w) == 'table' and type(w.name) == 'string' then return w.name end
+  return nil
+end
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local n = name_of(all[i + 1])
+    if n then
+      if redis.call('HSETNX', KEYS[5], n, all[i]) == 0 then redis.call('SADD', KEYS[6], n) end
+    end
+  end
+end
+-- The webhook other than `except` that has this name, if any.
+local function holder_of(name, except)
+  local h = redis.call('HGET', KEYS[5], name)
+  if h and h ~= except and name_of(redis.call('HGET', KEYS[1], h)) == name then return h end
+  if redis.call('SISMEMBER', KEYS[6], name) == 1 then
+    local all = redis.call('HGETALL', KEYS[1])
+    for i = 1, #all, 2 do
+      if all[i] ~= except and name_of(all[i + 1]) == name then return all[i] end
+    end
+    redis.call('SREM', KEYS[6], name)
+  end
+  return nil
+end
+-- This webhook no longer has `name`: hand it to another holder, or free it.
+local function release(name, id)
+  if name and redis.call('HGET', KEYS[5], name) == id then
+    local other = holder_of(name, id)
+    if other then redis.call('HSET', KEYS[5], name, other) else redis.call('HDEL', KEYS[5], name) end
+  end
+end
+local old_name = name_of(redis.call('HGET', KEYS[1], ARGV[1]))
 local removed = 0
 if ARGV[2] == '' then
   removed = redis.call('HDEL', KEYS[1], ARGV[1])
-  if removed == 0 then return {redis.call('GET', KEYS[2]) or '0', 0} end
+  if removed == 0 then return {redis.call('GET', KEYS[2]) or '0', 0, ''} end
+  release(old_name, ARGV[1])
 else
+  local name = ARGV[4]
+  if name == old_name then
+    redis.call('HSETNX', KEYS[5], name, ARGV[1])
+  else
+    local holder = holder_of(name, ARGV[1])
+    if holder then return {redis.call('GET', KEYS[2]) or '0', 0, holder} end
+    redis.call('HSET', KEYS[5], name, ARGV[1])
+    release(old_name, ARGV[1])
+  end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 local current = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
@@ -1544,7 +1616,7 @@ if excess > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
   redis.call('SET', KEYS[4], string.match(gone[#gone], '^(%d+):'))
 end
-return {v, removed}
+return {v, removed, ''}
 ";
 
 static CHANGE: std::sync::LazyLock<redis::Script> =
@@ -1555,23 +1627,35 @@ const WEBHOOKS_PER_READ: usize = 1_000;
 
 /// The registry's change log, and reads of only some webhooks.
 impl RedisStore {
+    /// Write (`Some((name, json))`) or delete one webhook; the new version, and whether
+    /// one was removed.
     async fn change_webhook(
         &self,
         id: &str,
-        json: Option<&str>,
+        write: Option<(&str, &str)>,
     ) -> Result<(u64, bool), StoreError> {
         let mut c = self.conn();
-        let (version, removed): (String, u64) = CHANGE
+        let (name, json) = write.unwrap_or(("", ""));
+        let (version, removed, holder): (String, u64, String) = CHANGE
             .key(self.keys.webhooks())
             .key(self.keys.webhooks_version())
             .key(self.keys.webhook_changes())
             .key(self.keys.webhook_changes_floor())
+            .key(self.keys.webhook_names())
+            .key(self.keys.webhook_names_shared())
             .arg(id)
-            .arg(json.unwrap_or(""))
+            .arg(json)
             .arg(CHANGE_LOG_CAP)
+            .arg(name)
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
+        if !holder.is_empty() {
+            return Err(StoreError::NameTaken {
+                name: name.to_owned(),
+                id: holder,
+            });
+        }
         let version = version
             .parse()
             .map_err(|_| corrupt(format!("the registry version is not a number: {version:?}")))?;

@@ -74,6 +74,15 @@ const IN_PROGRESS: Shared = Shared {
     field: None,
     header: Some(("Retry-After", "^[0-9]+$", "Seconds to wait before retrying")),
 };
+const NAME_TAKEN: Shared = Shared {
+    name: "NameTaken",
+    status: "409",
+    description: "Another webhook already has this name (`name_taken`): names are unique, since `apply`, the import and declared files match webhooks by name; nothing was changed",
+    code: "name_taken",
+    message: "a webhook named `CRM` already exists (wh_0f4c2a9e8b7d4e1f9a3c5b6d7e8f9a0b); names are unique, so choose another name or change that webhook",
+    field: Some("name"),
+    header: None,
+};
 const NOT_RESENDABLE: Shared = Shared {
     name: "NotResendable",
     status: "422",
@@ -126,6 +135,7 @@ const ALL: &[Shared] = &[
     INVALID_JSON,
     NOT_FOUND,
     IN_PROGRESS,
+    NAME_TAKEN,
     NOT_RESENDABLE,
     TOO_LARGE,
     MEDIA_TYPE,
@@ -225,6 +235,10 @@ group!(
 group!(
     /// The same event id being accepted by another request at this moment.
     InProgress => [IN_PROGRESS]
+);
+group!(
+    /// A webhook name that another webhook holds (a create, a rename, an import).
+    NameTaken => [NAME_TAKEN]
 );
 group!(
     /// RabbitMQ or Redis out of reach.
