@@ -417,13 +417,12 @@ impl Broker for RabbitBroker {
             .take();
         if let Some(p) = publisher {
             if p.conn.status().connected() {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, p.conn.close(200, "shutting down"))
-                    .await;
+                let _ =
+                    tokio::time::timeout(CLOSE_TIMEOUT, p.conn.close(200, "shutting down")).await;
             }
         }
-        let closing: Vec<_> = std::mem::take(
-            &mut *self.closing.lock().unwrap_or_else(|e| e.into_inner()),
-        );
+        let closing: Vec<_> =
+            std::mem::take(&mut *self.closing.lock().unwrap_or_else(|e| e.into_inner()));
         for task in closing {
             let _ = task.await;
         }
@@ -473,8 +472,8 @@ impl Drop for RabbitConsumer {
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let task = runtime.spawn(async move {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "consumer stopped"))
-                    .await;
+                let _ =
+                    tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "consumer stopped")).await;
             });
             let mut closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
             closing.retain(|t| !t.is_finished());

@@ -253,7 +253,7 @@ fn header_name_pattern() -> String {
 fn value_schema(crlf: bool) -> ObjectBuilder {
     let s = string().max_length(Some(limits::VALUE));
     if crlf {
-        s.pattern(Some(r"^[^\r\n\u0000]*$"))
+        s.pattern(Some(r"^[^\u0000-\u0008\u000A-\u001F\u007F]*$"))
     } else {
         s
     }
