@@ -51,8 +51,8 @@ pub(super) async fn check(
         if let Some(stored) = stored {
             return verify(keys, key, &stored);
         }
-        if let Some(sealed) = first_sealed_secret(conn, keys).await? {
-            if let Err(CryptoError::WrongKey) = key.open(&sealed) {
+        if let Some((sealed, context)) = first_sealed_secret(conn, keys).await? {
+            if let Err(CryptoError::WrongKey) = key.open_bound(&sealed, &context) {
                 return Err(KeyCheckError::Mismatch(format!(
                     "is not the key that sealed the webhook secrets stored in Redis under the prefix `{}`: start every role with the key they were sealed with",
                     keys.prefix()
@@ -92,10 +92,12 @@ fn verify(keys: &Keys, key: &SecretBox, stored: &str) -> Result<(), KeyCheckErro
 }
 
 /// A sealed value from the registry, if it holds one.
+/// A sealed value of the registry and the context it is bound to (a signing secret is
+/// bound to `{id}:secret`; a value sealed before binding opens under any context).
 async fn first_sealed_secret(
     conn: &mut AnyConn,
     keys: &Keys,
-) -> Result<Option<String>, KeyCheckError> {
+) -> Result<Option<(String, String)>, KeyCheckError> {
     let mut cursor: u64 = 0;
     loop {
         let (next, entries): (u64, Vec<String>) = redis::cmd("HSCAN")
@@ -109,8 +111,13 @@ async fn first_sealed_secret(
         // Field, value, field, value: the values are the webhooks' JSON.
         for json in entries.iter().skip(1).step_by(2) {
             if let Ok(v) = serde_json::from_str::<Value>(json) {
-                if let Some(sealed) = find_sealed(&v) {
-                    return Ok(Some(sealed.to_owned()));
+                let id = v["id"].as_str().unwrap_or_default();
+                if let Some(secret) = v["secret"].as_str().filter(|s| is_sealed(s)) {
+                    return Ok(Some((secret.to_owned(), format!("{id}:secret"))));
+                }
+                // Only a value sealed before binding opens without knowing its field.
+                if let Some(sealed) = find_sealed(&v).filter(|s| s.starts_with("enc:v1:")) {
+                    return Ok(Some((sealed.to_owned(), String::new())));
                 }
             }
         }

@@ -564,6 +564,7 @@ impl RedisStore {
         for s in [
             ATTEMPT_SCRIPT,
             CONFIRM_SCRIPT,
+            RELEASE_SCRIPT,
             FOLD_SCRIPT,
             CLAIM_SCRIPT,
             COMPLETE_SCRIPT,
