@@ -410,6 +410,9 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
     while roles.join_next().await.is_some() {}
     // Close the broker connections before the runtime stops, which would cut them.
     broker.close().await;
+    // The AMQP client's I/O loops notice their closed connections on their next turn; give
+    // them that turn before the runtime stops under them.
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     tracing::info!(role = command.name(), "stopped");
     Ok(())
 }
