@@ -117,3 +117,44 @@ async fn a_503_while_redis_stalls_frees_the_id_for_the_retry() {
     drop(k);
     cleanup(&prefix).await;
 }
+
+/// Readiness tells the truth: a Redis that answers but refuses writes (at `maxmemory` with
+/// noeviction) makes `/readyz` say not ready, naming the reason; ready again once it takes
+/// writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_503_while_redis_refuses_writes() {
+    let redis = PrivateRedis::start();
+    let prefix = unique_prefix();
+    let url = redis.url();
+    let k = Kivihook::start("ingest", &prefix, &[("KIVIHOOK_REDIS_URL", url.as_str())]);
+    let ready = || async {
+        let r = reqwest::get(k.url("/readyz")).await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    eventually(Duration::from_secs(10), "ready", || async {
+        ready().await.0 == 200
+    })
+    .await;
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["rabbitmq"], "ok", "{body}");
+    let reason = body["checks"]["redis"].as_str().unwrap();
+    assert!(
+        reason.to_lowercase().contains("maxmemory") || reason.contains("OOM"),
+        "{reason}"
+    );
+    // And the accept path agrees.
+    let r = Api::new(&k)
+        .post_event(&event("evt_oom", "appointment.booked", None))
+        .await;
+    assert_eq!(r.status(), 503);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    eventually(Duration::from_secs(10), "ready again", || async {
+        ready().await.0 == 200
+    })
+    .await;
+    drop(k);
+    cleanup(&prefix).await;
+}

@@ -59,6 +59,11 @@ impl Keys {
         format!("{{{}:wh}}:key_check", self.prefix)
     }
 
+    /// What `/readyz` writes to learn that Redis takes writes (not only that it answers).
+    pub fn ready_probe(&self) -> String {
+        format!("{{{}:ready}}:probe", self.prefix)
+    }
+
     /// Sorted set of every dead-letter id by time, for listing newest first.
     pub fn dead_letters_index(&self) -> String {
         format!("{{{}:dlq}}:index", self.prefix)

@@ -118,8 +118,8 @@ async fn healthz() -> Response {
     tag = "operations",
     operation_id = "readyz",
     responses(
-        (status = 200, description = "RabbitMQ and Redis answer", body = Readiness),
-        (status = 503, description = "RabbitMQ or Redis does not answer; `checks` says which",
+        (status = 200, description = "RabbitMQ takes publishes and Redis takes writes", body = Readiness),
+        (status = 503, description = "RabbitMQ or Redis does not answer, or Redis refuses writes (maxmemory, read-only); `checks` says which and why",
             body = Readiness),
     ),
 )]

@@ -818,9 +818,15 @@ async fn flush_minutes(pending: Weak<Mutex<PendingMinutes>>, conn: AnyConn, keys
 
 #[async_trait]
 impl Store for RedisStore {
+    /// A write, not a `PING`: at `maxmemory` (noeviction), read-only or out of disk, Redis
+    /// still answers a `PING` while every write of the accept path fails.
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
-        redis::cmd("PING")
+        redis::cmd("SET")
+            .arg(self.keys.ready_probe())
+            .arg(chrono::Utc::now().timestamp_millis())
+            .arg("PX")
+            .arg(60_000)
             .query_async::<Value>(&mut c)
             .await
             .map(|_| ())
