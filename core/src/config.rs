@@ -502,32 +502,23 @@ impl Config {
             })?,
             None => 0,
         };
-        let max_body_bytes = match raw("max_body_bytes") {
-            Some((name, v)) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
-                .ok_or_else(|| {
-                    err(
-                        &name,
-                        format!("must be a byte count from 1024 to 67108864 (got {v:?})"),
-                    )
-                })?,
-            None => 256 * 1024,
+        let byte_count = |key: &str| -> Result<usize, ConfigError> {
+            match raw(key) {
+                Some((name, v)) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
+                    .ok_or_else(|| {
+                        err(
+                            &name,
+                            format!("must be a byte count from 1024 to 67108864 (got {v:?})"),
+                        )
+                    }),
+                None => Ok(256 * 1024),
+            }
         };
-        let max_body = match raw("max_body") {
-            Some((name, v)) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
-                .ok_or_else(|| {
-                    err(
-                        &name,
-                        format!("must be a byte count from 1024 to 67108864 (got {v:?})"),
-                    )
-                })?,
-            None => 256 * 1024,
-        };
+        let max_body_bytes = byte_count("max_body_bytes")?;
+        let max_body = byte_count("max_body")?;
         let log_format = match raw("log_format") {
             Some((name, v)) => match v.as_str() {
                 "json" => LogFormat::Json,

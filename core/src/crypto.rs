@@ -63,6 +63,13 @@ impl SecretBox {
         let Some(b64) = stored.strip_prefix(SEALED_PREFIX) else {
             return Ok(stored.to_owned());
         };
+        self.unseal(b64, b"")
+    }
+
+    /// Decrypt `nonce ‖ ciphertext` (base64) with `aad` as associated data (empty for values
+    /// sealed before binding: AES-GCM without associated data is the same as with none).
+    fn unseal(&self, b64: &str, aad: &[u8]) -> Result<String, CryptoError> {
+        use aes_gcm::aead::Payload;
         let bytes = STANDARD.decode(b64).map_err(|_| CryptoError::Damaged)?;
         if bytes.len() < 12 + 16 {
             return Err(CryptoError::Damaged);
@@ -70,7 +77,7 @@ impl SecretBox {
         let (nonce, sealed) = bytes.split_at(12);
         let plain = self
             .cipher
-            .decrypt(Nonce::from_slice(nonce), sealed)
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
             .map_err(|_| CryptoError::WrongKey)?;
         String::from_utf8(plain).map_err(|_| CryptoError::Damaged)
     }
@@ -100,26 +107,10 @@ impl SecretBox {
     /// Open a value sealed for `context`; one sealed before values were bound (`enc:v1:`)
     /// still opens (it is bound when next written), and a plain one passes through.
     pub fn open_bound(&self, stored: &str, context: &str) -> Result<String, CryptoError> {
-        use aes_gcm::aead::Payload;
         let Some(b64) = stored.strip_prefix(BOUND_PREFIX) else {
             return self.open(stored);
         };
-        let bytes = STANDARD.decode(b64).map_err(|_| CryptoError::Damaged)?;
-        if bytes.len() < 12 + 16 {
-            return Err(CryptoError::Damaged);
-        }
-        let (nonce, sealed) = bytes.split_at(12);
-        let plain = self
-            .cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: context.as_bytes(),
-                },
-            )
-            .map_err(|_| CryptoError::WrongKey)?;
-        String::from_utf8(plain).map_err(|_| CryptoError::Damaged)
+        self.unseal(b64, context.as_bytes())
     }
 }
 

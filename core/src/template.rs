@@ -138,22 +138,9 @@ pub fn render(
         return Ok(source.to_owned());
     }
     let env = environment(escape, strict);
-    let template = env.template_from_str(source).map_err(|e| TemplateError {
-        line: e.line(),
-        placeholder: None,
-        message: format!(
-            "is not a valid template: {}",
-            e.detail().unwrap_or("syntax error")
-        ),
-    })?;
+    let template = env.template_from_str(source).map_err(syntax_error)?;
     if strict {
-        let mut undefined: Vec<String> = template
-            .undeclared_variables(true)
-            .into_iter()
-            .filter(|v| lookup(ctx, v).is_none() && !is_global(&env, v))
-            .collect();
-        undefined.sort();
-        if let Some(name) = undefined.into_iter().next() {
+        if let Some(name) = undefined(&env, &template, ctx).into_iter().next() {
             let root = name.split('.').next().unwrap_or(&name).to_owned();
             let line = source
                 .lines()
@@ -180,22 +167,36 @@ pub fn render_lenient(
         return Ok((source.to_owned(), Vec::new()));
     }
     let env = environment(escape, false);
-    let template = env.template_from_str(source).map_err(|e| TemplateError {
+    let template = env.template_from_str(source).map_err(syntax_error)?;
+    let missing = undefined(&env, &template, ctx);
+    let out = template.render(ctx).map_err(render_failure)?;
+    Ok((out, missing))
+}
+
+/// The placeholders of `template` that `ctx` does not define, sorted.
+fn undefined(
+    env: &Environment<'_>,
+    template: &minijinja::Template<'_, '_>,
+    ctx: &Value,
+) -> Vec<String> {
+    let mut names: Vec<String> = template
+        .undeclared_variables(true)
+        .into_iter()
+        .filter(|v| lookup(ctx, v).is_none() && !is_global(env, v))
+        .collect();
+    names.sort();
+    names
+}
+
+fn syntax_error(e: minijinja::Error) -> TemplateError {
+    TemplateError {
         line: e.line(),
         placeholder: None,
         message: format!(
             "is not a valid template: {}",
             e.detail().unwrap_or("syntax error")
         ),
-    })?;
-    let mut undefined: Vec<String> = template
-        .undeclared_variables(true)
-        .into_iter()
-        .filter(|v| lookup(ctx, v).is_none() && !is_global(&env, v))
-        .collect();
-    undefined.sort();
-    let out = template.render(ctx).map_err(render_failure)?;
-    Ok((out, undefined))
+    }
 }
 
 fn render_failure(e: minijinja::Error) -> TemplateError {
