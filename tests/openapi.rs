@@ -23,6 +23,7 @@ const CONTRACT: &[(&str, &[&str])] = &[
     ("/v1/webhooks/{id}/dead-letters/replay", &["post"]),
     ("/v1/dead-letters", &["get"]),
     ("/v1/dead-letters/{id}/replay", &["post"]),
+    ("/v1/replays/{id}", &["get"]),
     ("/v1/attempts/{id}/resend", &["post"]),
     ("/v1/stats", &["get"]),
     ("/v1/webhooks/{id}/stats", &["get"]),

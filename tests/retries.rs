@@ -273,6 +273,7 @@ fn job(i: usize, webhook_id: &str) -> Job {
         attempt: 2,
         body: json!({"id": format!("evt_{i}")}).to_string(),
         created_at: Utc::now(),
+        replay_of: None,
     }
 }
 

@@ -34,6 +34,12 @@ pub struct Job {
     /// The envelope JSON, exactly as first delivered.
     pub body: String,
     pub created_at: DateTime<Utc>,
+    /// The dead letter this job replays. The job is written before the dead letter is
+    /// removed, and the dispatcher removes it (if it is still there) before the attempt, so
+    /// a replay interrupted between the two steps leaves neither a lost delivery nor a stale
+    /// dead letter behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
 }
 
 pub fn new_job_id() -> String {
@@ -122,7 +128,24 @@ impl Job {
             attempt,
             body,
             created_at: Utc::now(),
+            replay_of: None,
         }
+    }
+
+    /// One more attempt of a dead letter. Its id is the dead letter's, so replaying one dead
+    /// letter twice (a retried request, two clients at once) schedules one job.
+    pub fn replay(dl: &DeadLetter) -> Self {
+        let mut job = Self::manual(
+            &dl.event_id,
+            &dl.event_type,
+            &dl.webhook_id,
+            &dl.message_id,
+            dl.attempts + 1,
+            serde_json::to_string(&dl.event).unwrap_or_default(),
+        );
+        job.id = format!("job_{}", dl.id.strip_prefix("dl_").unwrap_or(&dl.id));
+        job.replay_of = Some(dl.id.clone());
+        job
     }
 }
 
@@ -199,6 +222,41 @@ pub fn new_dead_letter_id() -> String {
     format!("dl_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Where a bulk replay stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayStatus {
+    /// Moving dead letters to the retry schedule.
+    Running,
+    /// Every dead letter it collected was moved (or had been replayed by someone else).
+    Done,
+    /// It stopped on an error; `error` says which. Dead letters not reached are still dead
+    /// letters: run it again.
+    Failed,
+}
+
+/// A bulk replay of one webhook's dead letters, run apart from the request that started it
+/// so that a client that goes away does not stop it halfway.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ReplayRun {
+    /// `rpl_…`
+    pub id: String,
+    pub webhook_id: String,
+    pub status: ReplayStatus,
+    /// Dead letters collected when it started.
+    pub total: u64,
+    /// Moved to the retry schedule so far.
+    pub replayed: u64,
+    /// Gone before it reached them (replayed by another request, or trimmed).
+    pub skipped: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// When its progress was last written; a `running` replay whose `updated_at` stops
+    /// moving was cut short (its process stopped): run it again.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// The durable result of one (event, webhook) target.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -208,6 +266,10 @@ pub enum Outcome {
         due: DateTime<Utc>,
     },
     Dead(Box<DeadLetter>),
+    /// A manual attempt (a resend or a replay) that failed: a new dead letter. The target's
+    /// state points at it only if no automatic retry is pending: a manual attempt leaves the
+    /// automatic schedule alone, so the retry it would cancel still runs.
+    DeadAside(Box<DeadLetter>),
     /// Nothing to change for the target (a manual resend that failed, say).
     Untouched,
 }
@@ -262,7 +324,7 @@ impl MinuteCounts {
         match outcome {
             Outcome::Delivered => Some("delivered"),
             Outcome::Retry { .. } => Some("retrying"),
-            Outcome::Dead(_) => Some("dead"),
+            Outcome::Dead(_) | Outcome::DeadAside(_) => Some("dead"),
             Outcome::Untouched => None,
         }
     }

@@ -64,6 +64,11 @@ impl Keys {
         format!("{{{}:ready}}:probe", self.prefix)
     }
 
+    /// The progress of one bulk replay (`GET /v1/replays/{id}`), kept for a day.
+    pub fn replay_run(&self, run_id: &str) -> String {
+        format!("{{{}:replay:{}}}", self.prefix, run_id)
+    }
+
     /// Sorted set of every dead-letter id by time, for listing newest first.
     pub fn dead_letters_index(&self) -> String {
         format!("{{{}:dlq}}:index", self.prefix)

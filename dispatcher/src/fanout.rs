@@ -89,6 +89,12 @@ pub async fn job_target(d: &Dispatcher, job: Job) -> Result<JobTarget, StoreErro
             Some(_) => return Ok(JobTarget::Skip("target moved on")),
         }
     }
+    if let Some(dl) = &job.replay_of {
+        // A replay whose request stopped after writing this job, before removing the dead
+        // letter, left it behind: it goes now, before the attempt (which, if it fails, makes
+        // a dead letter of its own).
+        d.store.take_dead_letter(dl).await?;
+    }
     let received_at = serde_json::from_str::<ReceivedAt>(&job.body)
         .ok()
         .map(|r| r.received_at);

@@ -18,6 +18,7 @@ use kivihook_core::delivery::{
 use kivihook_core::retry::RetrySchedule;
 use kivihook_core::webhook::Webhook;
 use kivihook_core::Shutdown;
+use kivihook_core::StoreError;
 
 use crate::send::{Attempt, ErrorKind};
 use crate::target::Target;
@@ -102,7 +103,12 @@ pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Proc
     let outcome = match outcome {
         Outcome::Dead(mut dl) => {
             dl.last_attempt_id = Some(attempt_id.clone());
-            Outcome::Dead(dl)
+            if target.kind == JobKind::Manual {
+                // A failed resend or replay must not cancel a retry that is still pending.
+                Outcome::DeadAside(dl)
+            } else {
+                Outcome::Dead(dl)
+            }
         }
         other => other,
     };
@@ -232,7 +238,7 @@ pub async fn settle(
 fn count(d: &Dispatcher, p: &Processed) {
     match &p.result.outcome {
         Outcome::Retry { .. } if p.result.attempt.is_some() => d.metrics.retries_scheduled.inc(),
-        Outcome::Dead(_) => d.metrics.dead_letters.inc(),
+        Outcome::Dead(_) | Outcome::DeadAside(_) => d.metrics.dead_letters.inc(),
         _ => {}
     }
 }
@@ -263,30 +269,41 @@ async fn react_to_health(d: &Dispatcher, webhook: &Webhook, h: Health) {
 
 /// Disable a webhook with a reason shown in the API; enabling it again resets its health.
 pub async fn disable_webhook(d: &Dispatcher, webhook_id: &str, kind: &'static str, reason: &str) {
-    let current = match d.store.get_webhook(webhook_id).await {
-        Ok(Some(w)) => w,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(webhook_id, error = %e, "could not disable the webhook; it will be tried again on its next failure");
+    // Compare-and-set over what was read: a rotation, an edit or a delete saved meanwhile is
+    // never undone (nor a deleted webhook written back); the disable is decided again over
+    // the fresh record.
+    for _ in 0..5 {
+        let read = match d.store.get_webhook(webhook_id).await {
+            Ok(Some(w)) => w,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(webhook_id, error = %e, "could not disable the webhook; it will be tried again on its next failure");
+                return;
+            }
+        };
+        if !read.enabled {
             return;
         }
-    };
-    if !current.enabled {
-        return;
-    }
-    let mut updated = current;
-    updated.enabled = false;
-    updated.disabled_reason = Some(reason.to_owned());
-    updated.updated_at = Utc::now();
-    match d.store.put_webhook(&updated).await {
-        Ok(version) => {
-            d.metrics
-                .webhooks_auto_disabled
-                .with_label_values(&[kind])
-                .inc();
-            tracing::warn!(webhook_id, reason, "webhook disabled");
-            let _ = d.registry.ensure(version).await;
+        let mut updated = read.clone();
+        updated.enabled = false;
+        updated.disabled_reason = Some(reason.to_owned());
+        updated.updated_at = Utc::now();
+        match d.store.update_webhook(&updated, &read).await {
+            Ok(version) => {
+                d.metrics
+                    .webhooks_auto_disabled
+                    .with_label_values(&[kind])
+                    .inc();
+                tracing::warn!(webhook_id, reason, "webhook disabled");
+                let _ = d.registry.ensure(version).await;
+                return;
+            }
+            Err(StoreError::EditConflict { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(webhook_id, error = %e, "could not disable the webhook");
+                return;
+            }
         }
-        Err(e) => tracing::warn!(webhook_id, error = %e, "could not disable the webhook"),
     }
+    tracing::warn!(webhook_id, "could not disable the webhook: it kept changing; it will be tried again on its next failure");
 }

@@ -36,6 +36,7 @@ impl Target {
             attempt,
             body: String::from_utf8_lossy(&self.body).into_owned(),
             created_at: Utc::now(),
+            replay_of: None,
         }
     }
 }

@@ -13,7 +13,8 @@ use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
 use kivihook_core::delivery::{
-    AttemptRecord, DeadLetter, Job, MinuteCounts, TargetState, TotalStats, WebhookStats,
+    AttemptRecord, DeadLetter, Job, MinuteCounts, ReplayRun, ReplayStatus, TargetState, TotalStats,
+    WebhookStats,
 };
 use kivihook_core::registry::Snapshot;
 use kivihook_core::webhook::Webhook;
@@ -362,12 +363,12 @@ pub async fn replay(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
     let id = path_id(path, "dead letter")?;
-    let dl = state
+    let job = state
         .store
-        .take_dead_letter(&id)
+        .replay_dead_letter(&id)
         .await?
         .ok_or(ApiError::NotFound("dead letter"))?;
-    let job = schedule_replay(&state, dl).await?;
+    tracing::info!(dead_letter_id = %id, job_id = %job.id, webhook_id = %job.webhook_id, "dead letter replayed");
     Ok((
         StatusCode::ACCEPTED,
         Json(Replayed {
@@ -379,46 +380,47 @@ pub async fn replay(
         .into_response())
 }
 
-/// One more attempt of a dead letter that was just taken out of the queue, now.
-async fn schedule_replay(state: &AppState, dl: DeadLetter) -> Result<Job, ApiError> {
-    let job = Job::manual(
-        &dl.event_id,
-        &dl.event_type,
-        &dl.webhook_id,
-        &dl.message_id,
-        dl.attempts + 1,
-        serde_json::to_string(&dl.event).unwrap_or_default(),
-    );
-    if let Err(e) = state.store.schedule_job(&job, Utc::now()).await {
-        // Taken but not scheduled: put it back rather than lose it.
-        if let Err(e2) = state.store.put_dead_letter(&dl).await {
-            tracing::error!(dead_letter_id = %dl.id, error = %e2, "a dead letter could not be restored after a failed replay");
-        }
-        return Err(e.into());
-    }
-    tracing::info!(dead_letter_id = %dl.id, job_id = %job.id, webhook_id = %dl.webhook_id, "dead letter replayed");
-    Ok(job)
+/// `scheduled`: every dead letter collected is in the retry schedule; `running`: the replay
+/// goes on after this answer (follow it at `GET /v1/replays/{replay_id}`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayAllStatus {
+    Scheduled,
+    Running,
 }
 
 /// The answer to replaying a webhook's dead letters.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReplayedAll {
     pub webhook_id: String,
-    /// Dead letters scheduled again by this call.
-    pub replayed: usize,
-    /// Dead letters of the webhook left (past this call's limit, or new since).
+    /// Dead letters scheduled again by this call so far.
+    pub replayed: u64,
+    /// Dead letters of the webhook left (not reached yet, past this call's limit, or new
+    /// since).
     pub remaining: u64,
-    pub status: Scheduled,
+    pub status: ReplayAllStatus,
+    /// Its progress: `GET /v1/replays/{replay_id}`.
+    pub replay_id: String,
 }
 
 /// How many dead letters one call replays, so that a call has a bounded duration; the
 /// answer says how many are left.
 const REPLAY_ALL_MAX: usize = 10_000;
 
+/// How long the request waits for its replay before answering `running`.
+const REPLAY_ALL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a running replay writes its progress.
+const REPLAY_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// `POST /v1/webhooks/{id}/dead-letters/replay`: every dead letter of one webhook, again.
 ///
 /// The ids are collected before any is replayed: a replay that fails again becomes a new dead
-/// letter, which this call must not replay in turn.
+/// letter, which this call must not replay in turn. The replay runs apart from the request:
+/// a client that disconnects does not stop it, and each dead letter is moved to the retry
+/// schedule in one step (`Store::replay_dead_letter`), so one cut short at any point (the
+/// process killed) leaves every dead letter either still a dead letter or scheduled. The
+/// answer comes when it is done, or after 10 s with `status: running`.
 #[utoipa::path(
     post,
     path = "/v1/webhooks/{id}/dead-letters/replay",
@@ -426,7 +428,7 @@ const REPLAY_ALL_MAX: usize = 10_000;
     operation_id = "replay_webhook_dead_letters",
     params(WebhookId),
     responses(
-        (status = 202, description = "Every dead letter of the webhook (at most 10000 a call) is scheduled again now",
+        (status = 202, description = "Every dead letter of the webhook (at most 10000 a call) is scheduled again now (`scheduled`), or is being scheduled (`running`)",
             body = ReplayedAll),
         errors::AdminAuth, errors::NotFound, errors::Unavailable,
     ),
@@ -454,14 +456,45 @@ pub async fn replay_all(
         ids.extend(page.items.into_iter().map(|dl| dl.id));
     }
     ids.truncate(REPLAY_ALL_MAX);
-    let mut replayed = 0usize;
-    for dl_id in &ids {
-        // Another request may have replayed it since the listing.
-        if let Some(dl) = state.store.take_dead_letter(dl_id).await? {
-            schedule_replay(&state, dl).await?;
-            replayed += 1;
+    let now = Utc::now();
+    let run = ReplayRun {
+        id: format!("rpl_{}", uuid::Uuid::new_v4().simple()),
+        webhook_id: id.clone(),
+        status: ReplayStatus::Running,
+        total: ids.len() as u64,
+        replayed: 0,
+        skipped: 0,
+        error: None,
+        started_at: now,
+        updated_at: now,
+    };
+    state.store.put_replay_run(&run).await?;
+    tracing::info!(replay_id = %run.id, webhook_id = %id, dead_letters = ids.len(), "bulk replay started");
+    let replay_id = run.id.clone();
+    let task = tokio::spawn(run_replay(state.store.clone(), run, ids));
+    let (replayed, status) = match tokio::time::timeout(REPLAY_ALL_WAIT, task).await {
+        Ok(Ok(run)) if run.status == ReplayStatus::Done => {
+            (run.replayed, ReplayAllStatus::Scheduled)
         }
-    }
+        Ok(Ok(run)) => {
+            return Err(ApiError::Unavailable(format!(
+                "the replay stopped after {} of {}: {}; the rest are still dead letters, so run it again",
+                run.replayed,
+                run.total,
+                run.error.unwrap_or_default()
+            )))
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::Unavailable(format!("the replay stopped: {e}")));
+        }
+        Err(_) => {
+            let so_far = state.store.get_replay_run(&replay_id).await?;
+            (
+                so_far.map_or(0, |r| r.replayed),
+                ReplayAllStatus::Running,
+            )
+        }
+    };
     let remaining = state.store.list_dead_letters(Some(&id), 0, 1).await?.total;
     Ok((
         StatusCode::ACCEPTED,
@@ -469,10 +502,93 @@ pub async fn replay_all(
             webhook_id: id,
             replayed,
             remaining,
-            status: Scheduled::Scheduled,
+            status,
+            replay_id,
         }),
     )
         .into_response())
+}
+
+/// Move each collected dead letter to the retry schedule, writing progress as it goes.
+async fn run_replay(
+    store: std::sync::Arc<dyn kivihook_core::Store>,
+    mut run: ReplayRun,
+    ids: Vec<String>,
+) -> ReplayRun {
+    let mut last_write = std::time::Instant::now();
+    for dl_id in &ids {
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut tries = 0;
+        let moved = loop {
+            tries += 1;
+            match store.replay_dead_letter(dl_id).await {
+                Ok(moved) => break Ok(moved),
+                Err(e) if tries >= 5 => break Err(e),
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        };
+        match moved {
+            Ok(Some(_)) => run.replayed += 1,
+            // Replayed by another request since the listing, or trimmed.
+            Ok(None) => run.skipped += 1,
+            Err(e) => {
+                tracing::warn!(replay_id = %run.id, error = %e, "bulk replay stopped");
+                run.status = ReplayStatus::Failed;
+                run.error = Some(e.to_string());
+                break;
+            }
+        }
+        if last_write.elapsed() >= REPLAY_PROGRESS_EVERY {
+            run.updated_at = Utc::now();
+            let _ = store.put_replay_run(&run).await;
+            last_write = std::time::Instant::now();
+        }
+    }
+    if run.status == ReplayStatus::Running {
+        run.status = ReplayStatus::Done;
+    }
+    run.updated_at = Utc::now();
+    // The outcome is written until it sticks (a running replay that never says done would
+    // look cut short).
+    for _ in 0..10 {
+        if store.put_replay_run(&run).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tracing::info!(replay_id = %run.id, replayed = run.replayed, skipped = run.skipped, status = ?run.status, "bulk replay ended");
+    run
+}
+
+/// `GET /v1/replays/{id}`: how far a bulk replay has come.
+#[utoipa::path(
+    get,
+    path = "/v1/replays/{id}",
+    tag = "deliveries",
+    operation_id = "replay_progress",
+    params(("id" = String, Path, description = "The replay id (`rpl_…`) a bulk replay answered")),
+    responses(
+        (status = 200, description = "The replay's progress (kept for a day)", body = ReplayRun),
+        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+    ),
+    security(("admin_token" = [])),
+)]
+pub async fn replay_progress(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let id = path_id(path, "replay")?;
+    let run = state
+        .store
+        .get_replay_run(&id)
+        .await?
+        .ok_or(ApiError::NotFound("replay"))?;
+    Ok(Json(run).into_response())
 }
 
 /// `POST /v1/attempts/{id}/resend`: the same request again, now.

@@ -22,7 +22,8 @@ pub struct ErrorDetail {
     /// `unsupported_media_type`, `payload_too_large`, `invalid_field`, `missing_field`,
     /// `unknown_field`, `unknown_event_type`, `batch_too_large`, `invalid_header`,
     /// `invalid_parameter`, `forbidden_destination`, `not_resendable`, `import_failed`,
-    /// `not_found`, `method_not_allowed`, `in_progress`, `name_taken`, `unavailable`.
+    /// `not_found`, `method_not_allowed`, `in_progress`, `name_taken`, `edit_conflict`,
+    /// `unavailable`.
     #[schema(example = "invalid_field")]
     pub code: String,
     /// For people; wording may change.
@@ -66,6 +67,9 @@ pub enum ApiError {
     /// files match webhooks by name). The message names it and the webhook holding it.
     #[error("{0}")]
     NameTaken(String),
+    /// The webhook changed between the read and the write each time the edit was tried.
+    #[error("webhook {0} changed while this edit was being saved; nothing was changed: read it again and retry")]
+    EditConflict(String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -97,6 +101,7 @@ impl ApiError {
             Self::InProgress(_) => "in_progress",
             Self::NotResendable => "not_resendable",
             Self::NameTaken(_) => "name_taken",
+            Self::EditConflict(_) => "edit_conflict",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -111,7 +116,9 @@ impl ApiError {
             Self::Invalid { .. } | Self::NotResendable => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::InProgress(_) | Self::NameTaken(_) => StatusCode::CONFLICT,
+            Self::InProgress(_) | Self::NameTaken(_) | Self::EditConflict(_) => {
+                StatusCode::CONFLICT
+            }
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -135,7 +142,10 @@ impl From<InvalidField> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        if !matches!(e, StoreError::NameTaken { .. }) {
+        if !matches!(
+            e,
+            StoreError::NameTaken { .. } | StoreError::EditConflict { .. }
+        ) {
             tracing::warn!(error = %e, "store error while serving a request");
         }
         match e {
@@ -148,6 +158,7 @@ impl From<StoreError> for ApiError {
             StoreError::NameTaken { name, id } => Self::NameTaken(format!(
                 "a webhook named `{name}` already exists ({id}); names are unique, so choose another name or change that webhook"
             )),
+            StoreError::EditConflict { id } => Self::EditConflict(id),
         }
     }
 }

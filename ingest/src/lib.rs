@@ -98,6 +98,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(deliveries::replay_all))
         .routes(routes!(deliveries::dead_letters))
         .routes(routes!(deliveries::replay))
+        .routes(routes!(deliveries::replay_progress))
         .routes(routes!(deliveries::resend))
         .routes(routes!(deliveries::stats))
         .routes(routes!(deliveries::webhook_stats))

@@ -22,6 +22,7 @@ use kivihook_core::definitions::parse_secret;
 use kivihook_core::registry::Snapshot;
 use kivihook_core::signing::generate_secret;
 use kivihook_core::webhook::{check_templates, mask, Auth, Webhook, WebhookSpec};
+use kivihook_core::StoreError;
 
 use crate::error::ApiError;
 use crate::openapi::{errors, inputs, WebhookId};
@@ -219,7 +220,7 @@ pub async fn get_one(
     request_body(content = inputs::WebhookPatch, content_type = "application/json"),
     responses(
         (status = 200, description = "The webhook as changed", body = Webhook),
-        errors::AdminAuth, errors::JsonBody, errors::NotFound, errors::NameTaken,
+        errors::AdminAuth, errors::JsonBody, errors::NotFound, errors::NameTakenOrEditConflict,
         errors::Unavailable,
     ),
     security(("admin_token" = [])),
@@ -232,35 +233,49 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
     let id = path_id(path, "webhook")?;
-    let mut value = json_body(&headers, body, state.max_body_bytes).await?;
-    let webhook = load(&state, &id).await?;
-    // Sending back the masked secret that GET shows keeps the real one, as with credentials.
-    if let Some(v) = value.get("secret") {
-        if v.as_str() == Some(mask(&webhook.secret).as_str()) {
-            if let Some(o) = value.as_object_mut() {
-                o.remove("secret");
+    let body = json_body(&headers, body, state.max_body_bytes).await?;
+    let mut checked_url: Option<String> = None;
+    // Compare-and-set over what was read: an edit saved meanwhile (a rotation, the
+    // dispatcher's auto-disable, another PATCH) makes this one apply the patch again over it,
+    // so neither undoes the other.
+    let mut tries = 0;
+    let webhook = loop {
+        tries += 1;
+        let read = load(&state, &id).await?;
+        let mut value = body.clone();
+        // Sending back the masked secret that GET shows keeps the real one, as with credentials.
+        if let Some(v) = value.get("secret") {
+            if v.as_str() == Some(mask(&read.secret).as_str()) {
+                if let Some(o) = value.as_object_mut() {
+                    o.remove("secret");
+                }
             }
         }
-    }
-    let secret = take_secret(&mut value)?;
-    let spec = WebhookSpec::of(&webhook).patched(&value)?;
-    check_templates(&spec)?;
-    if spec.url != webhook.url {
-        check_destination(&state, &spec.url).await?;
-    }
-    if spec.enabled && !webhook.enabled {
-        // A fresh start: no disabled reason, no failure streak.
-        state.store.reset_health(&webhook.id).await?;
-    }
-    let mut webhook = webhook;
-    webhook.apply(spec);
-    if let Some(secret) = secret.filter(|s| *s != webhook.secret) {
-        // A secret given outright replaces the current one at once: unlike a rotation, no
-        // old secret keeps signing, so the webhook signs with exactly what was given.
-        webhook.secret = secret;
-        webhook.previous_secrets.clear();
-    }
-    state.store.put_webhook(&webhook).await?;
+        let secret = take_secret(&mut value)?;
+        let spec = WebhookSpec::of(&read).patched(&value)?;
+        check_templates(&spec)?;
+        if spec.url != read.url && checked_url.as_deref() != Some(spec.url.as_str()) {
+            check_destination(&state, &spec.url).await?;
+            checked_url = Some(spec.url.clone());
+        }
+        if spec.enabled && !read.enabled {
+            // A fresh start: no disabled reason, no failure streak.
+            state.store.reset_health(&read.id).await?;
+        }
+        let mut webhook = read.clone();
+        webhook.apply(spec);
+        if let Some(secret) = secret.filter(|s| *s != webhook.secret) {
+            // A secret given outright replaces the current one at once: unlike a rotation, no
+            // old secret keeps signing, so the webhook signs with exactly what was given.
+            webhook.secret = secret;
+            webhook.previous_secrets.clear();
+        }
+        match state.store.update_webhook(&webhook, &read).await {
+            Ok(_) => break webhook,
+            Err(StoreError::EditConflict { .. }) if tries < EDIT_TRIES => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
     tracing::info!(webhook_id = %webhook.id, "webhook updated");
     Ok(Json(webhook.to_public_json()).into_response())
 }
@@ -344,6 +359,10 @@ pub async fn secret(
     .into_response())
 }
 
+/// How many times an edit is made again over a fresh read after another edit was saved
+/// between its read and its write; past that, `409 edit_conflict`.
+const EDIT_TRIES: usize = 5;
+
 /// How long a rotated-out signing secret keeps signing beside the new one.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
 
@@ -368,7 +387,7 @@ pub struct RotatedSecret {
     responses(
         (status = 200, description = "The new secret; the old one signs beside it for 24 hours",
             body = RotatedSecret),
-        errors::AdminAuth, errors::NotFound, errors::Unavailable,
+        errors::AdminAuth, errors::NotFound, errors::EditConflict, errors::Unavailable,
     ),
     security(("admin_token" = [])),
 )]
@@ -379,12 +398,23 @@ pub async fn rotate_secret(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
     let id = path_id(path, "webhook")?;
-    let mut webhook = load(&state, &id).await?;
-    webhook.rotate_secret(
-        generate_secret(),
-        chrono::Duration::hours(ROTATION_OVERLAP_HOURS),
-    );
-    state.store.put_webhook(&webhook).await?;
+    let secret = generate_secret();
+    let mut tries = 0;
+    let webhook = loop {
+        tries += 1;
+        let read = load(&state, &id).await?;
+        let mut webhook = read.clone();
+        webhook.rotate_secret(
+            secret.clone(),
+            chrono::Duration::hours(ROTATION_OVERLAP_HOURS),
+        );
+        // Compare-and-set: a rotation never undoes an edit saved meanwhile, nor is undone.
+        match state.store.update_webhook(&webhook, &read).await {
+            Ok(_) => break webhook,
+            Err(StoreError::EditConflict { .. }) if tries < EDIT_TRIES => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
     tracing::info!(webhook_id = %webhook.id, "signing secret rotated");
     let previous_secret_expires_at = webhook.previous_secrets.first().map(|p| p.expires_at);
     Ok(Json(RotatedSecret {

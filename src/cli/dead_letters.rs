@@ -132,15 +132,61 @@ async fn replay(api: &Api, id: &str) -> Result<String, CliError> {
     Ok(output::text(&answer["job_id"]))
 }
 
-/// Every dead letter a webhook has now, in one request: the server collects the ids first,
-/// so one that fails again is not replayed again by the same call.
+/// Every dead letter a webhook has now: the server collects the ids first, so one that fails
+/// again is not replayed again by the same call, and runs the replay apart from the request;
+/// a long one is followed at `GET /v1/replays/{id}` until it ends.
 async fn replay_all(api: &Api, webhook: &str) -> Result<(), CliError> {
+    let during = || format!("replaying the dead letters of webhook {webhook}");
     let (_, answer) = api
         .post(&["v1", "webhooks", webhook, "dead-letters", "replay"], None)
         .await
-        .map_err(|e| e.during(format!("replaying the dead letters of webhook {webhook}")))?;
-    let replayed = answer["replayed"].as_u64().unwrap_or(0);
-    let remaining = answer["remaining"].as_u64().unwrap_or(0);
+        .map_err(|e| e.during(during()))?;
+    let mut replayed = answer["replayed"].as_u64().unwrap_or(0);
+    let mut remaining = answer["remaining"].as_u64().unwrap_or(0);
+    if answer["status"] == "running" {
+        let id = output::text(&answer["replay_id"]);
+        let mut last_move = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let run = api
+                .get(&["v1", "replays", &id], &[])
+                .await
+                .map_err(|e| e.during(during()))?;
+            let now = run["replayed"].as_u64().unwrap_or(0);
+            let total = run["total"].as_u64().unwrap_or(0);
+            if now != replayed {
+                eprintln!("replayed {now} of {total}");
+                replayed = now;
+                last_move = std::time::Instant::now();
+            }
+            match run["status"].as_str() {
+                Some("done") => break,
+                Some("failed") => {
+                    return Err(CliError::Io(format!(
+                        "{}: the replay stopped after {now} of {total}: {}; the rest are still dead letters, so run it again",
+                        during(),
+                        output::text(&run["error"])
+                    )))
+                }
+                _ if last_move.elapsed() > std::time::Duration::from_secs(30) => {
+                    return Err(CliError::Io(format!(
+                        "{}: the replay made no progress for 30 s after {now} of {total} (its ingest stopped?); the rest are still dead letters, so run it again",
+                        during()
+                    )))
+                }
+                _ => {}
+            }
+        }
+        remaining = api
+            .get(
+                &["v1", "dead-letters"],
+                &[("webhook_id", webhook), ("limit", "1")],
+            )
+            .await
+            .map_err(|e| e.during(during()))?["total"]
+            .as_u64()
+            .unwrap_or(0);
+    }
     let left = if remaining > 0 {
         format!("; {remaining} remain (run it again once these are settled)")
     } else {

@@ -13,8 +13,8 @@ use super::{
     CHANGE_LOG_CAP,
 };
 use crate::delivery::{
-    AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome, TargetResult, TargetState,
-    WebhookStats,
+    AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome, ReplayRun, TargetResult,
+    TargetState, WebhookStats,
 };
 use crate::webhook::Webhook;
 
@@ -54,6 +54,7 @@ struct State {
     buckets: HashMap<String, (f64, Instant)>,
     /// Minute (Unix time / 60) → installation-wide outcomes; the last day is kept.
     minutes: HashMap<i64, MinuteCounts>,
+    replays: HashMap<String, ReplayRun>,
 }
 
 /// The registry of a `MemoryStore` at one moment (tests only).
@@ -108,6 +109,29 @@ impl MemoryStore {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
+}
+
+/// Create or replace a webhook, names unique as in Redis: only taking a name (a new webhook,
+/// or a rename) is checked.
+fn put_locked(s: &mut State, webhook: &Webhook) -> Result<u64, StoreError> {
+    let keeps_its_name = s
+        .webhooks
+        .get(&webhook.id)
+        .is_some_and(|w| w.name == webhook.name);
+    if !keeps_its_name {
+        if let Some(holder) = s
+            .webhooks
+            .values()
+            .find(|w| w.id != webhook.id && w.name == webhook.name)
+        {
+            return Err(StoreError::NameTaken {
+                name: webhook.name.clone(),
+                id: holder.id.clone(),
+            });
+        }
+    }
+    s.webhooks.insert(webhook.id.clone(), webhook.clone());
+    Ok(log_change(s, &webhook.id))
 }
 
 /// Record a change to one webhook as Redis does: a version from the clock (never one handed
@@ -229,26 +253,22 @@ impl Store for MemoryStore {
     }
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
+        self.with(|s| put_locked(s, webhook))
+    }
+
+    async fn update_webhook(&self, updated: &Webhook, read: &Webhook) -> Result<u64, StoreError> {
+        let updated = &super::stamped_after(updated, read);
         self.with(|s| {
-            // As in Redis: only taking a name (a new webhook, or a rename) is checked.
-            let keeps_its_name = s
+            let unchanged = s
                 .webhooks
-                .get(&webhook.id)
-                .is_some_and(|w| w.name == webhook.name);
-            if !keeps_its_name {
-                if let Some(holder) = s
-                    .webhooks
-                    .values()
-                    .find(|w| w.id != webhook.id && w.name == webhook.name)
-                {
-                    return Err(StoreError::NameTaken {
-                        name: webhook.name.clone(),
-                        id: holder.id.clone(),
-                    });
-                }
+                .get(&read.id)
+                .is_some_and(|w| w.updated_at == read.updated_at);
+            if !unchanged {
+                return Err(StoreError::EditConflict {
+                    id: read.id.clone(),
+                });
             }
-            s.webhooks.insert(webhook.id.clone(), webhook.clone());
-            Ok(log_change(s, &webhook.id))
+            put_locked(s, updated)
         })
     }
 
@@ -347,6 +367,19 @@ impl Store for MemoryStore {
                             s.dead.insert(dl.id.clone(), (**dl).clone());
                             s.dead_order.push(dl.id.clone());
                             Some(TargetState::Dead {
+                                dead_letter_id: dl.id.clone(),
+                            })
+                        }
+                        Outcome::DeadAside(dl) => {
+                            s.dead.insert(dl.id.clone(), (**dl).clone());
+                            s.dead_order.push(dl.id.clone());
+                            let pending = matches!(
+                                s.targets
+                                    .get(&r.event_id)
+                                    .and_then(|t| t.get(&r.webhook_id)),
+                                Some(TargetState::Retrying { .. })
+                            );
+                            (!pending).then(|| TargetState::Dead {
                                 dead_letter_id: dl.id.clone(),
                             })
                         }
@@ -546,6 +579,25 @@ impl Store for MemoryStore {
             }
         });
         Ok(())
+    }
+
+    async fn replay_dead_letter(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        Ok(self.with(|s| {
+            let dl = s.dead.remove(id)?;
+            s.dead_order.retain(|d| d != id);
+            let job = Job::replay(&dl);
+            schedule(s, &job, Utc::now());
+            Some(job)
+        }))
+    }
+
+    async fn put_replay_run(&self, run: &ReplayRun) -> Result<(), StoreError> {
+        self.with(|s| s.replays.insert(run.id.clone(), run.clone()));
+        Ok(())
+    }
+
+    async fn get_replay_run(&self, id: &str) -> Result<Option<ReplayRun>, StoreError> {
+        Ok(self.with(|s| s.replays.get(id).cloned()))
     }
 
     async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::{
-    AttemptRecord, DeadLetter, Health, Job, MinuteCounts, TargetResult, TargetState,
+    AttemptRecord, DeadLetter, Health, Job, MinuteCounts, ReplayRun, TargetResult, TargetState,
     WebhookCounters, WebhookStats,
 };
 use crate::webhook::Webhook;
@@ -42,6 +42,20 @@ pub enum StoreError {
         /// The webhook that holds the name.
         id: String,
     },
+    /// The webhook changed (or was deleted) since it was read: nothing was written. Read it
+    /// again and redo the edit, or answer `409 edit_conflict`.
+    #[error("webhook {id} changed since it was read; nothing was written")]
+    EditConflict { id: String },
+}
+
+/// `updated` with an `updated_at` later than `read`'s, so that a compare-and-set that
+/// follows it sees a change even when two edits land within one clock tick.
+pub(crate) fn stamped_after(updated: &Webhook, read: &Webhook) -> Webhook {
+    let mut w = updated.clone();
+    if w.updated_at <= read.updated_at {
+        w.updated_at = read.updated_at + chrono::Duration::microseconds(1);
+    }
+    w
 }
 
 /// The state of an event id at ingest.
@@ -183,6 +197,11 @@ pub trait Store: Send + Sync + 'static {
     /// is never refused, so webhooks that shared a name before names were checked can still
     /// be edited; renaming or deleting a webhook frees its name.
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError>;
+    /// Replace `read` with `updated` only if the stored webhook is still the one read (its
+    /// `updated_at` unchanged, and not deleted): compare-and-set, so that two edits made from
+    /// the same read cannot undo each other. A lost race is `StoreError::EditConflict` and
+    /// nothing is written. `updated.updated_at` must be later than `read.updated_at`.
+    async fn update_webhook(&self, updated: &Webhook, read: &Webhook) -> Result<u64, StoreError>;
     /// Whether it existed.
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
     /// Which webhooks changed after `version`, so that a cache reads only those; `None`
@@ -251,6 +270,14 @@ pub trait Store: Send + Sync + 'static {
     async fn put_dead_letter(&self, dl: &DeadLetter) -> Result<(), StoreError>;
     /// Remove a dead letter and return it (for replay).
     async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError>;
+    /// Move a dead letter to a manual job due now (`Job::replay`): the job is written
+    /// (durably) before the dead letter is removed, so an interruption between the two leaves
+    /// both, never neither; the dispatcher removes a replayed dead letter that is still there
+    /// before it makes the attempt. `None` if there is no such dead letter.
+    async fn replay_dead_letter(&self, id: &str) -> Result<Option<Job>, StoreError>;
+    /// Write a bulk replay's progress (kept for a day).
+    async fn put_replay_run(&self, run: &ReplayRun) -> Result<(), StoreError>;
+    async fn get_replay_run(&self, id: &str) -> Result<Option<ReplayRun>, StoreError>;
 
     async fn webhook_stats(&self, webhook_ids: &[&str]) -> Result<Vec<WebhookStats>, StoreError>;
     /// The counters of every webhook asked, for installation-wide totals; a store that can

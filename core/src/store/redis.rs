@@ -20,7 +20,7 @@ use super::{Claim, EventInfo, Page, ScheduleStatus, Store, StoreError};
 use crate::crypto::{is_sealed, SecretBox};
 use crate::delivery::WebhookCounters;
 use crate::delivery::{
-    webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome,
+    webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome, ReplayRun,
     TargetResult, TargetState, WebhookStats,
 };
 use crate::keys::{Keys, RETRY_SHARDS};
@@ -206,6 +206,25 @@ type PendingMinutes = HashMap<(i64, &'static str), u64>;
 
 /// How often the minute counters are written to Redis.
 const MINUTE_FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// A target's state set unless it is `r:` (an automatic retry pending), which a manual
+/// attempt leaves alone.
+const UNLESS_RETRYING_SCRIPT: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.sub(cur, 1, 2) == 'r:' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+static UNLESS_RETRYING: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(UNLESS_RETRYING_SCRIPT));
+
+fn b_set_unless_retrying(b: &mut Batch, targets: &str, r: &TargetResult, state: &TargetState) {
+    b.script(&UNLESS_RETRYING, &[targets])
+        .arg(&r.webhook_id)
+        .arg(state.encode())
+        .arg(TARGETS_TTL_SECS);
+}
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -436,6 +455,40 @@ impl RedisStore {
         }
     }
 
+    /// A dead letter and the webhook that owns it.
+    async fn read_dead_letter(&self, id: &str) -> Result<Option<(String, DeadLetter)>, StoreError> {
+        let mut c = self.conn();
+        let owner: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.dead_letter_owners())
+            .arg(id)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let Some(owner) = owner else { return Ok(None) };
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.dead_letters_of_entries(&owner))
+            .arg(id)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let Some(raw) = raw else { return Ok(None) };
+        let dl: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
+        Ok(Some((owner, dl)))
+    }
+
+    /// Remove one dead letter (entry, indexes, owner); whether its entry was still there.
+    async fn remove_dead_letter(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        let mut b = Batch::new();
+        b.cmd("HDEL", &self.keys.dead_letters_of_entries(owner))
+            .arg(id);
+        b.ignored("ZREM", &self.keys.dead_letters_of(owner)).arg(id);
+        b.ignored("ZREM", &self.keys.dead_letters_index()).arg(id);
+        b.ignored("HDEL", &self.keys.dead_letter_owners()).arg(id);
+        let replies = self.run(b, false).await?;
+        let removed: u64 = from(replies.into_iter().next())?;
+        Ok(removed > 0)
+    }
+
     /// Keep each webhook's dead letters under its cap; runs only after dead letters were
     /// written for it.
     async fn trim_dead_letters(&self, webhook_id: &str) {
@@ -562,6 +615,7 @@ impl RedisStore {
     async fn load_scripts(&self) -> redis::RedisResult<()> {
         let mut c = self.conn();
         for s in [
+            UNLESS_RETRYING_SCRIPT,
             ATTEMPT_SCRIPT,
             CONFIRM_SCRIPT,
             RELEASE_SCRIPT,
@@ -959,13 +1013,24 @@ impl Store for RedisStore {
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
         let json = serde_json::to_string(&self.seal(webhook)).map_err(corrupt)?;
         Ok(self
-            .change_webhook(&webhook.id, Some((&webhook.name, &json)))
+            .change_webhook(&webhook.id, Some((&webhook.name, &json)), None)
+            .await?
+            .0)
+    }
+
+    async fn update_webhook(&self, updated: &Webhook, read: &Webhook) -> Result<u64, StoreError> {
+        let updated = &super::stamped_after(updated, read);
+        let json = serde_json::to_string(&self.seal(updated)).map_err(corrupt)?;
+        let expected = serde_json::to_value(read.updated_at).map_err(corrupt)?;
+        let expected = expected.as_str().unwrap_or_default();
+        Ok(self
+            .change_webhook(&updated.id, Some((&updated.name, &json)), Some(expected))
             .await?
             .0)
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
-        if !self.change_webhook(id, None).await?.1 {
+        if !self.change_webhook(id, None, None).await?.1 {
             return Ok(false);
         }
         let mut c = self.conn();
@@ -1065,9 +1130,12 @@ impl Store for RedisStore {
         // failure streak in the order it was made (a failure recorded a round trip later than
         // the successes around it would make streaks out of nothing).
         let now = Utc::now();
-        let two_steps = results
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Retry { .. } | Outcome::Dead(_)));
+        let two_steps = results.iter().any(|r| {
+            matches!(
+                r.outcome,
+                Outcome::Retry { .. } | Outcome::Dead(_) | Outcome::DeadAside(_)
+            )
+        });
         let mut first = Batch::new();
         let mut second = Batch::new();
         let mut has_attempt = Vec::with_capacity(results.len());
@@ -1089,6 +1157,17 @@ impl Store for RedisStore {
                     Some(TargetState::Dead {
                         dead_letter_id: dl.id.clone(),
                     })
+                }
+                Outcome::DeadAside(dl) => {
+                    self.add_dead_letter(&mut first, dl);
+                    dead_for.push(&dl.webhook_id);
+                    // Points at it unless an automatic retry is pending (checked in Redis).
+                    let states = if two_steps { &mut second } else { &mut first };
+                    let state = TargetState::Dead {
+                        dead_letter_id: dl.id.clone(),
+                    };
+                    b_set_unless_retrying(states, &self.keys.targets(&r.event_id), r, &state);
+                    None
                 }
                 Outcome::Untouched => None,
             };
@@ -1374,33 +1453,52 @@ impl Store for RedisStore {
     }
 
     async fn take_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
-        let mut c = self.conn();
-        let owner: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.dead_letter_owners())
-            .arg(id)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        let Some(owner) = owner else { return Ok(None) };
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.dead_letters_of_entries(&owner))
-            .arg(id)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        let Some(raw) = raw else { return Ok(None) };
-        let dl: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
-        let mut b = Batch::new();
-        b.cmd("HDEL", &self.keys.dead_letters_of_entries(&owner))
-            .arg(id);
-        b.ignored("ZREM", &self.keys.dead_letters_of(&owner))
-            .arg(id);
-        b.ignored("ZREM", &self.keys.dead_letters_index()).arg(id);
-        b.ignored("HDEL", &self.keys.dead_letter_owners()).arg(id);
-        let replies = self.run(b, false).await?;
-        let removed: u64 = from(replies.into_iter().next())?;
+        let Some((owner, dl)) = self.read_dead_letter(id).await? else {
+            return Ok(None);
+        };
+        let removed = self.remove_dead_letter(&owner, id).await?;
         // Two replays of one dead letter at once: only the one that removed it proceeds.
-        Ok((removed > 0).then_some(dl))
+        Ok(removed.then_some(dl))
+    }
+
+    async fn put_replay_run(&self, run: &ReplayRun) -> Result<(), StoreError> {
+        let json = serde_json::to_string(run).map_err(corrupt)?;
+        let mut c = self.conn();
+        redis::cmd("SET")
+            .arg(self.keys.replay_run(&run.id))
+            .arg(json)
+            .arg("EX")
+            .arg(86_400)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get_replay_run(&self, id: &str) -> Result<Option<ReplayRun>, StoreError> {
+        let mut c = self.conn();
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(self.keys.replay_run(id))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        raw.map(|j| serde_json::from_str(&j).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn replay_dead_letter(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let Some((owner, dl)) = self.read_dead_letter(id).await? else {
+            return Ok(None);
+        };
+        // The job first, durably; then the dead letter goes. On a cluster the two live in
+        // different slots, so no one script can do both: this order means an interruption
+        // between them leaves both (the dispatcher then removes the dead letter), never
+        // neither. The job's id is the dead letter's, so doing it twice schedules one job.
+        let job = Job::replay(&dl);
+        let mut b = Batch::new();
+        self.add_job(&mut b, &job, Utc::now())?;
+        self.run(b, true).await?;
+        self.remove_dead_letter(&owner, id).await?;
+        Ok(Some(job))
     }
 
     async fn webhook_stats(&self, webhook_ids: &[&str]) -> Result<Vec<WebhookStats>, StoreError> {
@@ -1551,8 +1649,11 @@ impl Store for RedisStore {
 /// (only for those names is the registry scanned). An index entry whose webhook no longer
 /// has the name (written by an older release, which keeps no index) is not trusted.
 ///
-/// Returns the version, how many webhooks were removed, and the holder of a taken name
-/// (empty when the write went through).
+/// With `ARGV[5]` set, a write happens only if the stored record's `updated_at` is that
+/// value (compare-and-set over what the caller read).
+///
+/// Returns the version, how many webhooks were removed, the holder of a taken name (empty
+/// when the write went through), and 1 when the compare-and-set found another record.
 const CHANGE_SCRIPT: &str = r"
 local function name_of(json)
   if not json then return nil end
@@ -1589,11 +1690,20 @@ local function release(name, id)
     if other then redis.call('HSET', KEYS[5], name, other) else redis.call('HDEL', KEYS[5], name) end
   end
 end
-local old_name = name_of(redis.call('HGET', KEYS[1], ARGV[1]))
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[5] ~= '' then
+  -- Compare-and-set: only over the record that was read (same updated_at, not deleted).
+  local ok, w = false, nil
+  if stored then ok, w = pcall(cjson.decode, stored) end
+  if not (ok and type(w) == 'table' and w.updated_at == ARGV[5]) then
+    return {redis.call('GET', KEYS[2]) or '0', 0, '', 1}
+  end
+end
+local old_name = name_of(stored)
 local removed = 0
 if ARGV[2] == '' then
   removed = redis.call('HDEL', KEYS[1], ARGV[1])
-  if removed == 0 then return {redis.call('GET', KEYS[2]) or '0', 0, ''} end
+  if removed == 0 then return {redis.call('GET', KEYS[2]) or '0', 0, '', 0} end
   release(old_name, ARGV[1])
 else
   local name = ARGV[4]
@@ -1601,7 +1711,7 @@ else
     redis.call('HSETNX', KEYS[5], name, ARGV[1])
   else
     local holder = holder_of(name, ARGV[1])
-    if holder then return {redis.call('GET', KEYS[2]) or '0', 0, holder} end
+    if holder then return {redis.call('GET', KEYS[2]) or '0', 0, holder, 0} end
     redis.call('HSET', KEYS[5], name, ARGV[1])
     release(old_name, ARGV[1])
   end
@@ -1623,7 +1733,7 @@ if excess > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
   redis.call('SET', KEYS[4], string.match(gone[#gone], '^(%d+):'))
 end
-return {v, removed, ''}
+return {v, removed, '', 0}
 ";
 
 static CHANGE: std::sync::LazyLock<redis::Script> =
@@ -1634,16 +1744,18 @@ const WEBHOOKS_PER_READ: usize = 1_000;
 
 /// The registry's change log, and reads of only some webhooks.
 impl RedisStore {
-    /// Write (`Some((name, json))`) or delete one webhook; the new version, and whether
+    /// Write (`Some((name, json))`) or delete one webhook, a write only over the record whose
+    /// `updated_at` is `expected_updated_at` when that is given; the new version, and whether
     /// one was removed.
     async fn change_webhook(
         &self,
         id: &str,
         write: Option<(&str, &str)>,
+        expected_updated_at: Option<&str>,
     ) -> Result<(u64, bool), StoreError> {
         let mut c = self.conn();
         let (name, json) = write.unwrap_or(("", ""));
-        let (version, removed, holder): (String, u64, String) = CHANGE
+        let (version, removed, holder, conflict): (String, u64, String, u8) = CHANGE
             .key(self.keys.webhooks())
             .key(self.keys.webhooks_version())
             .key(self.keys.webhook_changes())
@@ -1654,9 +1766,13 @@ impl RedisStore {
             .arg(json)
             .arg(CHANGE_LOG_CAP)
             .arg(name)
+            .arg(expected_updated_at.unwrap_or_default())
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
+        if conflict == 1 {
+            return Err(StoreError::EditConflict { id: id.to_owned() });
+        }
         if !holder.is_empty() {
             return Err(StoreError::NameTaken {
                 name: name.to_owned(),

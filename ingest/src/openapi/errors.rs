@@ -83,6 +83,24 @@ const NAME_TAKEN: Shared = Shared {
     field: Some("name"),
     header: None,
 };
+const EDIT_CONFLICT: Shared = Shared {
+    name: "EditConflict",
+    status: "409",
+    description: "The webhook kept changing under this edit (`edit_conflict`): another edit was saved between the read and the write each time it was tried; nothing was changed, so read it again and retry",
+    code: "edit_conflict",
+    message: "webhook wh_0f4c2a9e8b7d4e1f9a3c5b6d7e8f9a0b changed while this edit was being saved; nothing was changed: read it again and retry",
+    field: None,
+    header: None,
+};
+const NAME_TAKEN_OR_EDIT_CONFLICT: Shared = Shared {
+    name: "NameTakenOrEditConflict",
+    status: "409",
+    description: "Another webhook already has this name (`name_taken`, field `name`), or the webhook kept changing under this edit (`edit_conflict`); nothing was changed",
+    code: "name_taken",
+    message: "a webhook named `CRM` already exists (wh_0f4c2a9e8b7d4e1f9a3c5b6d7e8f9a0b); names are unique, so choose another name or change that webhook",
+    field: Some("name"),
+    header: None,
+};
 const NOT_RESENDABLE: Shared = Shared {
     name: "NotResendable",
     status: "422",
@@ -136,6 +154,8 @@ const ALL: &[Shared] = &[
     NOT_FOUND,
     IN_PROGRESS,
     NAME_TAKEN,
+    EDIT_CONFLICT,
+    NAME_TAKEN_OR_EDIT_CONFLICT,
     NOT_RESENDABLE,
     TOO_LARGE,
     MEDIA_TYPE,
@@ -239,6 +259,14 @@ group!(
 group!(
     /// A webhook name that another webhook holds (a create, a rename, an import).
     NameTaken => [NAME_TAKEN]
+);
+group!(
+    /// An edit that lost every compare-and-set against other edits of the same webhook.
+    EditConflict => [EDIT_CONFLICT]
+);
+group!(
+    /// A change that may take a name (a rename) and may lose to other edits.
+    NameTakenOrEditConflict => [NAME_TAKEN_OR_EDIT_CONFLICT]
 );
 group!(
     /// RabbitMQ or Redis out of reach.
