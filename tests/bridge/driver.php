@@ -195,6 +195,9 @@ function request(array $calls, array $meta = []): void
     $t1 = hrtime(true);
     KiviHook_Bridge_Outbox::flush();
     $end = (hrtime(true) - $t1) / 1e6;
+    // The next request starts afresh, as a PHP request does: no connection, no cached rows.
+    KiviHook_Bridge_Outbox::close();
+    wp_cache_flush();
     $requests[] = ['actions' => array_map(static fn($c) => $c[0], $calls), 'timing_ms' => $ms, 'end_ms' => $end] + $meta;
 }
 

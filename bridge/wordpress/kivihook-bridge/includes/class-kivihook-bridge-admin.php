@@ -158,7 +158,7 @@ final class KiviHook_Bridge_Admin
             echo '</label>';
         }
         echo '</fieldset></td></tr></tbody></table>';
-        submit_button(__('Save settings', 'kivihook-bridge'));
+        echo '<p class="submit"><button type="submit" class="button button-primary">' . esc_html__('Save settings', 'kivihook-bridge') . '</button></p>';
         echo '</form>';
 
         self::button('test', __('Test connection', 'kivihook-bridge'), 'button button-secondary');

@@ -254,15 +254,13 @@ final class KiviHook_Bridge_Events
                 $a = $id !== null ? self::appointment($id) : null;
                 $groups['appointment'] = $a ?? self::prefixed('appointment', $input, $id);
                 $clinic_id = $a['_clinic_id'] ?? ($input['clinic_id'] ?? null);
-                $groups['patient'] = self::person('patient', $a['_patient_id'] ?? ($input['patient_id'] ?? null));
-                $groups['doctor'] = self::person('doctor', $a['_doctor_id'] ?? ($input['doctor_id'] ?? null));
+                $groups += self::people(['patient' => $a['_patient_id'] ?? ($input['patient_id'] ?? null), 'doctor' => $a['_doctor_id'] ?? ($input['doctor_id'] ?? null)]);
                 break;
             case 'encounter':
                 $e = $id !== null ? self::encounter($id) : null;
                 $groups['encounter'] = $e ?? self::prefixed('encounter', $input, $id);
                 $clinic_id = $e['_clinic_id'] ?? ($input['clinic_id'] ?? null);
-                $groups['patient'] = self::person('patient', $e['_patient_id'] ?? ($input['patient_id'] ?? null));
-                $groups['doctor'] = self::person('doctor', $e['_doctor_id'] ?? ($input['doctor_id'] ?? null));
+                $groups += self::people(['patient' => $e['_patient_id'] ?? ($input['patient_id'] ?? null), 'doctor' => $e['_doctor_id'] ?? ($input['doctor_id'] ?? null)]);
                 break;
             case 'patient':
             case 'doctor':
@@ -365,20 +363,18 @@ final class KiviHook_Bridge_Events
     private static function appointment(string $id): ?array
     {
         global $wpdb;
-        $a = $wpdb->get_row($wpdb->prepare('SELECT * FROM ' . self::t('kc_appointments') . ' WHERE id = %d', $id), ARRAY_A);
+        // One query: the appointment and its services (kc_appointment_service_mapping).
+        $a = $wpdb->get_row($wpdb->prepare(
+            'SELECT a.*, GROUP_CONCAT(s.name ORDER BY m.id SEPARATOR \', \') AS kh_service_names, GROUP_CONCAT(s.id ORDER BY m.id) AS kh_service_ids,'
+            . ' SUM(s.price) AS kh_total, COUNT(s.id) AS kh_services FROM ' . self::t('kc_appointments') . ' a LEFT JOIN '
+            . self::t('kc_appointment_service_mapping') . ' m ON m.appointment_id = a.id LEFT JOIN ' . self::t('kc_services')
+            . ' s ON s.id = m.service_id WHERE a.id = %d GROUP BY a.id',
+            $id
+        ), ARRAY_A);
         if (!$a) {
             return null;
         }
-        $services = $wpdb->get_results($wpdb->prepare(
-            'SELECT s.id, s.name, s.price FROM ' . self::t('kc_appointment_service_mapping') . ' m JOIN '
-            . self::t('kc_services') . ' s ON s.id = m.service_id WHERE m.appointment_id = %d ORDER BY m.id',
-            $id
-        ), ARRAY_A) ?: [];
         $status = isset($a['status']) ? (int) $a['status'] : null;
-        $total = 0.0;
-        foreach ($services as $s) {
-            $total += (float) ($s['price'] ?? 0);
-        }
         return [
             'appointment_id' => (string) $a['id'],
             'appointment_date' => (string) ($a['appointment_start_date'] ?? ''),
@@ -391,9 +387,9 @@ final class KiviHook_Bridge_Events
             'appointment_status_label' => $status === null ? '' : (self::APPOINTMENT_STATUS[$status] ?? (string) $status),
             'appointment_description' => (string) ($a['description'] ?? ''),
             'appointment_visit_type' => (string) ($a['visit_type'] ?? ''),
-            'service_names' => implode(', ', array_column($services, 'name')),
-            'service_ids' => implode(',', array_column($services, 'id')),
-            'appointment_total_amount' => $services ? number_format($total, 2, '.', '') : '',
+            'service_names' => (string) ($a['kh_service_names'] ?? ''),
+            'service_ids' => (string) ($a['kh_service_ids'] ?? ''),
+            'appointment_total_amount' => (int) ($a['kh_services'] ?? 0) > 0 ? number_format((float) $a['kh_total'], 2, '.', '') : '',
             '_clinic_id' => $a['clinic_id'] ?? null,
             '_doctor_id' => $a['doctor_id'] ?? null,
             '_patient_id' => $a['patient_id'] ?? null,
@@ -422,42 +418,68 @@ final class KiviHook_Bridge_Events
     /** A patient, doctor or receptionist: a WordPress user with KiviCare's meta. */
     private static function person(string $role, $id): ?array
     {
-        if ($id === null || $id === '' || !is_numeric($id)) {
-            return null;
+        return self::people([$role => $id])[$role] ?? null;
+    }
+
+    /**
+     * Several people in one query: WordPress users with KiviCare's meta (`first_name`,
+     * `last_name`, `basic_data` JSON with `mobile_number`, `gender`, `dob`, …).
+     *
+     * @param array<string,mixed> $ids role => user id
+     * @return array<string,array<string,mixed>> role => placeholders
+     */
+    private static function people(array $ids): array
+    {
+        global $wpdb;
+        $ids = array_filter($ids, static fn($id) => $id !== null && $id !== '' && is_numeric($id) && (int) $id > 0);
+        if (!$ids) {
+            return [];
         }
-        $user = get_userdata((int) $id);
-        if (!$user) {
-            return null;
-        }
-        $basic = json_decode((string) get_user_meta($user->ID, 'basic_data', true), true);
-        $basic = is_array($basic) ? $basic : [];
-        $first = (string) get_user_meta($user->ID, 'first_name', true);
-        $last = (string) get_user_meta($user->ID, 'last_name', true);
-        $name = $user->display_name !== '' ? $user->display_name : trim($first . ' ' . $last);
-        $out = [
-            $role . '_id' => (string) $user->ID,
-            $role . '_name' => $name,
-            $role . '_first_name' => $first,
-            $role . '_last_name' => $last,
-            $role . '_email' => (string) $user->user_email,
-            $role . '_contact_number' => (string) ($basic['mobile_number'] ?? ''),
-            $role . '_gender' => (string) ($basic['gender'] ?? ''),
-            $role . '_dob' => (string) ($basic['dob'] ?? ''),
-            $role . '_address' => (string) ($basic['address'] ?? ''),
-            $role . '_city' => (string) ($basic['city'] ?? ''),
-            $role . '_country' => (string) ($basic['country'] ?? ''),
-            $role . '_postal_code' => (string) ($basic['postal_code'] ?? ''),
-        ];
-        if ($role === 'patient') {
-            $out['patient_unique_id'] = (string) get_user_meta($user->ID, 'patient_unique_id', true);
-        }
-        if ($role === 'doctor') {
-            $specialties = $basic['specialties'] ?? [];
-            $labels = [];
-            foreach (is_array($specialties) ? $specialties : [] as $s) {
-                $labels[] = is_array($s) ? (string) ($s['label'] ?? '') : (string) $s;
+        $list = implode(',', array_map('intval', array_unique(array_values($ids))));
+        $rows = $wpdb->get_results(
+            "SELECT u.ID, u.display_name, u.user_email, m.meta_key, m.meta_value FROM {$wpdb->users} u LEFT JOIN {$wpdb->usermeta} m"
+            . " ON m.user_id = u.ID AND m.meta_key IN ('first_name', 'last_name', 'basic_data', 'patient_unique_id') WHERE u.ID IN ({$list})",
+            ARRAY_A
+        ) ?: [];
+        $users = [];
+        foreach ($rows as $r) {
+            $users[(int) $r['ID']] ??= ['display_name' => (string) $r['display_name'], 'email' => (string) $r['user_email'], 'meta' => []];
+            if ($r['meta_key'] !== null) {
+                $users[(int) $r['ID']]['meta'][$r['meta_key']] = (string) $r['meta_value'];
             }
-            $out['doctor_specialty'] = implode(', ', array_filter($labels));
+        }
+        $out = [];
+        foreach ($ids as $role => $id) {
+            $u = $users[(int) $id] ?? null;
+            if ($u === null) {
+                continue;
+            }
+            $basic = json_decode($u['meta']['basic_data'] ?? '', true);
+            $basic = is_array($basic) ? $basic : [];
+            $first = $u['meta']['first_name'] ?? '';
+            $last = $u['meta']['last_name'] ?? '';
+            $p = [
+                $role . '_id' => (string) (int) $id,
+                $role . '_name' => $u['display_name'] !== '' ? $u['display_name'] : trim($first . ' ' . $last),
+                $role . '_first_name' => $first,
+                $role . '_last_name' => $last,
+                $role . '_email' => $u['email'],
+            ];
+            foreach (['contact_number' => 'mobile_number', 'gender' => 'gender', 'dob' => 'dob', 'address' => 'address',
+                'city' => 'city', 'country' => 'country', 'postal_code' => 'postal_code'] as $name => $key) {
+                $p[$role . '_' . $name] = is_scalar($basic[$key] ?? null) ? (string) $basic[$key] : '';
+            }
+            if ($role === 'patient') {
+                $p['patient_unique_id'] = $u['meta']['patient_unique_id'] ?? '';
+            }
+            if ($role === 'doctor') {
+                $labels = [];
+                foreach (is_array($basic['specialties'] ?? null) ? $basic['specialties'] : [] as $sp) {
+                    $labels[] = is_array($sp) ? (string) ($sp['label'] ?? '') : (string) $sp;
+                }
+                $p['doctor_specialty'] = implode(', ', array_filter($labels));
+            }
+            $out[$role] = $p;
         }
         return $out;
     }

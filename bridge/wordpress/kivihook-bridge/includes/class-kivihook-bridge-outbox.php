@@ -122,6 +122,17 @@ final class KiviHook_Bridge_Outbox
         }
     }
 
+    /** Close the bridge's own connection (the end of a request in a long-running process). */
+    public static function close(): void
+    {
+        self::flush();
+        if (self::$link !== null) {
+            self::$link->close();
+        }
+        self::$link = null;
+        self::$link_failed = false;
+    }
+
     private static function link(): ?mysqli
     {
         global $wpdb;
@@ -145,7 +156,8 @@ final class KiviHook_Bridge_Outbox
         $link = mysqli_init();
         try {
             $flags = defined('MYSQL_CLIENT_FLAGS') ? MYSQL_CLIENT_FLAGS : 0;
-            if (!@$link->real_connect($host, DB_USER, defined('DB_PASSWORD') ? DB_PASSWORD : '', DB_NAME, $port ? (int) $port : null, $socket, $flags)) {
+            // A persistent link: a PHP-FPM worker connects once, not on every clinic request.
+            if (!@$link->real_connect('p:' . $host, DB_USER, defined('DB_PASSWORD') ? DB_PASSWORD : '', DB_NAME, $port ? (int) $port : null, $socket, $flags)) {
                 return null;
             }
             $link->set_charset($wpdb->charset ?: 'utf8mb4');
