@@ -53,7 +53,10 @@ impl Site {
             .args(args)
             .env("KH_DB", &self.db)
             .env("KH_DIR", &self.dir)
-            .env("KH_PLUGIN", format!("{root}/bridge/wordpress/kivihook-bridge"))
+            .env(
+                "KH_PLUGIN",
+                format!("{root}/bridge/wordpress/kivihook-bridge"),
+            )
             .env("KH_WP", wp_dir());
         let what = args.join(" ");
         let out = tokio::task::spawn_blocking(move || cmd.output().expect("run php"))
@@ -202,7 +205,11 @@ fn check_placeholders(e: &Value, record: &str, action: &str) {
             eq("service_names", "General consultation, Blood test");
             eq("appointment_timezone", "Europe/Berlin");
             assert_eq!(d["appointment"]["appointment_id"], json!(record), "{what}");
-            assert_eq!(d["patient"]["patient_name"], json!("Ada Lovelace"), "{what}");
+            assert_eq!(
+                d["patient"]["patient_name"],
+                json!("Ada Lovelace"),
+                "{what}"
+            );
             let status = d["appointment_status"].as_i64();
             match t {
                 "appointment.checked_in" => assert_eq!(status, Some(4), "{what}"),
@@ -313,7 +320,11 @@ async fn every_kivicare_action_arrives_once_and_an_outage_loses_nothing() {
     for a in &hooked {
         assert!(fired_actions.contains(a.as_str()), "{a} was not fired");
     }
-    for a in ["kc_after_create_appointment", "kc_appointment_book", "kc_patient_save"] {
+    for a in [
+        "kc_after_create_appointment",
+        "kc_appointment_book",
+        "kc_patient_save",
+    ] {
         assert!(hooked.iter().any(|h| h == a), "{a} is hooked");
     }
     let mut expected: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -328,7 +339,11 @@ async fn every_kivicare_action_arrives_once_and_an_outage_loses_nothing() {
         json!(total),
         "the outbox holds one row per expected event before anything is sent"
     );
-    assert_eq!(receiver.count(), 0, "nothing is sent from the clinic's requests");
+    assert_eq!(
+        receiver.count(),
+        0,
+        "nothing is sent from the clinic's requests"
+    );
 
     let sent = site.json(&["send"]).await;
     assert_eq!(sent["outbox"]["pending"], json!(0), "{sent}");
@@ -383,7 +398,12 @@ async fn every_kivicare_action_arrives_once_and_an_outage_loses_nothing() {
     // KiviHook stops; 200 bookings wait in the outbox.
     k.kill();
     let booked = site.json(&["book", "200"]).await;
-    assert_eq!(booked["outbox"]["pending"], json!(200), "{}", booked["outbox"]);
+    assert_eq!(
+        booked["outbox"]["pending"],
+        json!(200),
+        "{}",
+        booked["outbox"]
+    );
     let down = site.json(&["send"]).await;
     assert_eq!(down["outbox"]["pending"], json!(200), "nothing is lost");
     assert_eq!(down["outbox"]["parked"], json!(0), "nothing is parked");
@@ -506,7 +526,10 @@ async fn a_wrong_key_an_unreachable_url_and_a_refused_event_show_on_the_settings
     let page = unescape(&site.run(&["render"]).await);
     assert!(page.contains("HTTP 401"), "{page}");
     assert!(page.contains(&unauthorized), "{unauthorized} not in {page}");
-    assert!(!page.contains(INGEST) && !page.contains("wrong-key"), "no key on the page");
+    assert!(
+        !page.contains(INGEST) && !page.contains("wrong-key"),
+        "no key on the page"
+    );
 
     // An unreachable URL.
     site.run(&["set-key", INGEST]).await;
@@ -557,7 +580,10 @@ async fn a_wrong_key_an_unreachable_url_and_a_refused_event_show_on_the_settings
     // The installable zip.
     let out = std::env::temp_dir().join(format!("kivihook-bridge-zip-{prefix}"));
     let built = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bridge/wordpress/build-zip.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/bridge/wordpress/build-zip.sh"
+        ))
         .arg(&out)
         .output()
         .unwrap();

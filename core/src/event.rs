@@ -201,7 +201,10 @@ mod tests {
             ("kc_appointment_updated", "appointment.updated"),
             ("kc_appointment_deleted", "appointment.deleted"),
             ("kc_appointment_cancelled", "appointment.cancelled"),
-            ("kc_appointment_payment_cancelled", "appointment.payment_cancelled"),
+            (
+                "kc_appointment_payment_cancelled",
+                "appointment.payment_cancelled",
+            ),
             ("kc_before_delete_encounter", "encounter.deleted"),
             ("kivicare_patient_registered", "patient.created"),
             ("kc_doctor_register", "doctor.created"),
@@ -216,9 +219,18 @@ mod tests {
             ("kc_service_update", "service.updated"),
             ("kc_service_delete", "service.deleted"),
         ] {
-            assert_eq!(EventType::parse(action).unwrap().as_str(), canonical, "{action}");
+            assert_eq!(
+                EventType::parse(action).unwrap().as_str(),
+                canonical,
+                "{action}"
+            );
         }
-        for t in ["encounter.closed", "bill.paid", "prescription.created", "service.added"] {
+        for t in [
+            "encounter.closed",
+            "bill.paid",
+            "prescription.created",
+            "service.added",
+        ] {
             assert_eq!(EventType::parse(t).unwrap().as_str(), t);
         }
     }
