@@ -432,8 +432,11 @@ async fn catalogue_and_operational_endpoints_answer() {
         .unwrap();
     let list = types["event_types"].as_array().unwrap();
     assert!(list.iter().any(|t| t["type"] == "appointment.booked"
-        && t["kivicare_actions"] == json!(["kc_appointment_book"])));
-    assert_eq!(list.len(), 25);
+        && t["kivicare_actions"] == json!(["kc_appointment_book", "kc_after_create_appointment"])));
+    assert!(list.iter().any(
+        |t| t["type"] == "service.added" && t["kivicare_actions"] == json!(["kc_service_add"])
+    ));
+    assert_eq!(list.len(), 33);
     assert_eq!(
         http.get(k.url("/healthz")).send().await.unwrap().status(),
         200

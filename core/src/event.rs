@@ -25,31 +25,41 @@ macro_rules! catalogue {
 }
 
 catalogue! {
-    "appointment.booked", "An appointment was booked.", ["kc_appointment_book"];
-    "appointment.updated", "An appointment was changed.", ["kc_appointment_update"];
-    "appointment.deleted", "An appointment was deleted.", ["kc_appointment_delete"];
+    "appointment.booked", "An appointment was booked.", ["kc_appointment_book", "kc_after_create_appointment"];
+    "appointment.updated", "An appointment was changed.", ["kc_appointment_update", "kc_appointment_updated"];
+    "appointment.deleted", "An appointment was deleted.", ["kc_appointment_delete", "kc_appointment_deleted"];
     "appointment.status_changed", "An appointment's status changed.", ["kc_appointment_status_update"];
     "appointment.payment_completed", "An appointment was paid.", ["kc_appointment_payment_complete", "kc_appointment_payment_completed"];
-    "appointment.cancelled", "An appointment was cancelled (status 0).", [];
+    "appointment.cancelled", "An appointment was cancelled (status 0).", ["kc_appointment_cancelled", "kivicare_appointment_cancelled"];
     "appointment.checked_in", "A patient checked in (status 4).", [];
     "appointment.checked_out", "A patient checked out (status 3).", [];
     "encounter.created", "An encounter was created.", ["kc_encounter_save"];
     "encounter.updated", "An encounter was changed.", ["kc_encounter_update"];
-    "encounter.deleted", "An encounter was deleted.", ["kc_encounter_delete"];
-    "patient.created", "A patient was registered.", ["kc_patient_save"];
+    "encounter.deleted", "An encounter was deleted.", ["kc_encounter_delete", "kc_before_delete_encounter"];
+    "patient.created", "A patient was registered.", ["kc_patient_save", "kivicare_patient_registered"];
     "patient.updated", "A patient's record was changed.", ["kc_patient_update"];
     "patient.deleted", "A patient was deleted.", ["kc_patient_delete"];
-    "doctor.created", "A doctor was added.", ["kc_doctor_save"];
+    "doctor.created", "A doctor was added.", ["kc_doctor_save", "kc_doctor_register"];
     "doctor.updated", "A doctor's record was changed.", ["kc_doctor_update"];
     "doctor.deleted", "A doctor was deleted.", ["kc_doctor_delete"];
-    "receptionist.created", "A receptionist was added.", ["kc_receptionist_save"];
+    "receptionist.created", "A receptionist was added.", ["kc_receptionist_save", "kc_receptionist_created", "kc_receptionist_register"];
     "receptionist.updated", "A receptionist's record was changed.", ["kc_receptionist_update"];
     "receptionist.deleted", "A receptionist was deleted.", ["kc_receptionist_delete"];
     "clinic.created", "A clinic was created.", ["kcpro_clinic_save"];
     "clinic.updated", "A clinic was changed.", ["kcpro_clinic_update"];
     "clinic.deleted", "A clinic was deleted.", ["kcpro_clinic_delete"];
-    "bill.created", "A bill was created.", [];
-    "bill.paid", "A bill was paid.", [];
+    "bill.created", "A bill was generated for an encounter.", ["kc_encounter_bill_generate"];
+    "bill.paid", "A bill was paid (payment status paid).", [];
+    // Appended, never inserted: a Redis marker names a catalogue type by its index
+    // (store/marker.rs), so the entries above keep their places.
+    "appointment.payment_cancelled", "An appointment's payment was cancelled.", ["kc_appointment_payment_cancelled"];
+    "encounter.closed", "An encounter was closed (status 0).", [];
+    "bill.updated", "A bill was changed.", ["kc_encounter_bill_update", "kivicare_after_update_bill"];
+    "prescription.created", "A prescription was written.", ["kc_prescription_created"];
+    "prescription.updated", "A prescription was changed.", ["kc_prescription_updated"];
+    "service.added", "A service was added.", ["kc_service_add"];
+    "service.updated", "A service was changed.", ["kc_service_update"];
+    "service.deleted", "A service was deleted.", ["kc_service_delete"];
 }
 
 /// The families an event pattern like `appointment.*` may name.
@@ -61,6 +71,8 @@ pub const FAMILIES: &[&str] = &[
     "receptionist",
     "clinic",
     "bill",
+    "prescription",
+    "service",
     "custom",
 ];
 
@@ -180,6 +192,92 @@ mod tests {
             EventType::parse("kc_receptionist_update").unwrap().as_str(),
             "receptionist.updated"
         );
+    }
+
+    #[test]
+    fn the_bridge_action_names_are_aliases() {
+        for (action, canonical) in [
+            ("kc_after_create_appointment", "appointment.booked"),
+            ("kc_appointment_updated", "appointment.updated"),
+            ("kc_appointment_deleted", "appointment.deleted"),
+            ("kc_appointment_cancelled", "appointment.cancelled"),
+            (
+                "kc_appointment_payment_cancelled",
+                "appointment.payment_cancelled",
+            ),
+            ("kc_before_delete_encounter", "encounter.deleted"),
+            ("kivicare_patient_registered", "patient.created"),
+            ("kc_doctor_register", "doctor.created"),
+            ("kc_receptionist_created", "receptionist.created"),
+            ("kc_receptionist_register", "receptionist.created"),
+            ("kc_encounter_bill_generate", "bill.created"),
+            ("kivicare_after_update_bill", "bill.updated"),
+            ("kc_encounter_bill_update", "bill.updated"),
+            ("kc_prescription_created", "prescription.created"),
+            ("kc_prescription_updated", "prescription.updated"),
+            ("kc_service_add", "service.added"),
+            ("kc_service_update", "service.updated"),
+            ("kc_service_delete", "service.deleted"),
+        ] {
+            assert_eq!(
+                EventType::parse(action).unwrap().as_str(),
+                canonical,
+                "{action}"
+            );
+        }
+        for t in [
+            "encounter.closed",
+            "bill.paid",
+            "prescription.created",
+            "service.added",
+        ] {
+            assert_eq!(EventType::parse(t).unwrap().as_str(), t);
+        }
+    }
+
+    #[test]
+    fn catalogue_indices_stay_where_stored_markers_expect_them() {
+        // Markers in Redis write a catalogue type as its index: new types are appended.
+        let first = [
+            "appointment.booked",
+            "appointment.updated",
+            "appointment.deleted",
+            "appointment.status_changed",
+            "appointment.payment_completed",
+            "appointment.cancelled",
+            "appointment.checked_in",
+            "appointment.checked_out",
+            "encounter.created",
+            "encounter.updated",
+            "encounter.deleted",
+            "patient.created",
+            "patient.updated",
+            "patient.deleted",
+            "doctor.created",
+            "doctor.updated",
+            "doctor.deleted",
+            "receptionist.created",
+            "receptionist.updated",
+            "receptionist.deleted",
+            "clinic.created",
+            "clinic.updated",
+            "clinic.deleted",
+            "bill.created",
+            "bill.paid",
+        ];
+        for (i, name) in first.iter().enumerate() {
+            assert_eq!(CATALOGUE[i].name, *name, "index {i}");
+        }
+    }
+
+    #[test]
+    fn no_action_name_is_an_alias_of_two_types() {
+        let mut seen = std::collections::HashSet::new();
+        for info in CATALOGUE {
+            for a in info.kivicare_actions {
+                assert!(seen.insert(*a), "{a} is listed twice");
+            }
+        }
     }
 
     #[test]

@@ -66,10 +66,15 @@ pub fn sample_data(event_type: &str) -> Value {
                 a["payment_mode"] = json!("card");
                 a["payment_status"] = json!("paid");
             }
+            if event_type == "appointment.payment_cancelled" {
+                a["payment_mode"] = json!("card");
+                a["payment_status"] = json!("cancelled");
+            }
             json!({"appointment": a, "patient": patient(), "doctor": doctor(), "clinic": clinic()})
         }
         "encounter" => json!({
-            "encounter": {"encounter_id": "88", "encounter_date": "2026-12-01", "encounter_status": 1,
+            "encounter": {"encounter_id": "88", "encounter_date": "2026-12-01",
+                          "encounter_status": if event_type == "encounter.closed" { 0 } else { 1 },
                           "encounter_description": "Annual check-up"},
             "patient": patient(), "doctor": doctor(), "clinic": clinic(),
         }),
@@ -82,6 +87,20 @@ pub fn sample_data(event_type: &str) -> Value {
             "clinic": clinic(),
         }),
         "clinic" => json!({"clinic": clinic()}),
+        "prescription" => json!({
+            "prescription": {"prescription_id": "501", "encounter_id": "88",
+                             "prescription_name": "Amoxicillin 500 mg",
+                             "prescription_frequency": "3 times a day",
+                             "prescription_duration": "7 days",
+                             "prescription_instruction": "After meals"},
+            "patient": patient(), "doctor": doctor(), "clinic": clinic(),
+        }),
+        "service" => json!({
+            "service": {"service_id": "14", "service_name": "General consultation",
+                        "service_price": "45.00", "service_category": "consultation",
+                        "service_status": 1},
+            "doctor": doctor(), "clinic": clinic(),
+        }),
         "bill" => json!({
             "bill": {"bill_id": "2201", "bill_title": "Consultation", "total_amount": "45.00",
                      "discount": "0.00", "actual_amount": "45.00", "payment_status": "paid"},
