@@ -172,6 +172,9 @@ struct Settings {
     /// Seconds between schedule polls [env: KIVIHOOK_SCHEDULER_INTERVAL].
     #[arg(long, global = true)]
     scheduler_interval: Option<String>,
+    /// Seconds between scans for stranded retry jobs [env: KIVIHOOK_STRANDED_SCAN_INTERVAL].
+    #[arg(long, global = true)]
+    stranded_scan_interval: Option<String>,
     /// Consecutive failures that open a circuit, 0 for never [env: KIVIHOOK_CIRCUIT_THRESHOLD].
     #[arg(long, global = true)]
     circuit_threshold: Option<String>,
@@ -219,6 +222,7 @@ impl Settings {
             ("retry_prefetch", &self.retry_prefetch),
             ("retry_lease", &self.retry_lease),
             ("scheduler_interval", &self.scheduler_interval),
+            ("stranded_scan_interval", &self.stranded_scan_interval),
             ("circuit_threshold", &self.circuit_threshold),
             ("circuit_cooldown", &self.circuit_cooldown),
             ("auto_disable_after", &self.auto_disable_after),

@@ -66,6 +66,9 @@ pub struct Config {
     pub retry_lease: Duration,
     /// How often a scheduler looks for due jobs.
     pub scheduler_interval: Duration,
+    /// How often a scheduler looks for stranded retry jobs (a body neither scheduled nor
+    /// leased); one found on two scans in a row is scheduled again.
+    pub stranded_scan_interval: Duration,
     /// Consecutive failures that open a webhook's circuit (0: never).
     pub circuit_threshold: u64,
     pub circuit_cooldown: Duration,
@@ -184,6 +187,11 @@ const SETTINGS: &[Setting] = &[
         key: "scheduler_interval",
         env: "KIVIHOOK_SCHEDULER_INTERVAL",
         flag: "--scheduler-interval",
+    },
+    Setting {
+        key: "stranded_scan_interval",
+        env: "KIVIHOOK_STRANDED_SCAN_INTERVAL",
+        flag: "--stranded-scan-interval",
     },
     Setting {
         key: "circuit_threshold",
@@ -486,6 +494,7 @@ impl Config {
         let dedup_window = seconds("dedup_window", 86_400.0, 30.0 * 86_400.0)?;
         let retry_lease = seconds("retry_lease", 30.0, 3600.0)?;
         let scheduler_interval = seconds("scheduler_interval", 0.25, 60.0)?;
+        let stranded_scan_interval = seconds("stranded_scan_interval", 30.0, 3600.0)?;
         let circuit_cooldown = seconds("circuit_cooldown", 60.0, 86_400.0)?;
         let auto_disable_after = seconds("auto_disable_after", 5.0 * 86_400.0, 365.0 * 86_400.0)?;
         let redis_wait_timeout = seconds("redis_wait_timeout", 1.0, 60.0)?;
@@ -546,6 +555,7 @@ impl Config {
             retry_prefetch,
             retry_lease,
             scheduler_interval,
+            stranded_scan_interval,
             circuit_threshold,
             circuit_cooldown,
             auto_disable_after,

@@ -55,6 +55,8 @@ pub struct Metrics {
     /// `Config::metrics_webhook_labels` is set, since it has a series per webhook.
     pub webhook_failures: IntCounterVec,
     pub circuits_open: IntGauge,
+    /// Stored webhook records the registry could not use (`Store::invalid_webhooks`).
+    pub registry_invalid_webhooks: IntGauge,
     pub webhooks_auto_disabled: IntCounterVec,
     pub retry_jobs_published: IntCounter,
     /// Retry jobs a scheduler could not publish (they stay scheduled and are tried again).
@@ -63,6 +65,11 @@ pub struct Metrics {
     pub retry_schedule_depth: IntGauge,
     pub retry_jobs_leased: IntGauge,
     pub retry_lag: prometheus::Gauge,
+    /// The oldest due retry's wait past its time, expired leases included; reported by
+    /// dispatchers too, so that it shows when no scheduler runs.
+    pub retry_oldest_due_age: prometheus::Gauge,
+    /// Stranded retry jobs (a body neither scheduled nor leased) put back in the schedule.
+    pub retry_jobs_rescued: IntCounter,
     pub dead_letter_depth: IntGauge,
     pub queue_messages: IntGaugeVec,
     pub queue_consumers: IntGaugeVec,
@@ -202,6 +209,10 @@ impl Metrics {
                 "kivihook_circuits_open",
                 "Webhooks whose circuit breaker is open in this dispatcher.",
             ))),
+            registry_invalid_webhooks: reg!(must(IntGauge::new(
+                "kivihook_registry_invalid_webhooks",
+                "Stored webhook records this process's registry could not use: a record that does not parse (left out) or whose secrets do not open (disabled). GET /readyz lists them.",
+            ))),
             webhooks_auto_disabled: reg!(counter_vec(
                 "kivihook_webhooks_auto_disabled_total",
                 "Webhooks disabled by KiviHook, by reason (gone, failing).",
@@ -230,6 +241,14 @@ impl Metrics {
             retry_lag: reg!(must(prometheus::Gauge::new(
                 "kivihook_retry_lag_seconds",
                 "How long the oldest due retry job has waited past its time.",
+            ))),
+            retry_oldest_due_age: reg!(must(prometheus::Gauge::new(
+                "kivihook_retry_oldest_due_age_seconds",
+                "How long the oldest due retry job has waited past its time, counting jobs whose scheduler lease ran out; reported by schedulers and dispatchers, so it grows when no scheduler promotes.",
+            ))),
+            retry_jobs_rescued: reg!(must(IntCounter::new(
+                "kivihook_retry_jobs_rescued_total",
+                "Stranded retry jobs (a body neither scheduled nor leased) that a scheduler put back in the schedule.",
             ))),
             dead_letter_depth: reg!(must(IntGauge::new(
                 "kivihook_dead_letter_depth",

@@ -59,6 +59,11 @@ pub enum Live {
 pub struct Readiness {
     pub status: Ready,
     pub checks: ReadinessChecks,
+    /// Stored webhook records this process could not use, with why (a record that does not
+    /// parse is left out; one whose secrets do not open is disabled). They do not make the
+    /// process unready: every other webhook keeps delivering. Absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invalid_webhooks: Vec<crate::store::InvalidWebhook>,
 }
 
 /// `ready` when every check passed, else `not_ready`.
@@ -153,6 +158,7 @@ async fn readyz(State(state): State<OpsState>) -> Response {
             rabbitmq: show(&broker),
             redis: show(&store),
         },
+        invalid_webhooks: state.store.invalid_webhooks(),
     };
     let code = if broker.is_ok() && store.is_ok() {
         StatusCode::OK

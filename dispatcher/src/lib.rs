@@ -21,6 +21,9 @@ pub mod target;
 use kivihook_core::registry::Registry;
 
 /// Everything a dispatcher's tasks share.
+/// How often a dispatcher reports `kivihook_retry_oldest_due_age_seconds`.
+const DUE_AGE_EVERY: Duration = Duration::from_secs(5);
+
 pub struct Dispatcher {
     pub broker: Arc<dyn Broker>,
     pub store: Arc<dyn Store>,
@@ -84,13 +87,31 @@ impl Dispatcher {
         }
         let watch = tokio::spawn(self.registry.clone().watch(shutdown.clone()));
         let circuits = tokio::spawn(self.clone().report_circuits(shutdown.clone()));
+        let due = tokio::spawn(self.clone().report_due_age(shutdown.clone()));
         tokio::join!(
             consume::run(self.clone(), Queue::Deliveries, shutdown.clone()),
             consume::run(self.clone(), Queue::Retries, shutdown.clone()),
         );
         let _ = watch.await;
         let _ = circuits.await;
+        let _ = due.await;
         tracing::info!("dispatcher stopped");
+    }
+
+    /// Report how long the oldest due retry has waited: from dispatchers too, so that the
+    /// alert fires when no scheduler runs at all (then nothing else reports it).
+    async fn report_due_age(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            if let Ok(s) = self.store.schedule_status().await {
+                self.metrics
+                    .retry_oldest_due_age
+                    .set(s.oldest_due_age.as_secs_f64());
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(DUE_AGE_EVERY) => {}
+            }
+        }
     }
 
     /// Keep the open-circuits gauge true as circuits close by themselves.

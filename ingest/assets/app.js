@@ -307,7 +307,8 @@ async function overviewPage(refresh = false) {
       ? h('section', { class: 'panel empty' }, h('h2', {}, 'No webhooks yet'),
         h('p', {}, 'Create a webhook to start delivering clinic events to your systems.'),
         h('a', { class: 'button', href: '#/webhooks/new' }, 'Create a webhook'))
-      : attentionList(stats));
+      : attentionList(stats),
+    invalidList(stats.invalid_webhooks || []));
   if (refresh) return;
   announce('Overview');
   refreshTimer = setInterval(() => { if (document.visibilityState === 'visible') refreshOverview(mine); }, 15000);
@@ -345,6 +346,14 @@ function attentionList(stats) {
     stats.next_cursor ? h('p', { class: 'hint' }, `${number(all)} webhooks need attention; the first ${number(troubled.length)} are listed.`) : null,
     h('ul', {}, troubled.map((w) => h('li', {}, h('a', { href: link(['webhooks', w.webhook_id]) }, w.name), ' — ',
       w.enabled ? `${w.consecutive_failures} failures in a row` : `disabled${w.disabled_reason ? `: ${w.disabled_reason}` : ''}`))));
+}
+
+/** Stored webhook records that cannot be used: shown only when there are some. */
+function invalidList(invalid) {
+  if (invalid.length === 0) return null;
+  return h('section', { class: 'panel', id: 'invalid-webhooks' }, h('h2', {}, 'Unreadable webhook records'),
+    h('p', {}, `${number(invalid.length)} stored webhook ${invalid.length === 1 ? 'record cannot' : 'records cannot'} be used; every other webhook keeps delivering.`),
+    h('ul', {}, invalid.map((w) => h('li', {}, h('code', {}, w.id), ' — ', w.reason))));
 }
 
 /** Stacked bars per minute; the figures are also in a table for screen readers. */

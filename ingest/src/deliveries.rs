@@ -662,6 +662,9 @@ pub struct Stats {
     pub next_cursor: Option<String>,
     /// How many webhooks are in each state, over every webhook.
     pub webhook_counts: WebhookCounts,
+    /// Stored webhook records that cannot be used (one that does not parse is left out of
+    /// every listing; one whose secrets do not open is disabled): each with why.
+    pub invalid_webhooks: Vec<kivihook_core::store::InvalidWebhook>,
 }
 
 /// Webhooks by state.
@@ -812,6 +815,7 @@ pub async fn stats(
         webhooks,
         next_cursor,
         webhook_counts,
+        invalid_webhooks: state.store.invalid_webhooks(),
     })
     .into_response())
 }

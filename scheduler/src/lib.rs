@@ -33,6 +33,7 @@ pub struct Scheduler {
     metrics: Metrics,
     lease: Duration,
     interval: Duration,
+    stranded_scan: Duration,
     outage: Mutex<Outage>,
 }
 
@@ -49,6 +50,7 @@ impl Scheduler {
             metrics,
             lease: config.retry_lease,
             interval: config.scheduler_interval,
+            stranded_scan: config.stranded_scan_interval,
             outage: Mutex::default(),
         }
     }
@@ -60,6 +62,7 @@ impl Scheduler {
             "scheduler running"
         );
         let status = tokio::spawn(self.clone().report(shutdown.clone()));
+        let rescue = tokio::spawn(self.clone().rescue_stranded(shutdown.clone()));
         loop {
             tokio::select! {
                 _ = shutdown.wait() => break,
@@ -85,7 +88,33 @@ impl Scheduler {
             }
         }
         let _ = status.await;
+        let _ = rescue.await;
         tracing::info!("scheduler stopped");
+    }
+
+    /// Put stranded retry jobs back in the schedule: a job body that two scans in a row find
+    /// neither scheduled nor leased would otherwise never run.
+    async fn rescue_stranded(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut suspects = std::collections::HashSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(self.stranded_scan) => {}
+            }
+            match self.store.rescue_stranded_jobs(&suspects).await {
+                Ok((next, rescued)) => {
+                    if rescued > 0 {
+                        self.metrics.retry_jobs_rescued.inc_by(rescued);
+                        tracing::warn!(
+                            jobs = rescued,
+                            "stranded retry jobs (neither scheduled nor leased) put back in the schedule"
+                        );
+                    }
+                    suspects = next;
+                }
+                Err(e) => self.store_error("look for stranded retry jobs", &e),
+            }
+        }
     }
 
     fn store_error(&self, what: &str, e: &kivihook_core::StoreError) {
@@ -199,6 +228,9 @@ impl Scheduler {
                     self.metrics.retry_schedule_depth.set(s.depth as i64);
                     self.metrics.retry_jobs_leased.set(s.leased as i64);
                     self.metrics.retry_lag.set(s.lag.as_secs_f64());
+                    self.metrics
+                        .retry_oldest_due_age
+                        .set(s.oldest_due_age.as_secs_f64());
                     self.metrics.dead_letter_depth.set(s.dead_letters as i64);
                 }
                 Err(e) => self.store_error("read the schedule status", &e),

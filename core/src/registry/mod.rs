@@ -179,6 +179,9 @@ impl Registry {
             return false;
         }
         next.generation = from.generation + 1;
+        self.metrics
+            .registry_invalid_webhooks
+            .set(self.store.invalid_webhooks().len() as i64);
         let enabled = next.webhooks().filter(|w| w.enabled).count() as i64;
         self.metrics
             .webhooks

@@ -511,12 +511,47 @@ impl Store for MemoryStore {
                 .next()
                 .map(|(due, _)| ((now - due).max(0)) as u64)
                 .unwrap_or(0);
+            let expired = s
+                .leases
+                .values()
+                .min()
+                .map(|until| ((now - until).max(0)) as u64)
+                .unwrap_or(0);
             ScheduleStatus {
                 depth: s.schedule.len() as u64,
                 leased: s.leases.len() as u64,
                 lag: Duration::from_millis(lag),
+                oldest_due_age: Duration::from_millis(lag.max(expired)),
                 dead_letters: s.dead.len() as u64,
             }
+        }))
+    }
+
+    async fn rescue_stranded_jobs(
+        &self,
+        suspects: &std::collections::HashSet<String>,
+    ) -> Result<(std::collections::HashSet<String>, u64), StoreError> {
+        Ok(self.with(|s| {
+            let scheduled: std::collections::HashSet<&String> =
+                s.schedule.iter().map(|(_, id)| id).collect();
+            let stranded: Vec<String> = s
+                .jobs
+                .keys()
+                .filter(|id| !scheduled.contains(id) && !s.leases.contains_key(*id))
+                .cloned()
+                .collect();
+            let mut rescued = 0;
+            let mut next = std::collections::HashSet::new();
+            let now = now_ms();
+            for id in stranded {
+                if suspects.contains(&id) {
+                    s.schedule.insert((now, id));
+                    rescued += 1;
+                } else {
+                    next.insert(id);
+                }
+            }
+            (next, rescued)
         }))
     }
 

@@ -48,6 +48,16 @@ pub enum StoreError {
     EditConflict { id: String },
 }
 
+/// A stored webhook record that cannot be used as it is: it does not parse (left out of the
+/// registry), or a secret in it does not open with `KIVIHOOK_SECRET_KEY` (kept, disabled, so
+/// that its deliveries become dead letters while every other webhook keeps delivering).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvalidWebhook {
+    pub id: String,
+    /// Why, for people.
+    pub reason: String,
+}
+
 /// `updated` with an `updated_at` later than `read`'s, so that a compare-and-set that
 /// follows it sees a change even when two edits land within one clock tick.
 pub(crate) fn stamped_after(updated: &Webhook, read: &Webhook) -> Webhook {
@@ -95,6 +105,10 @@ pub struct ScheduleStatus {
     pub leased: u64,
     /// How long the oldest due job has been waiting past its time.
     pub lag: Duration,
+    /// The oldest due job's wait past its time, counting jobs a scheduler claimed and whose
+    /// lease ran out without the job being published: what a stalled or absent scheduler
+    /// leaves behind (`kivihook_retry_oldest_due_age_seconds`).
+    pub oldest_due_age: Duration,
     pub dead_letters: u64,
 }
 
@@ -204,6 +218,11 @@ pub trait Store: Send + Sync + 'static {
     async fn update_webhook(&self, updated: &Webhook, read: &Webhook) -> Result<u64, StoreError>;
     /// Whether it existed.
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
+    /// The records the last registry reads found unusable (see `InvalidWebhook`); a
+    /// listing or a read of changes never fails for them.
+    fn invalid_webhooks(&self) -> Vec<InvalidWebhook> {
+        Vec::new()
+    }
     /// Which webhooks changed after `version`, so that a cache reads only those; `None`
     /// when the change log cannot prove it holds every change since (see
     /// `changes_from_log`): the cache must reload everything.
@@ -244,6 +263,15 @@ pub trait Store: Send + Sync + 'static {
     async fn release_jobs(&self, ids: &[String]) -> Result<(), StoreError>;
     /// Return every job whose lease expired to the schedule; how many.
     async fn sweep_leases(&self) -> Result<u64, StoreError>;
+    /// Find retry jobs that are stranded: a body in the schedule's job table that is neither
+    /// scheduled nor leased, so no scheduler would ever run it. Those found stranded by the
+    /// scan before (`suspects`, a scan or more ago: long past the instant between a job's
+    /// body and its place being written) are scheduled now; returns the ones found stranded
+    /// this time and not yet rescued (the next scan's suspects), and how many were rescued.
+    async fn rescue_stranded_jobs(
+        &self,
+        suspects: &std::collections::HashSet<String>,
+    ) -> Result<(std::collections::HashSet<String>, u64), StoreError>;
     async fn schedule_status(&self) -> Result<ScheduleStatus, StoreError>;
 
     // --- logs, dead letters, statistics -------------------------------------------------

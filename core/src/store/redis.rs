@@ -84,6 +84,36 @@ end
 return #expired
 ";
 
+/// One `HSCAN` step over a shard's job bodies: the next cursor, then the ids that are
+/// neither scheduled nor leased (`KEYS`: jobs, schedule, leases).
+const STRANDED_SCAN_SCRIPT: &str = r"
+local r = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', 500)
+local out = {r[1]}
+local kv = r[2]
+for i = 1, #kv, 2 do
+  local id = kv[i]
+  if not redis.call('ZSCORE', KEYS[2], id) and not redis.call('ZSCORE', KEYS[3], id) then
+    out[#out + 1] = id
+  end
+end
+return out
+";
+
+/// Schedule, due now, each job that still has a body and is still neither scheduled nor
+/// leased (`KEYS`: jobs, schedule, leases; `ARGV[1]`: now in ms).
+const RESCUE_SCRIPT: &str = r"
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HEXISTS', KEYS[1], id) == 1 and not redis.call('ZSCORE', KEYS[2], id)
+    and not redis.call('ZSCORE', KEYS[3], id) then
+    redis.call('ZADD', KEYS[2], ARGV[1], id)
+    n = n + 1
+  end
+end
+return n
+";
+
 /// Record one attempt in a webhook's counters, hourly bucket and log; return its streak.
 const ATTEMPT_SCRIPT: &str = r"
 if ARGV[1] == '1' then
@@ -197,6 +227,8 @@ pub struct RedisStore {
     token: redis::Script,
     sealer: Option<SecretBox>,
     wait: Option<WaitReplicas>,
+    /// Records the registry reads found unusable, by id (`Store::invalid_webhooks`).
+    invalid: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
     /// Installation-wide minute counters not yet written: (minute, outcome) → count. The
     /// delivery path only adds here; a task writes them once a second (`flush_minutes`).
     minutes: Arc<Mutex<PendingMinutes>>,
@@ -325,6 +357,7 @@ impl RedisStore {
             token: redis::Script::new(TOKEN_SCRIPT),
             sealer: None,
             wait: None,
+            invalid: Arc::default(),
             minutes: Arc::default(),
         };
         tokio::spawn(flush_minutes(
@@ -394,6 +427,47 @@ impl RedisStore {
             }
         }
         stored
+    }
+
+    /// A registry record as the registry can use it: opened; or, when a secret in it does
+    /// not open, disabled with the reason and its secrets blanked (never used to sign); or
+    /// `None` when it does not parse. Either problem is remembered for `invalid_webhooks`.
+    fn usable(&self, id: &str, json: &str) -> Option<Webhook> {
+        let mut invalid = self
+            .invalid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stored: Webhook = match serde_json::from_str(json) {
+            Ok(w) => w,
+            Err(e) => {
+                let reason = format!("the stored record does not parse: {e}");
+                if invalid.insert(id.to_owned(), reason.clone()).as_ref() != Some(&reason) {
+                    tracing::error!(webhook_id = id, reason, "a webhook record cannot be read; it is left out of the registry, every other webhook keeps delivering");
+                }
+                return None;
+            }
+        };
+        match self.open(stored.clone()) {
+            Ok(w) => {
+                invalid.remove(id);
+                Some(w)
+            }
+            Err(e) => {
+                let reason = format!(
+                    "a stored secret does not open with KIVIHOOK_SECRET_KEY ({e}); restore the key, or delete the webhook and create it again"
+                );
+                if invalid.insert(id.to_owned(), reason.clone()).as_ref() != Some(&reason) {
+                    tracing::error!(webhook_id = id, reason, "a webhook's secrets cannot be opened; it is disabled, every other webhook keeps delivering");
+                }
+                let mut w = stored;
+                for (_, secret) in Self::secrets_of(&mut w) {
+                    secret.clear();
+                }
+                w.enabled = false;
+                w.disabled_reason = Some(reason);
+                Some(w)
+            }
+        }
     }
 
     fn open(&self, mut stored: Webhook) -> Result<Webhook, StoreError> {
@@ -616,6 +690,8 @@ impl RedisStore {
         let mut c = self.conn();
         for s in [
             UNLESS_RETRYING_SCRIPT,
+            STRANDED_SCAN_SCRIPT,
+            RESCUE_SCRIPT,
             ATTEMPT_SCRIPT,
             CONFIRM_SCRIPT,
             RELEASE_SCRIPT,
@@ -982,14 +1058,16 @@ impl Store for RedisStore {
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        let mut hooks = Vec::with_capacity(raw.len());
-        for w in parse_all::<Webhook>(raw.into_values()) {
-            match self.open(w) {
-                Ok(w) => hooks.push(w),
-                // Never skip silently: a webhook that cannot be opened would stop receiving.
-                Err(e) => return Err(e),
-            }
-        }
+        // One bad record never fails the load (nor stalls a dispatcher): it is set aside,
+        // counted and shown (`invalid_webhooks`), and the rest load.
+        self.invalid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id, _| raw.contains_key(id));
+        let mut hooks: Vec<Webhook> = raw
+            .iter()
+            .filter_map(|(id, json)| self.usable(id, json))
+            .collect();
         hooks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok((version.unwrap_or(0), hooks))
     }
@@ -1027,6 +1105,18 @@ impl Store for RedisStore {
             .change_webhook(&updated.id, Some((&updated.name, &json)), Some(expected))
             .await?
             .0)
+    }
+
+    fn invalid_webhooks(&self) -> Vec<super::InvalidWebhook> {
+        self.invalid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(id, reason)| super::InvalidWebhook {
+                id: id.clone(),
+                reason: reason.clone(),
+            })
+            .collect()
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
@@ -1290,6 +1380,57 @@ impl Store for RedisStore {
         Ok(total)
     }
 
+    async fn rescue_stranded_jobs(
+        &self,
+        suspects: &std::collections::HashSet<String>,
+    ) -> Result<(std::collections::HashSet<String>, u64), StoreError> {
+        let scan = redis::Script::new(STRANDED_SCAN_SCRIPT);
+        let rescue = redis::Script::new(RESCUE_SCRIPT);
+        let mut next = std::collections::HashSet::new();
+        let mut rescued = 0u64;
+        for shard in 0..RETRY_SHARDS {
+            let jobs = self.keys.retry_jobs(shard);
+            let schedule = self.keys.retry_schedule(shard);
+            let leases = self.keys.retry_leases(shard);
+            let mut cursor = "0".to_owned();
+            let mut stranded = Vec::new();
+            loop {
+                let mut c = self.conn();
+                let reply: Vec<String> = scan
+                    .key(&jobs)
+                    .key(&schedule)
+                    .key(&leases)
+                    .arg(&cursor)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                let mut reply = reply.into_iter();
+                cursor = reply.next().unwrap_or_else(|| "0".to_owned());
+                stranded.extend(reply);
+                if cursor == "0" {
+                    break;
+                }
+            }
+            let (now, later): (Vec<String>, Vec<String>) =
+                stranded.into_iter().partition(|id| suspects.contains(id));
+            next.extend(later);
+            if !now.is_empty() {
+                let mut c = self.conn();
+                let n: u64 = rescue
+                    .key(&jobs)
+                    .key(&schedule)
+                    .key(&leases)
+                    .arg(Utc::now().timestamp_millis())
+                    .arg(&now)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                rescued += n;
+            }
+        }
+        Ok((next, rescued))
+    }
+
     async fn schedule_status(&self) -> Result<ScheduleStatus, StoreError> {
         let mut b = Batch::new();
         for shard in 0..RETRY_SHARDS {
@@ -1297,12 +1438,17 @@ impl Store for RedisStore {
             b.cmd("ZCARD", &schedule);
             b.cmd("ZCARD", &self.keys.retry_leases(shard));
             b.cmd("ZRANGE", &schedule).arg(0).arg(0).arg("WITHSCORES");
+            b.cmd("ZRANGE", &self.keys.retry_leases(shard))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
         }
         b.cmd("ZCARD", &self.keys.dead_letters_index());
         let mut replies = self.run(b, false).await?;
         let dead: u64 = from(replies.pop())?;
         let (mut depth, mut leased) = (0u64, 0u64);
         let mut oldest: Option<f64> = None;
+        let mut oldest_lease: Option<f64> = None;
         let mut replies = replies.into_iter();
         for _ in 0..RETRY_SHARDS {
             depth += from::<u64>(replies.next())?;
@@ -1311,15 +1457,19 @@ impl Store for RedisStore {
             if let Some((_, due)) = first.first() {
                 oldest = Some(oldest.map_or(*due, |o: f64| o.min(*due)));
             }
+            let lease: Vec<(String, f64)> = from(replies.next())?;
+            if let Some((_, until)) = lease.first() {
+                oldest_lease = Some(oldest_lease.map_or(*until, |o: f64| o.min(*until)));
+            }
         }
         let now = Utc::now().timestamp_millis() as f64;
-        let lag = oldest
-            .map(|due| ((now - due) / 1000.0).max(0.0))
-            .unwrap_or(0.0);
+        let past = |at: Option<f64>| at.map(|t| ((now - t) / 1000.0).max(0.0)).unwrap_or(0.0);
+        let lag = past(oldest);
         Ok(ScheduleStatus {
             depth,
             leased,
             lag: Duration::from_secs_f64(lag),
+            oldest_due_age: Duration::from_secs_f64(lag.max(past(oldest_lease))),
             dead_letters: dead,
         })
     }
@@ -1836,15 +1986,17 @@ impl RedisStore {
                 .await
                 .map_err(unavailable)?;
             for (id, json) in chunk.iter().zip(raw) {
-                // As in `list_webhooks`, never skip one silently: it would stop receiving.
-                out.push(
-                    json.map(|json| {
-                        serde_json::from_str(&json)
-                            .map_err(|e| corrupt(format!("webhook {id}: {e}")))
-                            .and_then(|w| self.open(w))
-                    })
-                    .transpose()?,
-                );
+                // As in `list_webhooks`: a bad record is set aside and shown, never fatal.
+                match json {
+                    Some(json) => out.push(self.usable(id, &json)),
+                    None => {
+                        self.invalid
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(*id);
+                        out.push(None);
+                    }
+                }
             }
         }
         Ok(out)
