@@ -1,11 +1,16 @@
 //! A 503 frees the id: when Redis stalls during the accept path (a private Redis, paused with
-//! `CLIENT PAUSE`), the request answers 503, and the claims it made are released, so the
-//! client's retry is accepted at once and never `in_progress`.
+//! `CLIENT PAUSE`), or a claim lands but its reply is lost (a proxy that drops Redis's
+//! replies), the request answers 503, and the claims it made are released, so the client's
+//! retry is accepted at once and never `in_progress`.
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
 use serde_json::{json, Value};
@@ -97,6 +102,123 @@ async fn a_503_while_redis_stalls_frees_the_id_for_the_retry() {
     assert_eq!(
         status, 202,
         "the retry is accepted, not in progress: {body}"
+    );
+    let r = api
+        .http
+        .post(k.url("/v1/events/batch"))
+        .bearer_auth(INGEST)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let statuses: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["accepted", "accepted"], "{body}");
+    drop(k);
+    cleanup(&prefix).await;
+}
+
+/// A TCP proxy to Redis that forwards every command and, while told to, cuts the connection
+/// when Redis replies: the command was carried out, the client never hears so (a connection
+/// lost between a command and its reply).
+struct ReplyDroppingProxy {
+    port: u16,
+    drop_replies: Arc<AtomicBool>,
+}
+
+impl ReplyDroppingProxy {
+    async fn start(upstream: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let drop_replies = Arc::new(AtomicBool::new(false));
+        let dropping = drop_replies.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
+                });
+                let dropping = dropping.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match server_rx.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if dropping.load(Ordering::SeqCst) {
+                            // The reply is lost with the connection.
+                            let _ = client_tx.shutdown().await;
+                            return;
+                        }
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, drop_replies }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_landed_but_whose_reply_was_lost_is_released_for_the_retry() {
+    let proxy = ReplyDroppingProxy::start("127.0.0.1:6379").await;
+    let prefix = unique_prefix();
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let k = Kivihook::start("ingest", &prefix, &[("KIVIHOOK_REDIS_URL", url.as_str())]);
+    let api = Api::new(&k);
+    let single = event("evt_lost_1", "appointment.booked", None);
+    let batch = json!({"events": [
+        event("evt_lost_2", "appointment.booked", None),
+        event("evt_lost_3", "patient.created", None),
+    ]});
+    // Redis carries out the claims; the connection is lost before ingest hears back, and it
+    // answers 503.
+    proxy.drop_replies.store(true, Ordering::SeqCst);
+    let (one, many) = tokio::join!(api.post_event(&single), async {
+        api.http
+            .post(k.url("/v1/events/batch"))
+            .bearer_auth(INGEST)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(one.status(), 503);
+    assert_eq!(many.status(), 503);
+    let mut r = redis().await;
+    let keys = kivihook_core::keys::Keys::new(&prefix);
+    let landed: Option<String> = redis::cmd("GET")
+        .arg(keys.dedup("evt_lost_1"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    proxy.drop_replies.store(false, Ordering::SeqCst);
+    // The retry after the 503 is accepted (within the release's first backoff steps), not
+    // `in_progress` until the claim expires a minute later.
+    let started = Instant::now();
+    let status = loop {
+        let retry = api.post_event(&single).await;
+        let status = retry.status().as_u16();
+        if status == 202 || started.elapsed() > Duration::from_secs(8) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        status, 202,
+        "the claim that landed ({landed:?}) still held the id after the 503"
     );
     let r = api
         .http
