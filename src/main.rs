@@ -181,6 +181,9 @@ struct Settings {
     /// Seconds a circuit stays open [env: KIVIHOOK_CIRCUIT_COOLDOWN].
     #[arg(long, global = true)]
     circuit_cooldown: Option<String>,
+    /// Seconds a webhook must fail without a success before its circuit opens [env: KIVIHOOK_CIRCUIT_MIN_FAILING].
+    #[arg(long, global = true)]
+    circuit_min_failing: Option<String>,
     /// Seconds of failing before a webhook is disabled [env: KIVIHOOK_AUTO_DISABLE_AFTER].
     #[arg(long, global = true)]
     auto_disable_after: Option<String>,
@@ -225,6 +228,7 @@ impl Settings {
             ("stranded_scan_interval", &self.stranded_scan_interval),
             ("circuit_threshold", &self.circuit_threshold),
             ("circuit_cooldown", &self.circuit_cooldown),
+            ("circuit_min_failing", &self.circuit_min_failing),
             ("auto_disable_after", &self.auto_disable_after),
             ("webhook_concurrency", &self.webhook_concurrency),
             ("metrics_webhook_labels", &self.metrics_webhook_labels),

@@ -495,6 +495,7 @@ async fn the_circuit_opens_after_consecutive_failures_and_failing_too_long_disab
             ("KIVIHOOK_RETRY_SCHEDULE", "0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1"),
             ("KIVIHOOK_CIRCUIT_THRESHOLD", "3"),
             ("KIVIHOOK_CIRCUIT_COOLDOWN", "2"),
+            ("KIVIHOOK_CIRCUIT_MIN_FAILING", "0"),
             ("KIVIHOOK_AUTO_DISABLE_AFTER", "1.5"),
         ],
     );

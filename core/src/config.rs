@@ -72,6 +72,10 @@ pub struct Config {
     /// Consecutive failures that open a webhook's circuit (0: never).
     pub circuit_threshold: u64,
     pub circuit_cooldown: Duration,
+    /// How long a webhook must have failed without a single success (besides
+    /// `circuit_threshold` failures in a row) before its circuit opens: a receiver whose
+    /// retries succeed while first attempts fail never trips it.
+    pub circuit_min_failing: Duration,
     /// A webhook failing without a success for this long is disabled.
     pub auto_disable_after: Duration,
     /// Requests in flight to one webhook from one dispatcher, unless it sets its own cap.
@@ -197,6 +201,11 @@ const SETTINGS: &[Setting] = &[
         key: "circuit_threshold",
         env: "KIVIHOOK_CIRCUIT_THRESHOLD",
         flag: "--circuit-threshold",
+    },
+    Setting {
+        key: "circuit_min_failing",
+        env: "KIVIHOOK_CIRCUIT_MIN_FAILING",
+        flag: "--circuit-min-failing",
     },
     Setting {
         key: "circuit_cooldown",
@@ -496,6 +505,11 @@ impl Config {
         let scheduler_interval = seconds("scheduler_interval", 0.25, 60.0)?;
         let stranded_scan_interval = seconds("stranded_scan_interval", 30.0, 3600.0)?;
         let circuit_cooldown = seconds("circuit_cooldown", 60.0, 86_400.0)?;
+        // 0 is allowed here: the circuit then opens on failures in a row alone.
+        let circuit_min_failing = match raw("circuit_min_failing") {
+            Some((_, v)) if v.trim() == "0" => Duration::ZERO,
+            _ => seconds("circuit_min_failing", 10.0, 86_400.0)?,
+        };
         let auto_disable_after = seconds("auto_disable_after", 5.0 * 86_400.0, 365.0 * 86_400.0)?;
         let redis_wait_timeout = seconds("redis_wait_timeout", 1.0, 60.0)?;
         let redis_cluster = match raw("redis_cluster") {
@@ -558,6 +572,7 @@ impl Config {
             stranded_scan_interval,
             circuit_threshold,
             circuit_cooldown,
+            circuit_min_failing,
             auto_disable_after,
             webhook_concurrency,
             metrics_webhook_labels,

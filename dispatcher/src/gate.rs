@@ -28,11 +28,32 @@ pub enum Pass {
 }
 
 /// An open circuit: the webhook version it was opened for (changing the webhook, say
-/// enabling it again, closes it) and when it closes by itself.
+/// enabling it again, closes it) and until when it holds every request back. After that it
+/// is half-open: `HALF_OPEN_PACE` requests a second go through as probes; the first success
+/// closes it, and `circuit_threshold` probe failures (with no success) open it again.
 #[derive(Clone, Copy)]
 struct Circuit {
     version: DateTime<Utc>,
     until: DateTime<Utc>,
+    /// The second (Unix time) the probes below were let through in.
+    probe_second: i64,
+    probes_in_second: u32,
+    probes_failed: u64,
+}
+
+/// Requests a second a half-open circuit lets through.
+pub const HALF_OPEN_PACE: u32 = 2;
+
+/// What a half-open circuit learned from an attempt.
+pub enum Probe {
+    /// No circuit, or one still fully open (a request that was already in flight).
+    NotAProbe,
+    /// The circuit closed on this success.
+    Closed,
+    /// A failed probe; the circuit stays half-open.
+    Failed,
+    /// Too many probes failed: the circuit is open again.
+    Reopened,
 }
 
 /// Circuits and concurrency caps of one dispatcher.
@@ -43,31 +64,88 @@ pub struct Gates {
 }
 
 impl Gates {
-    fn circuit_open_until(&self, webhook: &Webhook) -> Option<DateTime<Utc>> {
-        let circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
-        let c = circuits.get(&webhook.id)?;
-        (c.version == webhook.updated_at && c.until > Utc::now()).then_some(c.until)
+    /// `Some(time)`: hold the request back until then (open, or half-open with this
+    /// second's probes used); `None`: it may go (no circuit, or as a half-open probe).
+    fn circuit_hold(&self, webhook: &Webhook) -> Option<DateTime<Utc>> {
+        let mut circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        let c = circuits.get_mut(&webhook.id)?;
+        if c.version != webhook.updated_at {
+            circuits.remove(&webhook.id);
+            return None;
+        }
+        let now = Utc::now();
+        if now < c.until {
+            return Some(c.until);
+        }
+        let second = now.timestamp();
+        if c.probe_second != second {
+            c.probe_second = second;
+            c.probes_in_second = 0;
+        }
+        if c.probes_in_second < HALF_OPEN_PACE {
+            c.probes_in_second += 1;
+            return None;
+        }
+        chrono::DateTime::from_timestamp(second + 1, 0)
     }
 
     /// Open a webhook's circuit until `until`.
     pub fn open_circuit(&self, webhook: &Webhook, until: DateTime<Utc>) -> usize {
         let mut circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Utc::now();
-        circuits.retain(|_, c| c.until > now);
         circuits.insert(
             webhook.id.clone(),
             Circuit {
                 version: webhook.updated_at,
                 until,
+                probe_second: 0,
+                probes_in_second: 0,
+                probes_failed: 0,
             },
         );
         circuits.len()
     }
 
-    pub fn open_circuits(&self) -> usize {
-        let now = Utc::now();
+    /// Whether the webhook has a circuit (open or half-open).
+    pub fn has_circuit(&self, webhook: &Webhook) -> bool {
         let circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
-        circuits.values().filter(|c| c.until > now).count()
+        circuits
+            .get(&webhook.id)
+            .is_some_and(|c| c.version == webhook.updated_at)
+    }
+
+    /// Tell a half-open circuit how an attempt went: a success closes it; `threshold`
+    /// failures reopen it until `reopen_until`.
+    pub fn probe_result(
+        &self,
+        webhook: &Webhook,
+        success: bool,
+        threshold: u64,
+        reopen_until: DateTime<Utc>,
+    ) -> Probe {
+        let mut circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = circuits.get_mut(&webhook.id) else {
+            return Probe::NotAProbe;
+        };
+        if Utc::now() < c.until {
+            return Probe::NotAProbe;
+        }
+        if success {
+            circuits.remove(&webhook.id);
+            return Probe::Closed;
+        }
+        c.probes_failed += 1;
+        if c.probes_failed >= threshold.max(1) {
+            c.until = reopen_until;
+            c.probes_failed = 0;
+            return Probe::Reopened;
+        }
+        Probe::Failed
+    }
+
+    /// Circuits open or half-open.
+    pub fn open_circuits(&self) -> usize {
+        let circuits = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        circuits.len()
     }
 
     fn semaphore(&self, webhook: &Webhook, default_cap: u32) -> Arc<Semaphore> {
@@ -93,7 +171,7 @@ const BUSY_DEFERRAL: Duration = Duration::from_secs(1);
 
 /// Decide whether `webhook` may get a request now.
 pub async fn check(d: &Dispatcher, webhook: &Webhook) -> Pass {
-    if let Some(until) = d.gates.circuit_open_until(webhook) {
+    if let Some(until) = d.gates.circuit_hold(webhook) {
         return Pass::Later {
             until,
             reason: "circuit_open",

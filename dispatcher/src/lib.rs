@@ -37,6 +37,7 @@ pub struct Dispatcher {
     pub retry_schedule: RetrySchedule,
     pub circuit_threshold: u64,
     pub circuit_cooldown: Duration,
+    pub circuit_min_failing: Duration,
     pub auto_disable_after: Duration,
     pub webhook_concurrency: u32,
     /// Label `kivihook_webhook_failures_total` by webhook id (a series per webhook).
@@ -68,6 +69,7 @@ impl Dispatcher {
             retry_schedule: config.retry_schedule.clone(),
             circuit_threshold: config.circuit_threshold,
             circuit_cooldown: config.circuit_cooldown,
+            circuit_min_failing: config.circuit_min_failing,
             auto_disable_after: config.auto_disable_after,
             webhook_concurrency: config.webhook_concurrency,
             metrics_webhook_labels: config.metrics_webhook_labels,

@@ -20,6 +20,7 @@ use kivihook_core::webhook::Webhook;
 use kivihook_core::Shutdown;
 use kivihook_core::StoreError;
 
+use crate::gate::Probe;
 use crate::send::{Attempt, ErrorKind};
 use crate::target::Target;
 use crate::Dispatcher;
@@ -243,16 +244,47 @@ fn count(d: &Dispatcher, p: &Processed) {
     }
 }
 
-/// Open the circuit after too many failures in a row; disable after failing for too long.
+/// Open the circuit after too many failures in a row over a long enough time without a
+/// success; close a half-open one on a success; disable after failing for too long.
 async fn react_to_health(d: &Dispatcher, webhook: &Webhook, h: Health) {
-    if h.consecutive_failures == 0 {
-        return;
+    let success = h.consecutive_failures == 0;
+    if d.circuit_threshold > 0 {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(d.circuit_cooldown).unwrap_or_default();
+        match d
+            .gates
+            .probe_result(webhook, success, d.circuit_threshold, until)
+        {
+            Probe::Closed => {
+                d.metrics.circuits_open.set(d.gates.open_circuits() as i64);
+                tracing::info!(webhook_id = %webhook.id, "circuit closed: a half-open probe succeeded");
+            }
+            Probe::Reopened => {
+                tracing::warn!(webhook_id = %webhook.id, until = %until, "circuit open again: the half-open probes failed");
+            }
+            Probe::Failed => {}
+            Probe::NotAProbe => {
+                // A receiver whose retries succeed while first attempts fail has successes
+                // between its failures: only failures in a row over `circuit_min_failing`
+                // without any success open the circuit.
+                let failing_long_enough = h.failing_since.is_none_or(|since| {
+                    now - since
+                        >= chrono::Duration::from_std(d.circuit_min_failing).unwrap_or_default()
+                });
+                if !success
+                    && h.consecutive_failures >= d.circuit_threshold
+                    && failing_long_enough
+                    && !d.gates.has_circuit(webhook)
+                {
+                    let open = d.gates.open_circuit(webhook, until);
+                    d.metrics.circuits_open.set(open as i64);
+                    tracing::warn!(webhook_id = %webhook.id, consecutive_failures = h.consecutive_failures, until = %until, "circuit open: holding deliveries to this webhook");
+                }
+            }
+        }
     }
-    if d.circuit_threshold > 0 && h.consecutive_failures >= d.circuit_threshold {
-        let until = Utc::now() + chrono::Duration::from_std(d.circuit_cooldown).unwrap_or_default();
-        let open = d.gates.open_circuit(webhook, until);
-        d.metrics.circuits_open.set(open as i64);
-        tracing::warn!(webhook_id = %webhook.id, consecutive_failures = h.consecutive_failures, until = %until, "circuit open: holding deliveries to this webhook");
+    if success {
+        return;
     }
     if let Some(since) = h.failing_since {
         let limit = chrono::Duration::from_std(d.auto_disable_after).unwrap_or_default();
