@@ -732,6 +732,35 @@ impl RedisStore {
     /// processes at once: a job or dead letter keeps its id, so it lands on the same key
     /// whoever moves it, and it leaves the old key only after it is in the new one. Returns
     /// how many records were moved.
+    /// The target states the previous layout kept (`<prefix>:targets:<event id>`, a hash of
+    /// webhook id → state) for these (event, webhook) pairs.
+    async fn legacy_target_states<'a>(
+        &self,
+        targets: impl Iterator<Item = &'a (String, String)>,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let mut pipe = redis::pipe();
+        let mut n = 0;
+        for (event_id, webhook_id) in targets {
+            pipe.cmd("HGET")
+                .arg(format!("{}:targets:{}", self.keys.prefix(), event_id))
+                .arg(webhook_id);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn();
+        pipe.query_async(&mut c).await.map_err(unavailable)
+    }
+
+    /// A target state moved from the previous layout, unless the new layout already has one
+    /// (written since by a dispatcher of this release).
+    fn add_moved_state(&self, b: &mut Batch, event_id: &str, webhook_id: &str, state: &str) {
+        let targets = self.keys.targets(event_id);
+        b.ignored("HSETNX", &targets).arg(webhook_id).arg(state);
+        b.ignored("EXPIRE", &targets).arg(TARGETS_TTL_SECS);
+    }
+
     pub async fn migrate_legacy(&self) -> Result<u64, StoreError> {
         let legacy = self.keys.legacy();
         let mut moved = 0u64;
@@ -765,7 +794,23 @@ impl RedisStore {
                 .query_async(&mut c)
                 .await
                 .map_err(unavailable)?;
+            // Each job's target state moves with it: the dispatcher runs a retry only while
+            // its target's state points at it, and reads states only in the new layout.
+            let targets: Vec<Option<(String, String)>> = bodies
+                .iter()
+                .map(|b| {
+                    b.as_deref()
+                        .and_then(|b| serde_json::from_str::<Job>(b).ok())
+                        .map(|j| (j.event_id, j.webhook_id))
+                })
+                .collect();
+            let states = self.legacy_target_states(targets.iter().flatten()).await?;
             let mut b = Batch::new();
+            for ((event_id, webhook_id), state) in targets.iter().flatten().zip(&states) {
+                if let Some(state) = state {
+                    self.add_moved_state(&mut b, event_id, webhook_id, state);
+                }
+            }
             for ((id, score), body) in due.iter().zip(&bodies) {
                 let Some(body) = body else { continue };
                 let shard = self.keys.retry_shard(id);
@@ -808,7 +853,22 @@ impl RedisStore {
             if page.is_empty() {
                 break;
             }
+            let letters: Vec<Option<DeadLetter>> = page
+                .chunks(2)
+                .map(|pair| pair.get(1).and_then(|j| serde_json::from_str(j).ok()))
+                .collect();
+            let targets: Vec<(String, String)> = letters
+                .iter()
+                .flatten()
+                .map(|dl| (dl.event_id.clone(), dl.webhook_id.clone()))
+                .collect();
+            let states = self.legacy_target_states(targets.iter()).await?;
             let mut b = Batch::new();
+            for ((event_id, webhook_id), state) in targets.iter().zip(&states) {
+                if let Some(state) = state {
+                    self.add_moved_state(&mut b, event_id, webhook_id, state);
+                }
+            }
             let mut ids = Vec::with_capacity(page.len() / 2);
             for pair in page.chunks(2) {
                 let [id, json] = pair else { continue };

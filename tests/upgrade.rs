@@ -1,0 +1,136 @@
+//! Retries survive the upgrade: retry jobs, dead letters and their target states written in
+//! the previous key layout (by hand here, as a dispatcher of the previous release wrote
+//! them) are moved by a new scheduler, and a new dispatcher delivers every retry.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::*;
+use serde_json::json;
+
+use kivihook_core::delivery::{DeadLetter, Job, JobKind, TargetState};
+use kivihook_core::keys::Keys;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_jobs_in_the_previous_layout_are_all_delivered_after_the_upgrade() {
+    const N: usize = 50;
+    let prefix = unique_prefix();
+    let r = Receiver::start().await;
+    // The webhook exists (written by this release's API; its layout did not change).
+    let webhook_id = {
+        let k = Kivihook::start("ingest", &prefix, &[]);
+        let api = Api::new(&k);
+        let h = api
+            .create_webhook(json!({"name": "upgraded", "url": r.url(), "events": ["*"]}))
+            .await;
+        h["id"].as_str().unwrap().to_owned()
+    };
+
+    // What the previous release left: jobs in one schedule, their bodies, and each target's
+    // state (pointing at its job) under `<prefix>:targets:<event id>`; one dead letter too.
+    let legacy = Keys::new(&prefix).legacy();
+    let mut redis = redis().await;
+    let due = Utc::now() - chrono::Duration::seconds(5);
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        let event_id = format!("evt_up_{i}");
+        let job = Job {
+            id: format!("job_up_{i}"),
+            kind: JobKind::Retry,
+            event_id: event_id.clone(),
+            event_type: "appointment.booked".into(),
+            webhook_id: webhook_id.clone(),
+            message_id: format!("msg_up_{i}"),
+            attempt: 2,
+            body: json!({"id": event_id, "type": "appointment.booked", "data": {}}).to_string(),
+            created_at: due,
+            replay_of: None,
+        };
+        let state = TargetState::Retrying {
+            attempt: 2,
+            due,
+            job_id: job.id.clone(),
+        };
+        pipe.cmd("ZADD")
+            .arg(&legacy.retry_schedule)
+            .arg(due.timestamp_millis())
+            .arg(&job.id)
+            .ignore()
+            .cmd("HSET")
+            .arg(&legacy.retry_jobs)
+            .arg(&job.id)
+            .arg(serde_json::to_string(&job).unwrap())
+            .ignore()
+            .cmd("HSET")
+            .arg(format!("{prefix}:targets:{event_id}"))
+            .arg(&webhook_id)
+            .arg(state.encode())
+            .ignore();
+    }
+    let dl = DeadLetter {
+        id: "dl_up_1".into(),
+        event_id: "evt_up_dead".into(),
+        event_type: "appointment.booked".into(),
+        webhook_id: webhook_id.clone(),
+        message_id: "msg_up_dead".into(),
+        failed_at: due,
+        attempts: 8,
+        last_status: Some(500),
+        last_error: "500 Internal Server Error".into(),
+        last_attempt_id: None,
+        event: json!({"id": "evt_up_dead", "type": "appointment.booked", "data": {}}),
+    };
+    pipe.cmd("HSET")
+        .arg(&legacy.dead_letters)
+        .arg(&dl.id)
+        .arg(serde_json::to_string(&dl).unwrap())
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{prefix}:targets:evt_up_dead"))
+        .arg(&webhook_id)
+        .arg(
+            TargetState::Dead {
+                dead_letter_id: dl.id.clone(),
+            }
+            .encode(),
+        )
+        .ignore();
+    let _: () = pipe.query_async(&mut redis).await.unwrap();
+
+    // The new release: its scheduler moves them, its dispatcher runs every retry (a retry
+    // whose target state did not move would be dropped as "moved on").
+    let k = Kivihook::start("all", &prefix, &[("KIVIHOOK_SCHEDULER_INTERVAL", "0.05")]);
+    let api = Api::new(&k);
+    wait_until(Duration::from_secs(20), "every retry delivered", || {
+        r.count() >= N
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got: Vec<String> = r
+        .received()
+        .iter()
+        .map(|x| x.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), N, "each retry once: {} requests", r.count());
+    assert_eq!(r.count(), N);
+    for i in [0, N - 1] {
+        let status = get_json(&api, &format!("/v1/events/evt_up_{i}")).await;
+        assert_eq!(status["webhooks"][0]["status"], "delivered", "{status}");
+    }
+    // The dead letter moved, its target state with it, and it can be replayed.
+    let status = get_json(&api, "/v1/events/evt_up_dead").await;
+    assert_eq!(status["webhooks"][0]["status"], "dead", "{status}");
+    assert_eq!(status["webhooks"][0]["dead_letter_id"], "dl_up_1", "{status}");
+    let replay = api.admin_post("/v1/dead-letters/dl_up_1/replay").await;
+    assert_eq!(replay.status(), 202);
+    wait_until(Duration::from_secs(10), "the replayed dead letter", || {
+        r.count() == N + 1
+    })
+    .await;
+    drop(k);
+    cleanup(&prefix).await;
+}
