@@ -124,7 +124,10 @@ async fn retry_jobs_in_the_previous_layout_are_all_delivered_after_the_upgrade()
     // The dead letter moved, its target state with it, and it can be replayed.
     let status = get_json(&api, "/v1/events/evt_up_dead").await;
     assert_eq!(status["webhooks"][0]["status"], "dead", "{status}");
-    assert_eq!(status["webhooks"][0]["dead_letter_id"], "dl_up_1", "{status}");
+    assert_eq!(
+        status["webhooks"][0]["dead_letter_id"], "dl_up_1",
+        "{status}"
+    );
     let replay = api.admin_post("/v1/dead-letters/dl_up_1/replay").await;
     assert_eq!(replay.status(), 202);
     wait_until(Duration::from_secs(10), "the replayed dead letter", || {
