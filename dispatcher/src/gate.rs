@@ -1,9 +1,12 @@
 //! Endpoint health and isolation: may a request go to this webhook now?
 //!
-//! Three reasons to hold back, each turning the target into a job for later instead of
-//! tying up the message: the webhook's circuit is open (it failed N times in a row), its
-//! concurrency cap in this dispatcher is used up (a hung endpoint holds only its own
-//! permits), or its shared rate limit has no token left.
+//! A target whose webhook is at its concurrency cap waits here for a permit while the
+//! webhook is completing requests: healthy endpoints never detour through the retry
+//! schedule. Three reasons to hold back, each turning the target into a job for later
+//! instead of tying up the message: the webhook's circuit is open (or half-open with this
+//! second's probes used), its cap stays used up with no request completing (a hung endpoint
+//! holds only its own permits and the few targets that were already waiting), or its shared
+//! rate limit has no token left.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,10 +19,22 @@ use kivihook_core::webhook::Webhook;
 
 use crate::Dispatcher;
 
+/// A request's slot in its webhook's concurrency cap; returning it counts as progress.
+pub struct Permit {
+    _permit: OwnedSemaphorePermit,
+    cap: Arc<Cap>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.cap.progressed();
+    }
+}
+
 /// The answer of the gate.
 pub enum Pass {
     /// Send now, holding this permit until the attempt is over.
-    Go(OwnedSemaphorePermit),
+    Go(Permit),
     /// Not now: try again at this time.
     Later {
         until: DateTime<Utc>,
@@ -56,11 +71,48 @@ pub enum Probe {
     Reopened,
 }
 
+/// One webhook's concurrency cap in this dispatcher, and when a request of it last came
+/// back (or the cap was made): a webhook whose requests come back is healthy, and a target
+/// waits for its turn; one whose requests all hang is not, and targets do not queue for it.
+pub struct Cap {
+    limit: u32,
+    semaphore: Arc<Semaphore>,
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last request that came back.
+    last_progress_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Cap {
+    fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            semaphore: Arc::new(Semaphore::new(limit as usize)),
+            started: std::time::Instant::now(),
+            last_progress_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn progressed(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_progress_ms
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since a request of this webhook came back (or the cap was made).
+    fn stalled_for(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self
+            .last_progress_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(now.saturating_sub(last))
+    }
+}
+
 /// Circuits and concurrency caps of one dispatcher.
 #[derive(Default)]
 pub struct Gates {
     circuits: Mutex<HashMap<String, Circuit>>,
-    permits: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    permits: Mutex<HashMap<String, Arc<Cap>>>,
 }
 
 impl Gates {
@@ -148,24 +200,26 @@ impl Gates {
         circuits.len()
     }
 
-    fn semaphore(&self, webhook: &Webhook, default_cap: u32) -> Arc<Semaphore> {
-        let cap = webhook.max_concurrency.unwrap_or(default_cap).max(1);
+    fn cap(&self, webhook: &Webhook, default_cap: u32) -> Arc<Cap> {
+        let limit = webhook.max_concurrency.unwrap_or(default_cap).max(1);
         let mut permits = self.permits.lock().unwrap_or_else(|e| e.into_inner());
         match permits.get(&webhook.id) {
-            Some((c, s)) if *c == cap => s.clone(),
+            Some(c) if c.limit == limit => c.clone(),
             _ => {
-                let s = Arc::new(Semaphore::new(cap as usize));
-                permits.insert(webhook.id.clone(), (cap, s.clone()));
-                s
+                let c = Arc::new(Cap::new(limit));
+                permits.insert(webhook.id.clone(), c.clone());
+                c
             }
         }
     }
 }
 
-/// How long a target waits for a permit of its webhook before it is put off: long enough
-/// for a healthy endpoint's requests to come back, short enough that a hung endpoint cannot
-/// hold the message (and its prefetch slot) for long.
-const PERMIT_WAIT: Duration = Duration::from_millis(25);
+/// A webhook none of whose requests came back for this long is stalled (a hung endpoint):
+/// targets stop waiting for it and are put off instead, so that it holds only its own
+/// permits and never the dispatcher's prefetch.
+const STALLED_AFTER: Duration = Duration::from_secs(1);
+/// How often a waiting target looks again whether its webhook is stalled.
+const WAIT_STEP: Duration = Duration::from_millis(200);
 /// How long a target is put off when its webhook's cap stays used up.
 const BUSY_DEFERRAL: Duration = Duration::from_secs(1);
 
@@ -177,18 +231,35 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook) -> Pass {
             reason: "circuit_open",
         };
     }
-    let semaphore = d.gates.semaphore(webhook, d.webhook_concurrency);
-    let permit = match semaphore.clone().try_acquire_owned() {
+    let cap = d.gates.cap(webhook, d.webhook_concurrency);
+    let permit = match cap.semaphore.clone().try_acquire_owned() {
         Ok(p) => p,
-        Err(_) => match tokio::time::timeout(PERMIT_WAIT, semaphore.acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                return Pass::Later {
-                    until: Utc::now() + BUSY_DEFERRAL,
-                    reason: "concurrency",
+        Err(_) => {
+            // At its cap: wait for a turn while its requests come back, at most as long as a
+            // request may take; a stalled webhook's targets are put off instead.
+            let deadline = tokio::time::Instant::now() + d.delivery_timeout;
+            let acquired = loop {
+                if cap.stalled_for() >= STALLED_AFTER || tokio::time::Instant::now() >= deadline
+                {
+                    break None;
+                }
+                let step = WAIT_STEP.min(deadline - tokio::time::Instant::now());
+                if let Ok(Ok(p)) =
+                    tokio::time::timeout(step, cap.semaphore.clone().acquire_owned()).await
+                {
+                    break Some(p);
+                }
+            };
+            match acquired {
+                Some(p) => p,
+                None => {
+                    return Pass::Later {
+                        until: Utc::now() + BUSY_DEFERRAL,
+                        reason: "concurrency",
+                    }
                 }
             }
-        },
+        }
     };
     if let Some(rate) = webhook.rate_limit {
         let burst = rate.ceil().max(1.0) as u32;
@@ -210,5 +281,9 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook) -> Pass {
             }
         }
     }
-    Pass::Go(permit)
+    // Wrapped only now: a permit given back unused (rate limited) is not progress.
+    Pass::Go(Permit {
+        _permit: permit,
+        cap,
+    })
 }
