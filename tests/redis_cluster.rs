@@ -389,6 +389,45 @@ async fn a_primary_killed_mid_stream_loses_no_accepted_event_with_wait_replicas(
         started.elapsed()
     );
     assert!(accepted.len() >= EVENTS / 2, "most events are accepted");
+    // At-least-once: a request sent again is one whose outcome could not be written (its
+    // shard's primary died, or its WAIT failed) before the message went back to the queue;
+    // at most what the dispatcher had in flight (its prefetch, 256).
+    assert!(
+        duplicates <= 256,
+        "{duplicates} deliveries sent twice: more than the dispatcher had in flight"
+    );
+
+    // The redelivery promise, after the failover: every accepted event sent again with the
+    // same id reaches no webhook a second time (its delivered state survived: outcomes are
+    // written with WAIT).
+    let before = receiver.count();
+    let mut ids: Vec<String> = accepted.iter().cloned().collect();
+    ids.sort();
+    let resent: Vec<u16> = futures::stream::iter(ids)
+        .map(|id| {
+            let api = api.clone();
+            async move {
+                api.post_event(&event(&id, "appointment.booked", Some("7")))
+                    .await
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = receiver.count() - before;
+    let answered_duplicate = resent.iter().filter(|s| **s == 200).count();
+    println!(
+        "sent again after the failover: {} answered 200 duplicate, {} others; {again} deliveries",
+        answered_duplicate,
+        resent.len() - answered_duplicate
+    );
+    assert_eq!(
+        again, 0,
+        "accepted events sent again after the failover were delivered again"
+    );
 }
 
 /// What the cluster, RabbitMQ and the processes' logs say about events never delivered:
