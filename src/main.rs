@@ -506,9 +506,10 @@ async fn connect_store(
                 return Err(StartError {
                     setting: "KIVIHOOK_REDIS_CLUSTER",
                     message: format!(
-                        "no node of {} answered within {} s ({e})",
-                        config.redis_cluster.join(","),
-                        CLUSTER_START_DEADLINE.as_secs()
+                        "no node of {} answered within {} s ({})",
+                        kivihook_core::config::without_password(&config.redis_cluster.join(",")),
+                        CLUSTER_START_DEADLINE.as_secs(),
+                        kivihook_core::config::without_password(&e.to_string())
                     ),
                 }
                 .into());
@@ -519,7 +520,13 @@ async fn connect_store(
                 } else {
                     "KIVIHOOK_REDIS_URL"
                 };
-                tracing::warn!(error = %e, setting, retry_in_ms = backoff.as_millis() as u64, "cannot connect to Redis");
+                let error = kivihook_core::config::without_password(&e.to_string());
+                tracing::warn!(
+                    error,
+                    setting,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "cannot connect to Redis"
+                );
                 tokio::select! {
                     _ = shutdown.wait() => return Ok(None),
                     _ = tokio::time::sleep(backoff) => {}

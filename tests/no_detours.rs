@@ -71,9 +71,11 @@ async fn twenty_thousand_events_arrive_without_a_scheduler_or_a_deferral_through
     let started = Instant::now();
     let mut deferred = Vec::new();
     for at in [N / 4, N * 3 / 5] {
-        wait_until(Duration::from_secs(120), "deliveries to reach the kill point", || {
-            r.count() >= at
-        })
+        wait_until(
+            Duration::from_secs(120),
+            "deliveries to reach the kill point",
+            || r.count() >= at,
+        )
         .await;
         deferred.extend(deferrals(&dispatcher).await);
         dispatcher.kill();

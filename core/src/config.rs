@@ -289,12 +289,52 @@ fn parse_cluster_nodes(v: &str) -> Result<Vec<String>, String> {
         );
     }
     for n in &nodes {
+        // Named without its password: error lines end up in logs.
+        let shown = without_password(n);
         if !(n.starts_with("redis://") || n.starts_with("rediss://")) {
-            return Err(format!("{n:?} must be a redis:// or rediss:// URL"));
+            return Err(format!("{shown:?} must be a redis:// or rediss:// URL"));
         }
-        redis::Client::open(n.as_str()).map_err(|e| format!("{n:?} is not a Redis URL ({e})"))?;
+        redis::Client::open(n.as_str()).map_err(|e| {
+            format!(
+                "{shown:?} is not a Redis URL ({})",
+                without_password(&e.to_string())
+            )
+        })?;
     }
     Ok(nodes)
+}
+
+/// A URL (or any text holding one) with the password of each `scheme://user:password@`
+/// replaced by `****`.
+pub fn without_password(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?', '#', whitespace or quote.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..colon]);
+                        out.push_str(":****");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Raw values by setting key, as given on the command line (flags without their `--`).
@@ -736,6 +776,26 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_and_url_errors_never_show_a_password() {
+        assert_eq!(
+            without_password("redis://kh:s3cret@10.0.0.1:6379/0 and amqp://u:p4ss@mq/%2f"),
+            "redis://kh:****@10.0.0.1:6379/0 and amqp://u:****@mq/%2f"
+        );
+        assert_eq!(
+            without_password("redis://10.0.0.1:6379"),
+            "redis://10.0.0.1:6379"
+        );
+        for bad in [
+            "http://kh:s3cret@10.0.0.1:6379",
+            "redis://kh:s3cret@10.0.0.1:notaport",
+        ] {
+            let e = parse_cluster_nodes(bad).unwrap_err();
+            assert!(!e.contains("s3cret"), "{e}");
+            assert!(e.contains("****"), "{e}");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -239,8 +239,7 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook) -> Pass {
             // request may take; a stalled webhook's targets are put off instead.
             let deadline = tokio::time::Instant::now() + d.delivery_timeout;
             let acquired = loop {
-                if cap.stalled_for() >= STALLED_AFTER || tokio::time::Instant::now() >= deadline
-                {
+                if cap.stalled_for() >= STALLED_AFTER || tokio::time::Instant::now() >= deadline {
                     break None;
                 }
                 let step = WAIT_STEP.min(deadline - tokio::time::Instant::now());
