@@ -193,8 +193,9 @@ pub fn dry_run(q: &HashMap<String, String>) -> Result<bool, ApiError> {
 #[allow(dead_code)]
 pub struct DryRunParams {
     /// `true`: run every check the change would run (fields, templates, the outbound
-    /// policy, the unique name) and store nothing. The answer is the one the change would
-    /// get, with `"dry_run": true` added; a refusal is the very error the change would get.
+    /// policy, the unique name) and store nothing. A refusal is the very error the change
+    /// would get; otherwise `200` with the webhook as the change would leave it and
+    /// `"dry_run": true`.
     #[param(default = false)]
     dry_run: Option<bool>,
 }
