@@ -387,6 +387,182 @@ async fn an_invalid_file_changes_nothing_and_names_the_entry_and_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reports_what_the_api_would_refuse_and_changes_nothing() {
+    let prefix = unique_prefix();
+    // Loopback is refused, as it is by default; 10.0.0.0/8 is allowed.
+    let k = Kivihook::start(
+        "ingest",
+        &prefix,
+        &[("KIVIHOOK_OUTBOUND_ALLOW", "10.0.0.0/8")],
+    );
+    let api = Api::new(&k);
+
+    // A file whose first webhook the outbound guard refuses: the plan says so, with the
+    // API's code, field and message, and never "would create" it.
+    let file = temp_file(
+        "webhooks.yaml",
+        "- {name: crm, url: 'http://127.0.0.1:9/crm', events: ['*']}\n- {name: erp, url: 'http://10.1.2.3/erp', events: ['*']}\n",
+    );
+    let path = file.to_str().unwrap();
+    let dry = cli(&k, &["webhooks", "apply", "-f", path, "--dry-run"]).await;
+    assert!(
+        dry.stdout
+            .contains("cannot create crm: 422 forbidden_destination: url: "),
+        "{}",
+        dry.stdout
+    );
+    assert!(!dry.stdout.contains("would create crm"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("would create erp"), "{}", dry.stdout);
+    assert!(
+        dry.summary().contains("1 planned change would be refused"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(dry.stderr.lines().count(), 1, "{}", dry.stderr);
+    assert!(
+        dry.stderr
+            .contains("webhooks[0] (webhook `crm`): 422 forbidden_destination: url:"),
+        "{}",
+        dry.stderr
+    );
+    assert!(by_name(&api).await.is_empty(), "a dry run stores nothing");
+    // The real apply fails on it the same way, with the same exit code.
+    let real = cli(&k, &["webhooks", "apply", "-f", path]).await;
+    assert_eq!(real.code, Some(1), "{}", real.stderr);
+    assert_eq!(dry.code, real.code, "{}", dry.stderr);
+    assert!(
+        real.stderr
+            .contains("webhooks[0] (webhook `crm`): 422 forbidden_destination: url:"),
+        "{}",
+        real.stderr
+    );
+    assert!(by_name(&api).await.is_empty());
+
+    // A good file: planned as would be created, and still nothing stored.
+    std::fs::write(
+        &file,
+        "- {name: erp, url: 'http://10.1.2.3/erp', events: ['*']}\n",
+    )
+    .unwrap();
+    let dry = cli(&k, &["webhooks", "apply", "-f", path, "--dry-run"]).await;
+    dry.ok();
+    assert!(dry.stdout.contains("would create erp"), "{}", dry.stdout);
+    assert_eq!(
+        dry.summary(),
+        "dry run, nothing changed: would have created 1, updated 0, deleted 0, unchanged 0"
+    );
+    assert!(by_name(&api).await.is_empty(), "a dry run stores nothing");
+    cli(&k, &["webhooks", "apply", "-f", path]).await.ok();
+    let created = by_name(&api).await;
+    let erp_id = created["erp"]["id"].as_str().unwrap().to_owned();
+
+    // An update the guard refuses: reported by the dry run of import as of apply, changing
+    // nothing.
+    std::fs::write(
+        &file,
+        "- {name: erp, url: 'http://169.254.169.254/latest/meta-data/', events: ['*']}\n",
+    )
+    .unwrap();
+    for args in [
+        ["webhooks", "apply", "-f", path, "--dry-run"].as_slice(),
+        ["webhooks", "import", path, "--dry-run"].as_slice(),
+    ] {
+        let dry = cli(&k, args).await;
+        assert_eq!(dry.code, Some(1), "{args:?}: {}", dry.stderr);
+        assert!(
+            dry.stdout.contains(&format!(
+                "cannot update erp ({erp_id}): url: 422 forbidden_destination: url: "
+            )),
+            "{args:?}: {}",
+            dry.stdout
+        );
+        assert!(!dry.stdout.contains("would update"), "{}", dry.stdout);
+    }
+    assert_eq!(by_name(&api).await, created, "a dry run changes nothing");
+
+    drop(k);
+    cleanup(&prefix).await;
+}
+
+/// An API that predates `?dry_run=`: it lists no webhooks and answers every POST as such an
+/// ingest answers an empty definition. Counts the POSTs it gets.
+async fn api_without_dry_run() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = posts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head, then as much body as it announces.
+            loop {
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if n == 0 || request.len() >= end + 4 + length {
+                        break;
+                    }
+                } else if n == 0 {
+                    break;
+                }
+            }
+            let (status, body) = if request.starts_with(b"POST") {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (
+                    "422 Unprocessable Entity",
+                    r#"{"error": {"code": "invalid_field", "field": "name", "message": "is required"}}"#,
+                )
+            } else {
+                (
+                    "200 OK",
+                    r#"{"webhooks": [], "next_cursor": null, "total": 0}"#,
+                )
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    (url, posts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_against_an_api_that_cannot_check_it_sends_no_change() {
+    let (url, posts) = api_without_dry_run().await;
+    let file = temp_file(
+        "webhooks.yaml",
+        "- {name: erp, url: 'http://10.1.2.3/erp', events: ['*']}\n",
+    );
+    let r = run_with(
+        &[("KIVIHOOK_API_URL", &url), ("KIVIHOOK_ADMIN_TOKEN", ADMIN)],
+        &[
+            "webhooks",
+            "apply",
+            "-f",
+            file.to_str().unwrap(),
+            "--dry-run",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("does not check dry runs"), "{}", r.stderr);
+    assert!(!r.stdout.contains("would create"), "{}", r.stdout);
+    // Only the probe, which no API stores: never the definition itself.
+    assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_imported_into_a_fresh_instance_keeps_definitions_and_secrets() {
     let from = unique_prefix();
     let a = Kivihook::start("all", &from, &[]);

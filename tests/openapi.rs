@@ -141,6 +141,22 @@ async fn the_openapi_document_matches_the_routes() {
         "dashboard assets are not API"
     );
 
+    // Create and PATCH of a webhook take `?dry_run=`, and a dry create answers 200, not 201.
+    for (path, method) in [("/v1/webhooks", "post"), ("/v1/webhooks/{id}", "patch")] {
+        let op = &paths[path][method];
+        let dry_run = op["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "dry_run"))
+            .unwrap_or_else(|| panic!("{method} {path}: no dry_run parameter"));
+        assert_eq!(dry_run["in"], "query");
+        assert_eq!(dry_run["schema"]["type"], "boolean");
+        assert!(op["responses"]["200"].is_object(), "{method} {path}: 200");
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["Webhook"]["properties"]["dry_run"]["type"],
+        "boolean"
+    );
+
     // Every $ref resolves.
     let mut all = Vec::new();
     refs(&doc, "#", &mut all);

@@ -34,6 +34,17 @@ async fn patch(api: &Api, id: &str, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
+/// A create with `?dry_run=true`: every check, nothing stored.
+async fn dry_create(api: &Api, body: Value) -> reqwest::Response {
+    api.http
+        .post(format!("{}/v1/webhooks?dry_run=true", api.base))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn delete(api: &Api, id: &str) -> u16 {
     api.http
         .delete(format!("{}/v1/webhooks/{id}", api.base))
@@ -185,6 +196,15 @@ async fn webhooks_that_shared_a_name_before_still_load_and_keep_it_taken() {
     let k = Kivihook::start("all", &prefix, &[]);
     let api = Api::new(&k);
     assert_eq!(names(&api).await, ["CRM", "CRM"], "both load");
+    // A dry run finds the name taken before any write has built the name index (and builds
+    // none: the real create below still finds both holders).
+    name_taken(dry_create(&api, hook("CRM", &receiver.url())).await).await;
+    let index: bool = redis::cmd("EXISTS")
+        .arg(keys.webhook_names())
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(!index, "a dry run writes no name index");
     assert_eq!(
         api.post_event(&json!({"id": "evt_names_1", "type": "bill.paid", "data": {}}))
             .await
@@ -211,8 +231,15 @@ async fn webhooks_that_shared_a_name_before_still_load_and_keep_it_taken() {
     let r = patch(&api, &first, json!({"name": "CRM (old)"})).await;
     assert_eq!(r.status(), 200);
     name_taken(create(&api, hook("CRM", &receiver.url())).await).await;
+    name_taken(dry_create(&api, hook("CRM", &receiver.url())).await).await;
     // Once neither has it, it is free.
     assert_eq!(delete(&api, &second).await, 204);
+    assert_eq!(
+        dry_create(&api, hook("CRM", &receiver.url()))
+            .await
+            .status(),
+        200
+    );
     assert_eq!(
         create(&api, hook("CRM", &receiver.url())).await.status(),
         201
@@ -232,6 +259,7 @@ async fn dev_mode_keeps_names_unique_as_redis_does() {
     let crm = api.create_webhook(hook("CRM", url)).await;
     let crm_id = crm["id"].as_str().unwrap().to_owned();
     name_taken(create(&api, hook("CRM", url)).await).await;
+    name_taken(dry_create(&api, hook("CRM", url)).await).await;
     let billing = api.create_webhook(hook("Billing", url)).await;
     let billing_id = billing["id"].as_str().unwrap().to_owned();
     name_taken(patch(&api, &billing_id, json!({"name": "CRM"})).await).await;

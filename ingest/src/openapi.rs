@@ -97,6 +97,19 @@ pub fn document(routes: utoipa::openapi::OpenApi) -> Value {
     doc.merge(kivihook_core::ops::OpsApi::openapi());
     doc.merge(DocumentApi::openapi());
     let mut value = serde_json::to_value(&doc).unwrap_or(Value::Null);
+    // The marker a dry run adds to the webhook it answers with (`?dry_run=true`).
+    if let Some(properties) = value
+        .pointer_mut("/components/schemas/Webhook/properties")
+        .and_then(Value::as_object_mut)
+    {
+        properties.insert(
+            "dry_run".into(),
+            serde_json::json!({
+                "type": "boolean",
+                "description": "`true` on the answer to a dry run (`?dry_run=true`), which stored nothing; absent otherwise"
+            }),
+        );
+    }
     // utoipa 5 writes a link's fields in snake case; OpenAPI spells them in camel case.
     rename_link_fields(&mut value);
     // utoipa's header objects have no `required`; every header documented here is sent on

@@ -173,6 +173,33 @@ pub fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiErro
     }
 }
 
+/// `?dry_run=`: absent or `false` makes the change, `true` only checks it; any other value
+/// is refused naming the parameter.
+pub fn dry_run(q: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match q.get("dry_run").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::invalid(
+            "invalid_parameter",
+            "dry_run",
+            "must be true or false",
+        )),
+    }
+}
+
+/// `?dry_run=` as documented; `dry_run` is what reads it.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DryRunParams {
+    /// `true`: run every check the change would run (fields, templates, the outbound
+    /// policy, the unique name) and store nothing. A refusal is the very error the change
+    /// would get; otherwise `200` with the webhook as the change would leave it and
+    /// `"dry_run": true`.
+    #[param(default = false)]
+    dry_run: Option<bool>,
+}
+
 /// `?limit=&cursor=` as documented; `cursor_paging` is what reads them.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -233,5 +260,18 @@ mod tests {
             }
         }
         assert_eq!(cursor_paging(&query(&[])).unwrap().limit, 100);
+    }
+
+    #[test]
+    fn dry_run_is_true_or_false_and_nothing_else() {
+        assert!(!dry_run(&query(&[])).unwrap());
+        assert!(!dry_run(&query(&[("dry_run", "false")])).unwrap());
+        assert!(dry_run(&query(&[("dry_run", "true")])).unwrap());
+        for v in ["", "1", "yes", "TRUE"] {
+            match dry_run(&query(&[("dry_run", v)])) {
+                Err(ApiError::Invalid { field, .. }) => assert_eq!(field, "dry_run", "{v}"),
+                other => panic!("dry_run={v}: {other:?}"),
+            }
+        }
     }
 }

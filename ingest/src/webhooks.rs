@@ -27,7 +27,7 @@ use kivihook_core::StoreError;
 use crate::error::ApiError;
 use crate::openapi::{errors, inputs, WebhookId};
 use crate::query::{self, cursor_paging, encode_cursor, found, search, CursorPaging};
-use crate::query::{CursorParams, SearchParams};
+use crate::query::{CursorParams, DryRunParams, SearchParams};
 use crate::request::{authorize, json_body, path_id, Scope};
 use crate::AppState;
 
@@ -142,13 +142,20 @@ pub async fn list(
 /// `422` now instead of a failed delivery later. Names are unique: a name another webhook
 /// has is a `409 name_taken`. The answer is the one place the signing secret is shown in
 /// full.
+///
+/// With `dry_run=true` every one of those checks runs and nothing is stored: the answer is
+/// `200` with the webhook as it would be created and `"dry_run": true`, its `id` empty (none
+/// was given out) and its `secret` masked (the one given, or none minted); a refusal is the
+/// very error the create would get.
 #[utoipa::path(
     post,
     path = "/v1/webhooks",
     tag = "webhooks",
     operation_id = "create_webhook",
+    params(DryRunParams),
     request_body(content = inputs::WebhookCreate, content_type = "application/json"),
     responses(
+        (status = 200, description = "A dry run (`dry_run=true`) that every check passed: the webhook as it would be created, with `\"dry_run\": true`, an empty `id` and `secret` masked; nothing was stored", body = Webhook),
         (status = 201, description = "Created; `secret` is shown in full this once", body = Webhook,
             links(
                 ("GetWebhook" = (operation_id = "get_webhook", parameters(("id" = "$response.body#/id")))),
@@ -166,14 +173,33 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
+    query::only(&q, &["dry_run"])?;
+    let dry_run = query::dry_run(&q)?;
     let mut value = json_body(&headers, body, state.max_body_bytes).await?;
     let secret = take_secret(&mut value)?;
     let spec = WebhookSpec::from_json(&value)?;
     check_templates(&spec)?;
     check_destination(&state, &spec.url).await?;
+    if dry_run {
+        // The name is checked as the write would check it, without writing.
+        if let Some(holder) = state.store.name_holder(&spec.name, None).await? {
+            return Err(StoreError::NameTaken {
+                name: spec.name,
+                id: holder,
+            }
+            .into());
+        }
+        // No secret is minted for a webhook that is never stored; a given one is masked.
+        let webhook = Webhook::create(spec, secret.unwrap_or_default());
+        let mut shown = webhook.to_public_json();
+        shown["id"] = Value::String(String::new());
+        shown["dry_run"] = Value::Bool(true);
+        return Ok(Json(shown).into_response());
+    }
     let webhook = Webhook::create(spec, secret.unwrap_or_else(generate_secret));
     state.store.put_webhook(&webhook).await?;
     tracing::info!(webhook_id = %webhook.id, "webhook created");
@@ -211,15 +237,19 @@ pub async fn get_one(
 /// sent back as shown keeps the real one. Renaming to a name another webhook has is a
 /// `409 name_taken`; the old name is free once the rename is saved. Enabling a disabled webhook clears its disabled
 /// reason and failure streak.
+///
+/// With `dry_run=true` every one of those checks runs and nothing is stored: the answer is
+/// the webhook as the change would leave it, with `"dry_run": true`; a refusal is the very
+/// error the change would get.
 #[utoipa::path(
     patch,
     path = "/v1/webhooks/{id}",
     tag = "webhooks",
     operation_id = "update_webhook",
-    params(WebhookId),
+    params(WebhookId, DryRunParams),
     request_body(content = inputs::WebhookPatch, content_type = "application/json"),
     responses(
-        (status = 200, description = "The webhook as changed", body = Webhook),
+        (status = 200, description = "The webhook as changed (with `dry_run=true`: as it would be changed, with `\"dry_run\": true`; nothing was stored)", body = Webhook),
         errors::AdminAuth, errors::JsonBody, errors::NotFound, errors::NameTakenOrEditConflict,
         errors::Unavailable,
     ),
@@ -229,10 +259,13 @@ pub async fn update(
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
+    Query(q): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Admin)?;
     let id = path_id(path, "webhook")?;
+    query::only(&q, &["dry_run"])?;
+    let dry_run = query::dry_run(&q)?;
     let body = json_body(&headers, body, state.max_body_bytes).await?;
     let mut checked_url: Option<String> = None;
     // Compare-and-set over what was read: an edit saved meanwhile (a rotation, the
@@ -258,10 +291,7 @@ pub async fn update(
             check_destination(&state, &spec.url).await?;
             checked_url = Some(spec.url.clone());
         }
-        if spec.enabled && !read.enabled {
-            // A fresh start: no disabled reason, no failure streak.
-            state.store.reset_health(&read.id).await?;
-        }
+        let enabling = spec.enabled && !read.enabled;
         let mut webhook = read.clone();
         webhook.apply(spec);
         if let Some(secret) = secret.filter(|s| *s != webhook.secret) {
@@ -269,6 +299,26 @@ pub async fn update(
             // old secret keeps signing, so the webhook signs with exactly what was given.
             webhook.secret = secret;
             webhook.previous_secrets.clear();
+        }
+        if dry_run {
+            // A rename is checked as the write would check it (keeping the name never is),
+            // without writing.
+            if webhook.name != read.name {
+                if let Some(holder) = state.store.name_holder(&webhook.name, Some(&id)).await? {
+                    return Err(StoreError::NameTaken {
+                        name: webhook.name,
+                        id: holder,
+                    }
+                    .into());
+                }
+            }
+            let mut shown = webhook.to_public_json();
+            shown["dry_run"] = Value::Bool(true);
+            return Ok(Json(shown).into_response());
+        }
+        if enabling {
+            // A fresh start: no disabled reason, no failure streak.
+            state.store.reset_health(&read.id).await?;
         }
         match state.store.update_webhook(&webhook, &read).await {
             Ok(_) => break webhook,

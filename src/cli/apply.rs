@@ -7,6 +7,11 @@
 //! Comparing parsed definitions (not the file's text) means that aliases, numeric clinic ids
 //! or a missing default do not count as changes, so applying the same file twice changes
 //! nothing the second time.
+//!
+//! A dry run sends each create and update the plan holds with `?dry_run=true`: the API runs
+//! every check the real change would meet (fields, templates, the outbound policy, the
+//! unique name) and stores nothing, so the plan says "would create" only for what the real
+//! apply would create, and reports each refusal as the API words it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -71,29 +76,146 @@ pub async fn run(api: &Api, wanted: &[Definition], options: Options) -> Result<(
             .iter()
             .filter(|c| !matches!(c, Change::Delete { .. }))
             .count();
+    if options.dry_run {
+        return dry_run(api, &plan, unchanged).await;
+    }
     let mut counts = [0usize; 3];
     for change in &plan {
-        let line = if options.dry_run {
-            describe(change, None)
-        } else {
-            let id = make(api, change).await?;
-            describe(change, Some(&id))
+        let id = make(api, change).await?;
+        counts[kind(change)] += 1;
+        output::print(&format!("{}\n", describe(change, Some(&id))))?;
+    }
+    output::print(&format!("{}\n", summary(counts, unchanged)))
+}
+
+/// Which of created, updated, deleted a change counts as.
+fn kind(change: &Change<'_>) -> usize {
+    match change {
+        Change::Create { .. } => 0,
+        Change::Update { .. } => 1,
+        Change::Delete { .. } => 2,
+    }
+}
+
+fn summary([created, updated, deleted]: [usize; 3], unchanged: usize) -> String {
+    format!("created {created}, updated {updated}, deleted {deleted}, unchanged {unchanged}")
+}
+
+/// Print the plan, each create and update checked by the API and nothing changed. A change
+/// the API would refuse is printed with the refusal instead of "would …", and the first
+/// refusal is the error (with the exit code the real apply would end with on it).
+async fn dry_run(api: &Api, plan: &[Change<'_>], unchanged: usize) -> Result<(), CliError> {
+    if plan.iter().any(|c| !matches!(c, Change::Delete { .. })) {
+        ensure_dry_run_is_checked(api).await?;
+    }
+    let mut counts = [0usize; 3];
+    let mut refused: Vec<CliError> = Vec::new();
+    for change in plan {
+        let line = match check(api, change).await {
+            Ok(()) => {
+                counts[kind(change)] += 1;
+                describe(change, None)
+            }
+            // A refusal of this change; anything else (the API away, a 5xx) ends the plan.
+            Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
+                let line = describe_refusal(change, &e);
+                refused.push(match change {
+                    Change::Create { index, definition } => {
+                        e.during(entry(*index, &definition.spec.name))
+                    }
+                    Change::Update { index, name, .. } => e.during(entry(*index, name)),
+                    Change::Delete { name, id } => e.during(format!("deleting `{name}` ({id})")),
+                });
+                line
+            }
+            Err(e) => return Err(e),
         };
-        counts[match change {
-            Change::Create { .. } => 0,
-            Change::Update { .. } => 1,
-            Change::Delete { .. } => 2,
-        }] += 1;
         output::print(&format!("{line}\n"))?;
     }
-    let [created, updated, deleted] = counts;
-    let summary =
-        format!("created {created}, updated {updated}, deleted {deleted}, unchanged {unchanged}");
-    if options.dry_run {
-        output::print(&format!("dry run, nothing changed: would have {summary}\n"))
-    } else {
-        output::print(&format!("{summary}\n"))
+    let summary = summary(counts, unchanged);
+    if refused.is_empty() {
+        return output::print(&format!("dry run, nothing changed: would have {summary}\n"));
     }
+    let n = refused.len();
+    output::print(&format!(
+        "dry run, nothing changed: {n} planned change{} would be refused, and apply stops at the first; the rest would have {summary}\n",
+        if n == 1 { "" } else { "s" }
+    ))?;
+    Err(refused.remove(0))
+}
+
+/// Ask the API whether it would make this change (`?dry_run=true`); it stores nothing.
+/// A delete is not asked about: it meets no check.
+async fn check(api: &Api, change: &Change<'_>) -> Result<(), CliError> {
+    let answer = match change {
+        Change::Create { definition, .. } => {
+            api.post_with(
+                &["v1", "webhooks"],
+                &[("dry_run", "true")],
+                Some(&create_body(definition)),
+            )
+            .await?
+            .1
+        }
+        Change::Update { id, patch, .. } => {
+            api.patch_with(&["v1", "webhooks", id], &[("dry_run", "true")], patch)
+                .await?
+        }
+        Change::Delete { .. } => return Ok(()),
+    };
+    if answer["dry_run"] != Value::Bool(true) {
+        return Err(CliError::Unsupported(format!(
+            "the API answered a dry run without `\"dry_run\": true`, so it may have made the change: {answer}"
+        )));
+    }
+    Ok(())
+}
+
+/// An ingest that predates `?dry_run=` would make a change sent with it for real. Ask
+/// first with a value only a checking API refuses by name (`dry_run`), and an empty body
+/// that any API refuses: either way nothing is stored.
+async fn ensure_dry_run_is_checked(api: &Api) -> Result<(), CliError> {
+    let probe = api
+        .post_with(
+            &["v1", "webhooks"],
+            &[("dry_run", "probe")],
+            Some(&Value::Object(Map::new())),
+        )
+        .await;
+    match probe {
+        Err(CliError::Api {
+            status: 422, field, ..
+        }) if field.as_deref() == Some("dry_run") => Ok(()),
+        Err(e) if !e.status().is_some_and(|s| (400..500).contains(&s)) => Err(e),
+        _ => Err(CliError::Unsupported(
+            "the API does not check dry runs (its ingest predates `?dry_run=`), so a plan could promise changes it would refuse; upgrade ingest, or apply without --dry-run; nothing was changed".into(),
+        )),
+    }
+}
+
+/// A plan line for a change the API would refuse: never "would …".
+fn describe_refusal(change: &Change<'_>, refusal: &CliError) -> String {
+    match change {
+        Change::Create { definition, .. } => {
+            format!("cannot create {}: {refusal}", definition.spec.name)
+        }
+        Change::Update {
+            name, id, fields, ..
+        } => format!(
+            "cannot update {name} ({id}): {}: {refusal}",
+            fields.join(", ")
+        ),
+        Change::Delete { name, id } => format!("cannot delete {name} ({id}): {refusal}"),
+    }
+}
+
+/// The body that creates a definition's webhook.
+fn create_body(definition: &Definition) -> Value {
+    let mut body = definition.spec.to_json();
+    if let Some(secret) = &definition.secret {
+        body["secret"] = Value::String(secret.clone());
+    }
+    body
 }
 
 /// Compare every definition with the registry; nothing is changed here.
@@ -238,12 +360,8 @@ fn masked_credential(index: usize, name: &str) -> CliError {
 async fn make(api: &Api, change: &Change<'_>) -> Result<String, CliError> {
     match change {
         Change::Create { index, definition } => {
-            let mut body = definition.spec.to_json();
-            if let Some(secret) = &definition.secret {
-                body["secret"] = Value::String(secret.clone());
-            }
             let (_, created) = api
-                .post(&["v1", "webhooks"], Some(&body))
+                .post(&["v1", "webhooks"], Some(&create_body(definition)))
                 .await
                 .map_err(|e| e.during(entry(*index, &definition.spec.name)))?;
             Ok(created["id"].as_str().unwrap_or("?").to_owned())

@@ -135,11 +135,32 @@ impl Api {
         segments: &[&str],
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), CliError> {
-        self.send(Method::POST, self.url(segments, &[]), body).await
+        self.post_with(segments, &[], body).await
+    }
+
+    /// POST with query parameters.
+    pub async fn post_with(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), CliError> {
+        self.send(Method::POST, self.url(segments, query), body)
+            .await
     }
 
     pub async fn patch(&self, segments: &[&str], body: &Value) -> Result<Value, CliError> {
-        self.send(Method::PATCH, self.url(segments, &[]), Some(body))
+        self.patch_with(segments, &[], body).await
+    }
+
+    /// PATCH with query parameters.
+    pub async fn patch_with(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: &Value,
+    ) -> Result<Value, CliError> {
+        self.send(Method::PATCH, self.url(segments, query), Some(body))
             .await
             .map(|(_, v)| v)
     }

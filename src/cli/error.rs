@@ -26,6 +26,9 @@ pub enum CliError {
     /// The registry is in a state the command cannot work with (two webhooks of one name).
     #[error("{0}")]
     Conflict(String),
+    /// The API does not offer what the command needs (an ingest older than the client).
+    #[error("{0}")]
+    Unsupported(String),
     /// Nothing answered at the API's address.
     #[error("cannot reach the KiviHook API at {url} ({reason}); set KIVIHOOK_API_URL or --api-url to the address ingest serves on")]
     Unreachable { url: String, reason: String },
@@ -62,9 +65,11 @@ impl CliError {
         match self {
             Self::Usage(_) | Self::InvalidFile(_) => ExitCode::from(2),
             Self::During { source, .. } => source.exit_code(),
-            Self::Api { .. } | Self::Conflict(_) | Self::Unreachable { .. } | Self::Io(_) => {
-                ExitCode::FAILURE
-            }
+            Self::Api { .. }
+            | Self::Conflict(_)
+            | Self::Unsupported(_)
+            | Self::Unreachable { .. }
+            | Self::Io(_) => ExitCode::FAILURE,
         }
     }
 }

@@ -62,7 +62,8 @@ pub enum WebhooksAction {
         /// The definitions, YAML or JSON; `-` reads standard input.
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
-        /// Print the changes without making them.
+        /// Print the changes without making them, each create and update checked by the
+        /// API (which stores nothing); exits 1 if the API would refuse any of them.
         #[arg(long)]
         dry_run: bool,
         /// Delete webhooks the file does not name (the default).
@@ -88,7 +89,8 @@ pub enum WebhooksAction {
     Import {
         /// The definitions or export; `-` reads standard input.
         file: PathBuf,
-        /// Print the changes without making them.
+        /// Print the changes without making them, each create and update checked by the
+        /// API (which stores nothing); exits 1 if the API would refuse any of them.
         #[arg(long)]
         dry_run: bool,
     },

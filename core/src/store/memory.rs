@@ -119,19 +119,23 @@ fn put_locked(s: &mut State, webhook: &Webhook) -> Result<u64, StoreError> {
         .get(&webhook.id)
         .is_some_and(|w| w.name == webhook.name);
     if !keeps_its_name {
-        if let Some(holder) = s
-            .webhooks
-            .values()
-            .find(|w| w.id != webhook.id && w.name == webhook.name)
-        {
+        if let Some(holder) = holder_of(s, &webhook.name, Some(&webhook.id)) {
             return Err(StoreError::NameTaken {
                 name: webhook.name.clone(),
-                id: holder.id.clone(),
+                id: holder,
             });
         }
     }
     s.webhooks.insert(webhook.id.clone(), webhook.clone());
     Ok(log_change(s, &webhook.id))
+}
+
+/// The webhook other than `except` that has this name, if any.
+fn holder_of(s: &State, name: &str, except: Option<&str>) -> Option<String> {
+    s.webhooks
+        .values()
+        .find(|w| Some(w.id.as_str()) != except && w.name == name)
+        .map(|w| w.id.clone())
 }
 
 /// Record a change to one webhook as Redis does: a version from the clock (never one handed
@@ -254,6 +258,14 @@ impl Store for MemoryStore {
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError> {
         self.with(|s| put_locked(s, webhook))
+    }
+
+    async fn name_holder(
+        &self,
+        name: &str,
+        except: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self.with(|s| holder_of(s, name, except)))
     }
 
     async fn update_webhook(&self, updated: &Webhook, read: &Webhook) -> Result<u64, StoreError> {
@@ -750,6 +762,13 @@ mod tests {
             Some(crm.id.clone())
         );
         assert!(store.get_webhook(&second.id).await.unwrap().is_none());
+        // Asking who holds it finds the same holder, except for the holder itself.
+        assert_eq!(
+            store.name_holder("CRM", None).await.unwrap(),
+            Some(crm.id.clone())
+        );
+        assert_eq!(store.name_holder("CRM", Some(&crm.id)).await.unwrap(), None);
+        assert_eq!(store.name_holder("Billing", None).await.unwrap(), None);
         // Writing the holder again, name kept, is an edit, not a second webhook.
         let mut edited = crm.clone();
         edited.enabled = false;

@@ -211,6 +211,14 @@ pub trait Store: Send + Sync + 'static {
     /// is never refused, so webhooks that shared a name before names were checked can still
     /// be edited; renaming or deleting a webhook frees its name.
     async fn put_webhook(&self, webhook: &Webhook) -> Result<u64, StoreError>;
+    /// The webhook other than `except` that holds `name`, as `put_webhook` would find it when
+    /// a webhook takes that name; writes nothing, so that a dry run can answer `name_taken`
+    /// exactly when the real write would.
+    async fn name_holder(
+        &self,
+        name: &str,
+        except: Option<&str>,
+    ) -> Result<Option<String>, StoreError>;
     /// Replace `read` with `updated` only if the stored webhook is still the one read (its
     /// `updated_at` unchanged, and not deleted): compare-and-set, so that two edits made from
     /// the same read cannot undo each other. A lost race is `StoreError::EditConflict` and

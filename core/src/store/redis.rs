@@ -1156,6 +1156,24 @@ impl Store for RedisStore {
             .0)
     }
 
+    async fn name_holder(
+        &self,
+        name: &str,
+        except: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn();
+        let holder: String = NAME_HOLDER
+            .key(self.keys.webhooks())
+            .key(self.keys.webhook_names())
+            .key(self.keys.webhook_names_shared())
+            .arg(name)
+            .arg(except.unwrap_or_default())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok((!holder.is_empty()).then_some(holder))
+    }
+
     async fn update_webhook(&self, updated: &Webhook, read: &Webhook) -> Result<u64, StoreError> {
         let updated = &super::stamped_after(updated, read);
         let json = serde_json::to_string(&self.seal(updated)).map_err(corrupt)?;
@@ -1948,6 +1966,33 @@ return {v, removed, '', 0}
 
 static CHANGE: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(CHANGE_SCRIPT));
+
+/// Who holds a name, found as `CHANGE_SCRIPT` finds it when a webhook takes that name,
+/// but read only: with no index yet (a registry written before names were unique) the
+/// registry is scanned instead of the index being built. `ARGV[2]` is the webhook asking
+/// (empty for a new one); returns the holder's id, or empty when the name is free.
+const NAME_HOLDER_SCRIPT: &str = r"
+local function name_of(json)
+  if not json then return nil end
+  local ok, w = pcall(cjson.decode, json)
+  if ok and type(w) == 'table' and type(w.name) == 'string' then return w.name end
+  return nil
+end
+local name, except = ARGV[1], ARGV[2]
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local h = redis.call('HGET', KEYS[2], name)
+  if h and h ~= except and name_of(redis.call('HGET', KEYS[1], h)) == name then return h end
+  if redis.call('SISMEMBER', KEYS[3], name) == 0 then return '' end
+end
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= except and name_of(all[i + 1]) == name then return all[i] end
+end
+return ''
+";
+
+static NAME_HOLDER: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(NAME_HOLDER_SCRIPT));
 
 /// Webhooks read per `HMGET`, so that one reply stays a few megabytes.
 const WEBHOOKS_PER_READ: usize = 1_000;
