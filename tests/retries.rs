@@ -274,6 +274,7 @@ fn job(i: usize, webhook_id: &str) -> Job {
         body: json!({"id": format!("evt_{i}")}).to_string(),
         created_at: Utc::now(),
         replay_of: None,
+        rate_reserved: false,
     }
 }
 
@@ -642,6 +643,25 @@ async fn a_rate_limit_is_shared_and_holds() {
         );
     }
     assert!(got.last().unwrap().at - first >= Duration::from_secs(2));
+    // Each attempt beyond the burst was put off once, to the slot the bucket reserved for
+    // it, not again every second until a token was free.
+    let mut deferred = 0.0;
+    for process in [&k, &_second] {
+        let text = reqwest::get(process.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        deferred += text
+            .lines()
+            .find_map(|l| l.strip_prefix("kivihook_deferrals_total{reason=\"rate_limit\"} "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap());
+    }
+    assert!(
+        deferred <= 15.0,
+        "{deferred} deferrals for 15 attempts beyond the burst: some were put off again"
+    );
     drop(k);
     cleanup(&prefix).await;
 }

@@ -47,6 +47,7 @@ async fn retry_jobs_in_the_previous_layout_are_all_delivered_after_the_upgrade()
             body: json!({"id": event_id, "type": "appointment.booked", "data": {}}).to_string(),
             created_at: due,
             replay_of: None,
+            rate_reserved: false,
         };
         let state = TargetState::Retrying {
             attempt: 2,

@@ -40,6 +40,11 @@ pub struct Job {
     /// dead letter behind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<String>,
+    /// The attempt holds a slot its webhook's rate limit reserved for it when it was put
+    /// off: it goes when due without taking another token (so a backlog behind a rate limit
+    /// is put off once, each to its own slot, not again every second).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rate_reserved: bool,
 }
 
 pub fn new_job_id() -> String {
@@ -129,6 +134,7 @@ impl Job {
             body,
             created_at: Utc::now(),
             replay_of: None,
+            rate_reserved: false,
         }
     }
 

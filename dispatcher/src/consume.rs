@@ -297,12 +297,16 @@ async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdo
 
 /// One target through the gate and, if it may go, out over HTTP.
 async fn attempt(d: &Dispatcher, target: &Target) -> Processed {
-    let permit = match gate::check(d, &target.webhook).await {
+    let permit = match gate::check(d, &target.webhook, target.rate_reserved).await {
         Pass::Go(permit) => permit,
-        Pass::Later { until, reason } => {
+        Pass::Later {
+            until,
+            reason,
+            reserved,
+        } => {
             d.metrics.deferrals.with_label_values(&[reason]).inc();
             tracing::debug!(event_id = %target.event_id, webhook_id = %target.webhook.id, reason, "delivery put off");
-            return record::deferred(target, until);
+            return record::deferred(target, until, reserved);
         }
     };
     let started = Instant::now();

@@ -45,6 +45,7 @@ pub async fn event_targets(
             kind: JobKind::Retry,
             body: body.clone(),
             received_at: Some(event.received_at),
+            rate_reserved: false,
         })
         .collect())
 }
@@ -108,6 +109,7 @@ pub async fn job_target(d: &Dispatcher, job: Job) -> Result<JobTarget, StoreErro
         kind: job.kind,
         body: Bytes::from(job.body),
         received_at,
+        rate_reserved: job.rate_reserved,
     };
     Ok(if enabled {
         JobTarget::Run(target)

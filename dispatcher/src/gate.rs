@@ -39,6 +39,8 @@ pub enum Pass {
     Later {
         until: DateTime<Utc>,
         reason: &'static str,
+        /// The rate limit reserved `until` for this attempt: it goes then without a token.
+        reserved: bool,
     },
 }
 
@@ -224,11 +226,12 @@ const WAIT_STEP: Duration = Duration::from_millis(200);
 const BUSY_DEFERRAL: Duration = Duration::from_secs(1);
 
 /// Decide whether `webhook` may get a request now.
-pub async fn check(d: &Dispatcher, webhook: &Webhook) -> Pass {
+pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pass {
     if let Some(until) = d.gates.circuit_hold(webhook) {
         return Pass::Later {
             until,
             reason: "circuit_open",
+            reserved: false,
         };
     }
     let cap = d.gates.cap(webhook, d.webhook_concurrency);
@@ -255,20 +258,23 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook) -> Pass {
                     return Pass::Later {
                         until: Utc::now() + BUSY_DEFERRAL,
                         reason: "concurrency",
+                        reserved: false,
                     }
                 }
             }
         }
     };
-    if let Some(rate) = webhook.rate_limit {
+    if let Some(rate) = webhook.rate_limit.filter(|_| !rate_reserved) {
         let burst = rate.ceil().max(1.0) as u32;
         match d.store.take_token(&webhook.id, rate, burst).await {
             Ok(None) => {}
             Ok(Some(wait)) => {
+                // The bucket reserved the slot at `wait`: come back then and go.
                 return Pass::Later {
                     until: Utc::now() + wait,
                     reason: "rate_limit",
-                }
+                    reserved: true,
+                };
             }
             Err(e) => {
                 // Without the shared bucket the limit cannot be honoured: hold back briefly.
@@ -276,6 +282,7 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook) -> Pass {
                 return Pass::Later {
                     until: Utc::now() + Duration::from_secs(1),
                     reason: "rate_limit",
+                    reserved: false,
                 };
             }
         }

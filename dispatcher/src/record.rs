@@ -139,19 +139,23 @@ pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Proc
 }
 
 /// A target put off without a request: the same attempt, later.
-pub fn deferred(target: &Target, until: DateTime<Utc>) -> Processed {
-    // Spread the comeback over a second so that a reopened endpoint is not hit all at once.
-    let spread = rand::thread_rng().gen_range(0..1000);
+pub fn deferred(target: &Target, until: DateTime<Utc>, reserved: bool) -> Processed {
+    // Spread the comeback over a second so that a reopened endpoint is not hit all at once;
+    // a reserved rate-limit slot is its own spread.
+    let spread = if reserved {
+        0
+    } else {
+        rand::thread_rng().gen_range(0..1000)
+    };
     let due = until + chrono::Duration::milliseconds(spread);
+    let mut job = target.job(target.attempt);
+    job.rate_reserved = reserved;
     Processed {
         webhook: target.webhook.clone(),
         result: TargetResult {
             event_id: target.event_id.clone(),
             webhook_id: target.webhook.id.clone(),
-            outcome: Outcome::Retry {
-                job: target.job(target.attempt),
-                due,
-            },
+            outcome: Outcome::Retry { job, due },
             attempt: None,
         },
         disable: None,

@@ -21,6 +21,8 @@ pub struct Target {
     /// The envelope, shared by every target of one event without copying.
     pub body: Bytes,
     pub received_at: Option<DateTime<Utc>>,
+    /// A slot of the webhook's rate limit is reserved for this attempt (`Job::rate_reserved`).
+    pub rate_reserved: bool,
 }
 
 impl Target {
@@ -37,6 +39,7 @@ impl Target {
             body: String::from_utf8_lossy(&self.body).into_owned(),
             created_at: Utc::now(),
             replay_of: None,
+            rate_reserved: false,
         }
     }
 }

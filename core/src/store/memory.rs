@@ -720,11 +720,12 @@ impl Store for MemoryStore {
                 .or_insert((burst as f64, now));
             *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst as f64);
             *at = now;
-            if *tokens >= 1.0 {
-                *tokens -= 1.0;
+            // Reserving, as in Redis: the token is taken now, the wait is until it refills.
+            *tokens -= 1.0;
+            if *tokens >= 0.0 {
                 None
             } else {
-                Some(Duration::from_secs_f64((1.0 - *tokens) / rate))
+                Some(Duration::from_secs_f64(-*tokens / rate))
             }
         }))
     }

@@ -334,8 +334,11 @@ pub trait Store: Send + Sync + 'static {
     async fn minute_counts(&self, first: i64, last: i64) -> Result<Vec<MinuteCounts>, StoreError>;
     /// Forget a webhook's failure streak (it was enabled again).
     async fn reset_health(&self, webhook_id: &str) -> Result<(), StoreError>;
-    /// Take one token from a webhook's shared bucket (`rate` per second, bursts of `burst`);
-    /// `Some(wait)` when none is left.
+    /// Take one token from a webhook's shared bucket (`rate` per second, bursts of `burst`).
+    /// The bucket reserves: with none left the token is taken anyway (the count goes below
+    /// zero) and `Some(wait)` says when it refills; that slot belongs to the caller, who goes
+    /// then without taking another, so a backlog costs one write per request, not one per
+    /// request per second.
     async fn take_token(
         &self,
         webhook_id: &str,

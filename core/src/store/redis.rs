@@ -205,10 +205,13 @@ local b = redis.call('HMGET', KEYS[1], 't', 'ts')
 local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+-- Reserving: the token is taken now even when there is none yet (the count goes below 0),
+-- and the wait is until the one taken is refilled; that slot is the caller's.
+tokens = tokens - 1
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+if tokens < 0 then wait = math.ceil(-tokens * 1000 / rate) end
 redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], 60000 + math.ceil(burst * 1000 / rate))
+redis.call('PEXPIRE', KEYS[1], 60000 + wait + math.ceil(burst * 1000 / rate))
 return wait
 ";
 
