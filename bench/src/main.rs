@@ -58,6 +58,10 @@ struct Args {
     /// Where to write the results as JSON.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
+    /// Run the roles with `KIVIHOOK_PREFETCH=1024` and `KIVIHOOK_WEBHOOK_CONCURRENCY=256`
+    /// instead of their defaults (every row is then marked tuned).
+    #[arg(long)]
+    tuned: bool,
 }
 
 const ADMIN: &str = "bench-admin-token-0123456789";
@@ -347,11 +351,12 @@ fn start_role(
             "KIVIHOOK_SECRET_KEY",
             "YmVuY2gta2V5LWZvci1zZWFsaW5nLXNlY3JldHMtMzI=",
         )
-        .env("KIVIHOOK_PREFETCH", "1024")
-        .env("KIVIHOOK_WEBHOOK_CONCURRENCY", "256")
-        .env("KIVIHOOK_MAX_BODY_BYTES", "4194304")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    if args.tuned {
+        cmd.env("KIVIHOOK_PREFETCH", "1024")
+            .env("KIVIHOOK_WEBHOOK_CONCURRENCY", "256");
+    }
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -421,6 +426,22 @@ async fn cleanup(args: &Args, prefix: &str) {
     }
 }
 
+/// Redis's `used_memory` (`INFO memory`): what the server really holds, every per-key
+/// overhead included. The growth across a scenario, with nothing else writing, is what its
+/// events cost.
+async fn used_memory(args: &Args) -> Option<u64> {
+    let client = redis::Client::open(args.redis_url.as_str()).ok()?;
+    let mut c = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut c)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Bytes of Redis the run holds (the sum of `MEMORY USAGE` over every key of its prefix)
 /// and how many keys: after every event was delivered, this is what stays for the dedup
 /// window. `MEMORY USAGE` counts a key, its value and its entry in the keyspace; Redis also
@@ -478,6 +499,11 @@ struct Outcome {
     ratio_to_one: Option<f64>,
     /// `MEMORY USAGE` of every key of the run, over its events, once all were delivered.
     redis_bytes_per_event: Option<f64>,
+    /// Growth of Redis's `used_memory` from before the first event to after the last
+    /// delivery (and the next minute-counter flush), over the events: what Redis pays.
+    redis_used_memory_per_event: Option<f64>,
+    /// The roles ran with `--tuned` settings, not their defaults.
+    tuned: bool,
     notes: String,
 }
 
@@ -684,6 +710,7 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
         500
     }))
     .await;
+    let memory_before = used_memory(args).await;
     let cpu_before: Vec<f64> = roles.iter().map(|r| cpu_seconds(r.child.id())).collect();
     let started_us = now_us();
     let started = Instant::now();
@@ -732,6 +759,9 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
     lat.sort_unstable();
     let deliveries = sink.ok.load(Ordering::Relaxed);
     let redis_bytes = redis_bytes(args, &prefix).await;
+    // The minute counters are written once a second: let the last flush land.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let memory_after = used_memory(args).await;
     let out = Outcome {
         scenario: spec.name.to_owned(),
         events: spec.events,
@@ -746,6 +776,10 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
         ratio_to_ceiling: None,
         ratio_to_one: None,
         redis_bytes_per_event: redis_bytes.map(|(bytes, _)| bytes as f64 / spec.events as f64),
+        redis_used_memory_per_event: memory_before
+            .zip(memory_after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / spec.events as f64),
+        tuned: args.tuned,
         notes: format!(
             "ingest took {:.2}s; {} first attempts failed; {} Redis keys{}",
             ingested.as_secs_f64(),
@@ -902,10 +936,23 @@ async fn main() -> anyhow::Result<()> {
     for r in &results {
         let bytes = r
             .redis_bytes_per_event
-            .map(|b| format!("; {b:.0} bytes of Redis per event"))
+            .map(|b| format!("; {b:.0} bytes of MEMORY USAGE per event"))
             .unwrap_or_default();
+        let used = r
+            .redis_used_memory_per_event
+            .map(|b| format!("; {b:.0} bytes of used_memory per event"))
+            .unwrap_or_default();
+        let bytes = format!("{bytes}{used}");
         println!("  {}: {}{bytes}", r.scenario, r.notes);
     }
+    println!(
+        "  roles: {}",
+        if args.tuned {
+            "tuned (KIVIHOOK_PREFETCH=1024, KIVIHOOK_WEBHOOK_CONCURRENCY=256)"
+        } else {
+            "at their defaults (no tuning variables)"
+        }
+    );
     if let Some(r) = results.iter().find(|r| r.scenario == "registry10k") {
         match r.ratio_to_one {
             Some(x) => {
