@@ -188,7 +188,8 @@ async fn a_failed_resend_leaves_the_scheduled_retry_in_place_and_it_is_delivered
         "all",
         &prefix,
         &[
-            ("KIVIHOOK_RETRY_SCHEDULE", "4"),
+            // Long enough that the resend surely comes first, even on a busy machine.
+            ("KIVIHOOK_RETRY_SCHEDULE", "8"),
             ("KIVIHOOK_SCHEDULER_INTERVAL", "0.05"),
         ],
     );
@@ -210,8 +211,15 @@ async fn a_failed_resend_leaves_the_scheduled_retry_in_place_and_it_is_delivered
         r.count() == 1
     })
     .await;
-    let status = get_json(&api, "/v1/events/evt_resend").await;
-    assert_eq!(status["webhooks"][0]["status"], "retrying", "{status}");
+    // The request arrived; its outcome is recorded a moment later.
+    eventually(
+        Duration::from_secs(5),
+        "the first attempt's retry scheduled",
+        || async {
+            get_json(&api, "/v1/events/evt_resend").await["webhooks"][0]["status"] == "retrying"
+        },
+    )
+    .await;
 
     let log = get_json(&api, &format!("/v1/webhooks/{wh}/attempts?limit=1")).await;
     let attempt_id = log["attempts"][0]["id"].as_str().unwrap().to_owned();
@@ -233,8 +241,8 @@ async fn a_failed_resend_leaves_the_scheduled_retry_in_place_and_it_is_delivered
     let status = get_json(&api, "/v1/events/evt_resend").await;
     assert_eq!(status["webhooks"][0]["status"], "retrying", "{status}");
 
-    // The automatic retry, four seconds after the first attempt, still comes and succeeds.
-    wait_until(Duration::from_secs(15), "the automatic retry", || {
+    // The automatic retry, eight seconds after the first attempt, still comes and succeeds.
+    wait_until(Duration::from_secs(20), "the automatic retry", || {
         r.count() == 3
     })
     .await;
