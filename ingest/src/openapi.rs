@@ -110,6 +110,30 @@ pub fn document(routes: utoipa::openapi::OpenApi) -> Value {
             }),
         );
     }
+    // A dry-run create answers the webhook as it would be, without an id (nothing was
+    // created): its own schema, so that nothing links from it to a webhook route.
+    if let Some(mut plan) = value.pointer("/components/schemas/Webhook").cloned() {
+        if let Some(p) = plan.get_mut("properties").and_then(Value::as_object_mut) {
+            p.remove("id");
+        }
+        if let Some(r) = plan.get_mut("required").and_then(Value::as_array_mut) {
+            r.retain(|f| f != "id");
+        }
+        plan["description"] = Value::String(
+            "A webhook as a dry-run create (`?dry_run=true`) would make it: no `id`, since nothing was created.".into(),
+        );
+        if let Some(schemas) = value
+            .pointer_mut("/components/schemas")
+            .and_then(Value::as_object_mut)
+        {
+            schemas.insert("WebhookPlan".into(), plan);
+        }
+        if let Some(schema) = value.pointer_mut(
+            "/paths/~1v1~1webhooks/post/responses/200/content/application~1json/schema",
+        ) {
+            *schema = serde_json::json!({"$ref": "#/components/schemas/WebhookPlan"});
+        }
+    }
     // utoipa 5 writes a link's fields in snake case; OpenAPI spells them in camel case.
     rename_link_fields(&mut value);
     // utoipa's header objects have no `required`; every header documented here is sent on

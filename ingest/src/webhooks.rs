@@ -144,7 +144,7 @@ pub async fn list(
 /// full.
 ///
 /// With `dry_run=true` every one of those checks runs and nothing is stored: the answer is
-/// `200` with the webhook as it would be created and `"dry_run": true`, its `id` empty (none
+/// `200` with the webhook as it would be created and `"dry_run": true`, without an `id` (none
 /// was given out) and its `secret` masked (the one given, or none minted); a refusal is the
 /// very error the create would get.
 #[utoipa::path(
@@ -155,7 +155,7 @@ pub async fn list(
     params(DryRunParams),
     request_body(content = inputs::WebhookCreate, content_type = "application/json"),
     responses(
-        (status = 200, description = "A dry run (`dry_run=true`) that every check passed: the webhook as it would be created, with `\"dry_run\": true`, an empty `id` and `secret` masked; nothing was stored", body = Webhook),
+        (status = 200, description = "A dry run (`dry_run=true`) that every check passed: the webhook as it would be created (`WebhookPlan`: no `id`, `secret` masked), with `\"dry_run\": true`; nothing was stored", body = Webhook),
         (status = 201, description = "Created; `secret` is shown in full this once", body = Webhook,
             links(
                 ("GetWebhook" = (operation_id = "get_webhook", parameters(("id" = "$response.body#/id")))),
@@ -196,7 +196,11 @@ pub async fn create(
         // No secret is minted for a webhook that is never stored; a given one is masked.
         let webhook = Webhook::create(spec, secret.unwrap_or_default());
         let mut shown = webhook.to_public_json();
-        shown["id"] = Value::String(String::new());
+        // No id: nothing was created, so there is nothing to address (a client, or a
+        // stateful API tester, must not follow it to a webhook that does not exist).
+        if let Some(o) = shown.as_object_mut() {
+            o.remove("id");
+        }
         shown["dry_run"] = Value::Bool(true);
         return Ok(Json(shown).into_response());
     }
