@@ -110,3 +110,56 @@ async fn twenty_thousand_events_arrive_without_a_scheduler_or_a_deferral_through
     drop(ingest);
     cleanup(&prefix).await;
 }
+
+/// After a quiet spell, a burst larger than a webhook's cap waits for turns (its requests
+/// are coming back) instead of being put off as if the webhook were hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_after_a_quiet_spell_waits_for_turns_instead_of_being_put_off() {
+    let prefix = unique_prefix();
+    let ingest = Kivihook::start("ingest", &prefix, &[]);
+    let dispatcher = Kivihook::start("dispatcher", &prefix, &[]);
+    let api = Api::new(&ingest);
+    let r = Receiver::start().await;
+    r.delay(Duration::from_millis(300));
+    api.create_webhook(json!({
+        "name": "slowish", "url": r.url(), "events": ["*"], "max_concurrency": 2
+    }))
+    .await;
+    assert_eq!(
+        api.post_event(&event("evt_quiet_0", "patient.created", None))
+            .await
+            .status(),
+        202
+    );
+    wait_until(Duration::from_secs(10), "the first delivery", || {
+        r.count() == 1
+    })
+    .await;
+    // Quiet for longer than a stalled webhook is given.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let burst: Vec<Value> = (1..=10)
+        .map(|i| event(&format!("evt_quiet_{i}"), "patient.created", None))
+        .collect();
+    let res = api
+        .http
+        .post(format!("{}/v1/events/batch", api.base))
+        .bearer_auth(INGEST)
+        .json(&json!({ "events": burst }))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    // Two at a time, 300 ms each: about 1.5 s, with no scheduler to bring back a put-off one.
+    wait_until(Duration::from_secs(15), "the burst delivered", || {
+        delivered(&r).len() == 11
+    })
+    .await;
+    let deferred = deferrals(&dispatcher).await;
+    assert!(
+        deferred.iter().all(|(_, v)| *v == 0.0),
+        "the burst was put off: {deferred:?}"
+    );
+    drop(dispatcher);
+    drop(ingest);
+    cleanup(&prefix).await;
+}

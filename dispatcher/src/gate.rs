@@ -73,9 +73,10 @@ pub enum Probe {
     Reopened,
 }
 
-/// One webhook's concurrency cap in this dispatcher, and when a request of it last came
-/// back (or the cap was made): a webhook whose requests come back is healthy, and a target
-/// waits for its turn; one whose requests all hang is not, and targets do not queue for it.
+/// One webhook's concurrency cap in this dispatcher, and when a request of it last came back
+/// or started without waiting (or the cap was made): a webhook whose requests come back is
+/// healthy, and a target waits for its turn; one whose requests all hang is not, and targets
+/// do not queue for it.
 pub struct Cap {
     limit: u32,
     semaphore: Arc<Semaphore>,
@@ -236,7 +237,13 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pa
     }
     let cap = d.gates.cap(webhook, d.webhook_concurrency);
     let permit = match cap.semaphore.clone().try_acquire_owned() {
-        Ok(p) => p,
+        Ok(p) => {
+            // A request starting without a wait is progress too: after a quiet spell (no
+            // request came back for long, as none was sent), the burst that fills the cap
+            // must not look stalled to the targets behind it.
+            cap.progressed();
+            p
+        }
         Err(_) => {
             // At its cap: wait for a turn while its requests come back, at most as long as a
             // request may take; a stalled webhook's targets are put off instead.
