@@ -10,20 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-async fn post_batch(api: &Api, events: &[Value]) {
-    for chunk in events.chunks(500) {
-        let r = api
-            .http
-            .post(format!("{}/v1/events/batch", api.base))
-            .bearer_auth(INGEST)
-            .json(&json!({ "events": chunk }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
-    }
-}
-
 fn accepted_ids(r: &Receiver) -> std::collections::HashSet<String> {
     r.received()
         .iter()
@@ -52,7 +38,7 @@ async fn a_receiver_that_fails_every_first_attempt_gets_all_4000_events_at_the_d
         .map(|i| event(&format!("evt_ff_{i}"), "appointment.booked", None))
         .collect();
     let started = Instant::now();
-    post_batch(&api, &events).await;
+    api.post_events(&events).await;
     let mut last_report = Instant::now();
     loop {
         let got = accepted_ids(&r).len();
@@ -103,7 +89,7 @@ async fn a_half_open_circuit_probes_at_a_measured_pace_and_closes_on_success() {
     let events: Vec<Value> = (0..40)
         .map(|i| event(&format!("evt_ho_{i}"), "patient.created", None))
         .collect();
-    post_batch(&api, &events).await;
+    api.post_events(&events).await;
     wait_until(Duration::from_secs(10), "the first failures", || {
         r.count() >= 3
     })

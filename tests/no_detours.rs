@@ -54,17 +54,7 @@ async fn twenty_thousand_events_arrive_without_a_scheduler_or_a_deferral_through
             let events: Vec<Value> = (0..N)
                 .map(|i| event(&format!("evt_nd_{i}"), "appointment.booked", None))
                 .collect();
-            for chunk in events.chunks(500) {
-                let r = api
-                    .http
-                    .post(format!("{}/v1/events/batch", api.base))
-                    .bearer_auth(INGEST)
-                    .json(&json!({ "events": chunk }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(r.status().is_success(), "{}", r.status());
-            }
+            api.post_events(&events).await;
         })
     };
 

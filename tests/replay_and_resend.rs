@@ -70,17 +70,7 @@ async fn ingest_killed_during_a_bulk_replay_of_2000_dead_letters_loses_none() {
     let events: Vec<Value> = (0..N)
         .map(|i| event(&format!("evt_rp_{i}"), "patient.created", None))
         .collect();
-    for chunk in events.chunks(100) {
-        let res = api
-            .http
-            .post(format!("{}/v1/events/batch", api.base))
-            .bearer_auth(INGEST)
-            .json(&json!({ "events": chunk }))
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success(), "{}", res.status());
-    }
+    api.post_events(&events).await;
     eventually(Duration::from_secs(120), "2,000 dead letters", || async {
         get_json(&api, &format!("/v1/dead-letters?webhook_id={wh}&limit=1")).await["total"]
             == N as u64

@@ -152,6 +152,21 @@ impl Api {
             .expect("admin GET")
     }
 
+    /// Post `events` to `/v1/events/batch`, 500 a request; every answer must be a success.
+    pub async fn post_events(&self, events: &[Value]) {
+        for chunk in events.chunks(500) {
+            let r = self
+                .http
+                .post(format!("{}/v1/events/batch", self.base))
+                .bearer_auth(INGEST)
+                .json(&json!({ "events": chunk }))
+                .send()
+                .await
+                .expect("post a batch");
+            assert!(r.status().is_success(), "a batch answered {}", r.status());
+        }
+    }
+
     pub async fn post_event(&self, body: &Value) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/events", self.base))
