@@ -477,6 +477,7 @@ async fn connect_store(
             Ok(store) => {
                 let store = store
                     .with_secret_key(config.secret_key.clone())
+                    .with_dedup_window(config.dedup_window)
                     .with_wait_replicas(config.redis_wait_replicas, config.redis_wait_timeout);
                 match store.check_secret_key().await {
                     Ok(()) => {

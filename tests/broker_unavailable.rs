@@ -18,7 +18,6 @@ async fn ingest_answers_503_and_releases_the_dedup_key_when_the_broker_is_unreac
     );
     let api = Api::new(&k);
     let mut redis = redis().await;
-    let key = kivihook_core::keys::Keys::new(&prefix).dedup("evt_down_1");
 
     for _ in 0..3 {
         let r = api
@@ -28,12 +27,8 @@ async fn ingest_answers_503_and_releases_the_dedup_key_when_the_broker_is_unreac
         assert!(r.headers().contains_key("retry-after"));
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unavailable");
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        assert!(!exists, "the dedup claim was released");
+        let entry = dedup_entry(&mut redis, &prefix, "evt_down_1").await;
+        assert_eq!(entry, None, "the dedup claim was released");
     }
 
     let batch = serde_json::json!({"events": [event("evt_down_2", "patient.created", None)]});

@@ -469,12 +469,12 @@ fn diagnose(cluster: &Cluster, prefix: &str, missing: &[&String], procs: &[(&str
             .replace('\n', " ; ")
     };
     for id in missing.iter().take(15) {
-        let marker = format!("{{{prefix}:e:{id}}}");
-        let targets = format!("{marker}:t");
+        let keys = kivihook_core::keys::Keys::new(prefix);
+        let bucket = keys.dedup_bucket_at(id, chrono::Utc::now());
         println!(
             "event {id}: marker={:?} targets={:?}",
-            cli(&["GET", &marker]),
-            cli(&["HGETALL", &targets])
+            cli(&["HGET", &bucket, id]),
+            cli(&["HGETALL", &keys.targets(id)])
         );
     }
     for shard in 0..16 {

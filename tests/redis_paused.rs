@@ -198,12 +198,7 @@ async fn a_claim_that_landed_but_whose_reply_was_lost_is_released_for_the_retry(
     assert_eq!(one.status(), 503);
     assert_eq!(many.status(), 503);
     let mut r = redis().await;
-    let keys = kivihook_core::keys::Keys::new(&prefix);
-    let landed: Option<String> = redis::cmd("GET")
-        .arg(keys.dedup("evt_lost_1"))
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    let landed = dedup_entry(&mut r, &prefix, "evt_lost_1").await;
     proxy.drop_replies.store(false, Ordering::SeqCst);
     // The retry after the 503 is accepted (within the release's first backoff steps), not
     // `in_progress` until the claim expires a minute later.

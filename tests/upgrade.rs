@@ -138,3 +138,101 @@ async fn retry_jobs_in_the_previous_layout_are_all_delivered_after_the_upgrade()
     drop(k);
     cleanup(&prefix).await;
 }
+
+/// Events accepted before the upgrade, whose markers are one key per event, stay
+/// de-duplicated after it, and what they say still reads back; events accepted after it
+/// go to the dedup buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_accepted_before_the_upgrade_stay_deduplicated() {
+    use kivihook_core::store::{marker, EventInfo};
+    let prefix = unique_prefix();
+    let r = Receiver::start().await;
+    let k = Kivihook::start("all", &prefix, &[]);
+    let api = Api::new(&k);
+    let h = api
+        .create_webhook(json!({"name": "crm", "url": r.url(), "events": ["*"]}))
+        .await;
+    let webhook_id = h["id"].as_str().unwrap().to_owned();
+
+    // Markers the previous release left: one accepted and delivered, one still claimed by
+    // a request in flight.
+    let keys = Keys::new(&prefix);
+    let received = Utc::now() - chrono::Duration::minutes(10);
+    let info = EventInfo {
+        id: "evt_before_1".into(),
+        event_type: "bill.paid".into(),
+        clinic_id: Some("7".into()),
+        received_at: received,
+    };
+    let delivered =
+        marker::accepted(&info) + &marker::delivered_entry(&webhook_id, None, received).unwrap();
+    let mut redis = redis().await;
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(keys.legacy_dedup("evt_before_1"))
+        .arg(&delivered)
+        .arg("EX")
+        .arg(3600)
+        .ignore()
+        .cmd("SET")
+        .arg(keys.legacy_dedup("evt_before_2"))
+        .arg("p!sometoken")
+        .arg("EX")
+        .arg(60)
+        .ignore()
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let again = api
+        .post_event(&event("evt_before_1", "bill.paid", Some("7")))
+        .await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        again.json::<serde_json::Value>().await.unwrap()["status"],
+        "duplicate"
+    );
+    let in_flight = api
+        .post_event(&event("evt_before_2", "bill.paid", Some("7")))
+        .await;
+    assert_eq!(
+        in_flight.status(),
+        409,
+        "still being accepted by the old release"
+    );
+    // Neither left a claim in the new layout behind it.
+    assert_eq!(dedup_entry(&mut redis, &prefix, "evt_before_1").await, None);
+    assert_eq!(dedup_entry(&mut redis, &prefix, "evt_before_2").await, None);
+
+    let status = get_json(&api, "/v1/events/evt_before_1").await;
+    assert_eq!(status["type"], "bill.paid", "{status}");
+    assert_eq!(status["clinic_id"], "7", "{status}");
+    assert_eq!(status["webhooks"][0]["status"], "delivered", "{status}");
+
+    // A new event: accepted once, delivered once, its marker in a bucket.
+    let first = api
+        .post_event(&event("evt_after_1", "bill.paid", Some("7")))
+        .await;
+    assert_eq!(first.status(), 202);
+    wait_until(Duration::from_secs(10), "the new event", || r.count() == 1).await;
+    let second = api
+        .post_event(&event("evt_after_1", "bill.paid", Some("7")))
+        .await;
+    assert_eq!(second.status(), 200);
+    eventually(Duration::from_secs(5), "the delivery folded", || {
+        let prefix = prefix.clone();
+        async move {
+            let mut redis = common::redis().await;
+            dedup_entry(&mut redis, &prefix, "evt_after_1")
+                .await
+                .is_some_and(|m| m.starts_with('a') && m.contains("|~"))
+        }
+    })
+    .await;
+    let status = get_json(&api, "/v1/events/evt_after_1").await;
+    assert_eq!(status["webhooks"][0]["status"], "delivered", "{status}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.count(), 1, "the old events were not delivered again");
+    drop(k);
+    cleanup(&prefix).await;
+}

@@ -11,6 +11,22 @@
 /// from its id, so nothing else needs to remember it.
 pub const RETRY_SHARDS: u16 = 16;
 
+/// Hash tags the dedup buckets are spread over. With `DEDUP_SLOT_SECS`, this sets how many
+/// events a bucket holds: events per slot / `DEDUP_TAGS`. Up to `hash-max-listpack-entries`
+/// (128 by default) a bucket is a listpack, its entries packed end to end; past it, a hash
+/// table, about half again as large per event (see docs/operations.md).
+pub const DEDUP_TAGS: u16 = 2048;
+
+/// Length of a dedup time slot: a bucket takes the events received in one slot and
+/// expires a dedup window after the slot ends, so an entry lives between one window and one
+/// window plus a slot.
+pub const DEDUP_SLOT_SECS: i64 = 6 * 3600;
+
+/// The time slot of `at`.
+pub fn dedup_slot(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp().div_euclid(DEDUP_SLOT_SECS)
+}
+
 /// The Redis key space of one installation.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -28,10 +44,34 @@ impl Keys {
         &self.prefix
     }
 
-    /// An event's marker, kept for the dedup window (`SET NX EX`): `p` while it is being
-    /// published, then what ingest accepted and, once delivered, the webhooks it reached
-    /// (see `store::marker`). Shares its tag with the event's target states.
-    pub fn dedup(&self, event_id: &str) -> String {
+    /// The hash tag of an event's dedup buckets: one of `DEDUP_TAGS`, from the event id.
+    pub fn dedup_tag(&self, event_id: &str) -> u16 {
+        crc16(event_id.as_bytes()) % DEDUP_TAGS
+    }
+
+    /// A dedup bucket: a hash of event id → marker for the events whose id falls on `tag`
+    /// and that were received in time slot `slot` (`DEDUP_SLOT_SECS` long). The bucket
+    /// expires as a whole one dedup window after its slot ends. Every bucket of one tag is
+    /// one hash slot on a cluster, so a claim checks all of the window's at once.
+    pub fn dedup_bucket(&self, tag: u16, slot: i64) -> String {
+        format!("{{{}:d:{}}}:{}", self.prefix, tag, slot)
+    }
+
+    /// The bucket an event received at `at` is claimed in.
+    pub fn dedup_bucket_at(&self, event_id: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+        self.dedup_bucket(self.dedup_tag(event_id), dedup_slot(at))
+    }
+
+    /// When the first process that keeps dedup markers in buckets started on this
+    /// installation (ms since the epoch; `SET NX`): claims check the previous layout's
+    /// markers for one dedup window after it.
+    pub fn dedup_layout_since(&self) -> String {
+        format!("{{{}:layout}}:dedup-buckets", self.prefix)
+    }
+
+    /// An event's marker in the previous layout, one key per event (`SET NX EX`). Still
+    /// read (and checked by claims) for the dedup window after an upgrade, never written.
+    pub fn legacy_dedup(&self, event_id: &str) -> String {
         format!("{{{}:e:{}}}", self.prefix, event_id)
     }
 
@@ -262,9 +302,16 @@ mod tests {
     #[test]
     fn keys_that_change_together_share_a_slot() {
         let k = Keys::new("kh");
+        // The previous layout's marker and the targets hash (read in one pipeline).
         assert_eq!(
-            slot(k.dedup("evt_1").as_bytes()),
+            slot(k.legacy_dedup("evt_1").as_bytes()),
             slot(k.targets("evt_1").as_bytes())
+        );
+        // Every time slot's bucket of one event, which a claim checks in one script.
+        let tag = k.dedup_tag("evt_1");
+        assert_eq!(
+            slot(k.dedup_bucket(tag, 100).as_bytes()),
+            slot(k.dedup_bucket(tag, 101).as_bytes())
         );
         assert_eq!(
             slot(k.webhooks().as_bytes()),
@@ -299,9 +346,14 @@ mod tests {
     fn load_spreads_over_slots() {
         let k = Keys::new("kh");
         let events: std::collections::HashSet<u16> = (0..1000)
-            .map(|i| slot(k.dedup(&format!("evt_{i}")).as_bytes()))
+            .map(|i| {
+                slot(
+                    k.dedup_bucket(k.dedup_tag(&format!("evt_{i}")), 1)
+                        .as_bytes(),
+                )
+            })
             .collect();
-        assert!(events.len() > 900, "{} slots", events.len());
+        assert!(events.len() > 600, "{} slots", events.len());
         let shards: std::collections::HashSet<u16> = (0..RETRY_SHARDS)
             .map(|s| slot(k.retry_schedule(s).as_bytes()))
             .collect();
@@ -328,7 +380,9 @@ mod tests {
     fn every_key_is_under_the_prefix() {
         let k = Keys::new("kh");
         for key in [
-            k.dedup("e"),
+            k.dedup_bucket(7, 1),
+            k.legacy_dedup("e"),
+            k.dedup_layout_since(),
             k.targets("e"),
             k.webhooks(),
             k.secret_key_check(),

@@ -117,7 +117,7 @@ pub async fn post_event(
             }
             None => None,
         };
-        let event = parse_event(&value, "", idempotency_key)?;
+        let event = parse_event(&value, "", idempotency_key, Utc::now())?;
         let id = event.id.clone();
         let statuses = accept(&state, vec![event]).await?;
         Ok::<_, ApiError>(match statuses[0] {
@@ -209,10 +209,11 @@ pub async fn post_batch(
             ));
         }
         // Every event is checked before any is claimed or published: a bad batch changes nothing.
+        let now = Utc::now();
         let events = items
             .iter()
             .enumerate()
-            .map(|(i, item)| parse_event(item, &format!("events[{i}]."), None))
+            .map(|(i, item)| parse_event(item, &format!("events[{i}]."), None, now))
             .collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let statuses = accept(&state, events).await?;
@@ -253,11 +254,13 @@ fn count_rejection(state: &AppState, result: &Result<Response, ApiError>) {
     }
 }
 
-/// Parse one event; `at` prefixes field names (`events[3].`) inside a batch.
+/// Parse one event, received `now` (the request's time, shared by a batch's events); `at`
+/// prefixes field names (`events[3].`) inside a batch.
 fn parse_event(
     value: &Value,
     at: &str,
     idempotency_key: Option<String>,
+    now: DateTime<Utc>,
 ) -> Result<Event, ApiError> {
     let field = |name: &str| format!("{at}{name}");
     let obj: &Map<String, Value> = value.as_object().ok_or_else(|| {
@@ -316,7 +319,6 @@ fn parse_event(
             )
         })?),
     };
-    let now = Utc::now();
     let occurred_at = match obj.get("occurred_at") {
         None | Some(Value::Null) => now,
         Some(v) => v
@@ -363,7 +365,7 @@ const RELEASE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Release this request's claims in the background, trying until Redis answers (or the
 /// claims have expired by themselves).
-fn release_later(state: &AppState, ids: Vec<String>, token: String) {
+fn release_later(state: &AppState, ids: Vec<String>, token: String, at: DateTime<Utc>) {
     if ids.is_empty() {
         return;
     }
@@ -372,7 +374,7 @@ fn release_later(state: &AppState, ids: Vec<String>, token: String) {
         let started = Instant::now();
         let mut wait = std::time::Duration::from_millis(100);
         loop {
-            match store.release_events(&ids, &token).await {
+            match store.release_events(&ids, &token, at).await {
                 Ok(()) => return,
                 Err(e) if started.elapsed() >= RELEASE_FOR => {
                     tracing::warn!(error = %e, count = ids.len(), "could not release dedup claims; they expire by themselves");
@@ -401,13 +403,16 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
 
     // The claim names this request, so a release removes this request's claim only, and a
     // claim that lands after the request gave up on it is removed by the release after it.
-    let token = uuid::Uuid::new_v4().simple().to_string();
-    let (claims, registry_version) = match state.store.claim_events(&unique, &token).await {
+    // 64 random bits: enough to tell concurrent requests apart, and short, so a claim with
+    // a delivery appended still fits a packed dedup bucket (64 bytes a value).
+    let token = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+    let at = events.first().map_or_else(Utc::now, |e| e.received_at);
+    let (claims, registry_version) = match state.store.claim_events(&unique, &token, at).await {
         Ok(claimed) => claimed,
         Err(e) => {
             // The claim may still land (Redis paused, a reply lost): release it, so the
             // client's retry after this 503 is accepted, not `in_progress`.
-            release_later(state, unique, token);
+            release_later(state, unique, token, at);
             return Err(e.into());
         }
     };
@@ -497,9 +502,9 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
     }
     if !failed.is_empty() {
         let failed: Vec<String> = failed.into_iter().collect();
-        if let Err(e) = state.store.release_events(&failed, &token).await {
+        if let Err(e) = state.store.release_events(&failed, &token, at).await {
             tracing::warn!(error = %e, count = failed.len(), "could not release dedup claims; trying again in the background");
-            release_later(state, failed.clone(), token.clone());
+            release_later(state, failed.clone(), token.clone(), at);
         }
         let error = first_error.unwrap_or_default();
         tracing::warn!(error = %error, failed = failed.len(), "publishing to RabbitMQ failed; answering 503");

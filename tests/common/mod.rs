@@ -378,6 +378,29 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
         .expect("redis")
 }
 
+/// An event's dedup entry (its claim or marker), from the bucket of the time slot it was
+/// received in (this one, or the one either side when a test straddles a boundary).
+pub async fn dedup_entry(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    event_id: &str,
+) -> Option<String> {
+    let keys = kivihook_core::keys::Keys::new(prefix);
+    let slot = kivihook_core::keys::dedup_slot(chrono::Utc::now());
+    for s in [slot, slot - 1, slot + 1] {
+        let found: Option<String> = redis::cmd("HGET")
+            .arg(keys.dedup_bucket(keys.dedup_tag(event_id), s))
+            .arg(event_id)
+            .query_async(redis)
+            .await
+            .unwrap();
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
 /// Messages waiting in a queue, from a passive declare.
 pub async fn queue_depth(queue: &str) -> u32 {
     queue_depth_at("amqp://guest:guest@127.0.0.1:5672/%2f", queue).await

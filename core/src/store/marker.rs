@@ -26,11 +26,23 @@ use crate::event::CATALOGUE;
 /// The marker's first character while the event is being published.
 pub const IN_PROGRESS: &str = "p";
 
-/// The marker a request claims an id with: `p!<token>`, the token naming the request, so
-/// that its release removes its own claim and nobody else's (and a claim that lands after
-/// the request gave up is removed by the release that follows it).
-pub fn claim(token: &str) -> String {
-    format!("{IN_PROGRESS}!{token}")
+/// The marker a request claims an id with: `p!<token>!<expiry>`, the token naming the
+/// request, so that its release removes its own claim and nobody else's (and a claim that
+/// lands after the request gave up is removed by the release that follows it). A bucket's
+/// fields have no time to live of their own, so the claim carries its expiry (ms since the
+/// epoch, base 36): past it, a claim is free to take again (the request that made it
+/// crashed before it confirmed or released).
+pub fn claim(token: &str, expires: DateTime<Utc>) -> String {
+    format!(
+        "{}{}",
+        claim_prefix(token),
+        base36(expires.timestamp_millis().max(0) as u64)
+    )
+}
+
+/// What every claim of `token` starts with, whatever its expiry.
+pub fn claim_prefix(token: &str) -> String {
+    format!("{IN_PROGRESS}!{token}!")
 }
 
 /// A marker, read.

@@ -181,6 +181,7 @@ impl Store for MemoryStore {
         &self,
         ids: &[String],
         _token: &str,
+        _at: DateTime<Utc>,
     ) -> Result<(Vec<Claim>, u64), StoreError> {
         Ok(self.with(|s| {
             let now = Instant::now();
@@ -219,7 +220,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn release_events(&self, ids: &[String], _token: &str) -> Result<(), StoreError> {
+    async fn release_events(
+        &self,
+        ids: &[String],
+        _token: &str,
+        _at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         // One process, no late writes: a claim still in progress is this request's.
         self.with(|s| {
             for id in ids {

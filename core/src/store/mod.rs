@@ -183,10 +183,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claim event ids before publishing them (one round trip for a whole batch), and read
     /// the registry version to stamp on the messages.
+    /// `at` is when the events were received (every event of a request shares it).
     async fn claim_events(
         &self,
         ids: &[String],
         token: &str,
+        at: DateTime<Utc>,
     ) -> Result<(Vec<Claim>, u64), StoreError>;
     /// Mark claimed events accepted for the dedup window, once the broker confirmed them.
     async fn confirm_events(
@@ -195,7 +197,13 @@ pub trait Store: Send + Sync + 'static {
         window: Duration,
     ) -> Result<(), StoreError>;
     /// Release claims whose publish failed, so a retry of the request is not a "duplicate".
-    async fn release_events(&self, ids: &[String], token: &str) -> Result<(), StoreError>;
+    /// `at` is the time their claim was made with.
+    async fn release_events(
+        &self,
+        ids: &[String],
+        token: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// What was accepted under this id, within the dedup window.
     async fn event_info(&self, id: &str) -> Result<Option<EventInfo>, StoreError>;
 

@@ -23,7 +23,7 @@ use crate::delivery::{
     webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome, ReplayRun,
     TargetResult, TargetState, WebhookStats,
 };
-use crate::keys::{Keys, RETRY_SHARDS};
+use crate::keys::{dedup_slot, Keys, DEDUP_SLOT_SECS, RETRY_SHARDS};
 use crate::webhook::Webhook;
 
 /// Multiplexed connections in the pool. Each pipelines every request given to it; a few
@@ -135,64 +135,80 @@ redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
 return {tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures')), redis.call('HGET', KEYS[1], 'failing_since') or ''}
 ";
 
-/// Ingest's accept: the marker becomes what was accepted, for the dedup window, keeping
-/// any deliveries a dispatcher appended while the publish was being confirmed.
-/// Release a claim: delete the id's marker only while it is still this request's claim
-/// (ARGV[1], `p!<token>`, optionally followed by delivered targets).
+/// Claim an event id in its dedup bucket (`KEYS[1]`, the bucket of the slot it is received
+/// in) unless one of the window's buckets (`KEYS[2..]`, one hash tag) already holds it;
+/// returns what held it, or nil when the claim is this request's. A claim past its expiry
+/// (`p!<token>!<ms base 36>`; its request crashed) is taken over. `ARGV`: id, claim, now in
+/// ms, when `KEYS[1]` expires (s since the epoch).
+const DEDUP_CLAIM_SCRIPT: &str = r"
+local id = ARGV[1]
+for i = 1, #KEYS do
+  local m = redis.call('HGET', KEYS[i], id)
+  if m then
+    local expiry = string.sub(m, 1, 2) == 'p!' and string.match(m, '^p![^!|]*!([0-9a-z]+)')
+    if not (expiry and tonumber(expiry, 36) < tonumber(ARGV[3])) then return m end
+    redis.call('HDEL', KEYS[i], id)
+  end
+end
+redis.call('HSET', KEYS[1], id, ARGV[2])
+if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[4]) end
+return false
+";
+
+/// Release a claim: delete the id's entry only while it is still this request's claim
+/// (`ARGV[2]`, `p!<token>!`, whatever follows).
 const RELEASE_SCRIPT: &str = r"
-local m = redis.call('GET', KEYS[1])
-if m and (m == ARGV[1] or string.sub(m, 1, string.len(ARGV[1]) + 2) == ARGV[1] .. '|~') then
-  redis.call('DEL', KEYS[1])
+local m = redis.call('HGET', KEYS[1], ARGV[1])
+if m and string.sub(m, 1, string.len(ARGV[2])) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
   return 1
 end
 return 0
 ";
 
+/// Ingest's accept: the entry becomes what was accepted, keeping any deliveries a
+/// dispatcher appended while the publish was being confirmed. `ARGV`: id, accepted marker,
+/// when the bucket expires.
 const CONFIRM_SCRIPT: &str = r"
-local m = redis.call('GET', KEYS[1])
-if m and string.sub(m, 1, 1) == 'p' then
-  local rest = string.gsub(string.sub(m, 2), '^![^|]*', '')
-  redis.call('SET', KEYS[1], ARGV[1] .. rest, 'EX', ARGV[2])
-elseif m and string.sub(m, 1, 1) == 'a' then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-end
+local m = redis.call('HGET', KEYS[1], ARGV[1])
+if m and string.sub(m, 1, 1) == 'a' then return 0 end
+local rest = ''
+if m then rest = string.match(m, '|~.*$') or '' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. rest)
+if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
 return 1
 ";
 
-/// A delivered target: added to the event's marker (with the seconds since the event was
-/// received) while the marker lives, so a delivered event is one small string; a target-hash
-/// entry when the marker has expired (a retry delivered after the dedup window), which
-/// then expires on its own.
+/// A delivered target, appended (with the seconds since the event was received) to the
+/// event's entry in whichever of the window's buckets (`KEYS`) holds it, so a delivered
+/// event is one short field. Returns `f` when it was, `n` when no bucket holds the event
+/// (a retry delivered after the dedup window): the caller keeps a target-hash entry then.
+/// `ARGV`: id, entry, now in ms.
 const FOLD_SCRIPT: &str = r"
-local m = redis.call('GET', KEYS[1])
-if m then
-  local entry = ARGV[1]
-  if string.sub(m, 1, 1) == 'a' then
-    local bar = string.find(m, '|', 2, true)
-    local received = bar and tonumber(string.sub(m, 2, bar - 1), 36)
-    if received then
-      local secs = math.max(0, math.floor((tonumber(ARGV[5]) - received) / 1000))
-      local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
-      local s = ''
-      repeat
-        local d = secs % 36
-        s = string.sub(digits, d + 1, d + 1) .. s
-        secs = math.floor(secs / 36)
-      until secs == 0
-      entry = entry .. '@' .. s
+for i = 1, #KEYS do
+  local m = redis.call('HGET', KEYS[i], ARGV[1])
+  if m then
+    local entry = ARGV[2]
+    if string.sub(m, 1, 1) == 'a' then
+      local bar = string.find(m, '|', 2, true)
+      local received = bar and tonumber(string.sub(m, 2, bar - 1), 36)
+      if received then
+        local secs = math.max(0, math.floor((tonumber(ARGV[3]) - received) / 1000))
+        local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
+        local s = ''
+        repeat
+          local d = secs % 36
+          s = string.sub(digits, d + 1, d + 1) .. s
+          secs = math.floor(secs / 36)
+        until secs == 0
+        entry = entry .. '@' .. s
+      end
     end
+    redis.call('HSET', KEYS[i], ARGV[1], m .. entry)
+    return 'f'
   end
-  -- SET, not APPEND: APPEND turns the string into one with room to grow (about twice its
-  -- size), where SET keeps a short one embedded in its key's object.
-  redis.call('SET', KEYS[1], m .. entry, 'KEEPTTL')
-  redis.call('HDEL', KEYS[2], ARGV[2])
-else
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
 end
-return 0
+return 'n'
 ";
 
 /// A token bucket on the server's clock, shared by every dispatcher; returns the wait in ms.
@@ -227,6 +243,12 @@ pub struct RedisStore {
     release: redis::Script,
     confirm: redis::Script,
     fold: redis::Script,
+    dedup_claim: redis::Script,
+    /// The dedup window the window's buckets are looked up over (`with_dedup_window`).
+    window: Duration,
+    /// Until when (ms since the epoch) claims also check the previous layout's per-event
+    /// markers: -1 until read (`legacy_dedup_until`).
+    legacy_until: Arc<std::sync::atomic::AtomicI64>,
     token: redis::Script,
     sealer: Option<SecretBox>,
     wait: Option<WaitReplicas>,
@@ -357,6 +379,9 @@ impl RedisStore {
             confirm: redis::Script::new(CONFIRM_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
             fold: redis::Script::new(FOLD_SCRIPT),
+            dedup_claim: redis::Script::new(DEDUP_CLAIM_SCRIPT),
+            window: Duration::from_secs(86_400),
+            legacy_until: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
             token: redis::Script::new(TOKEN_SCRIPT),
             sealer: None,
             wait: None,
@@ -385,6 +410,63 @@ impl RedisStore {
             Some(key) => key_check::check(&mut self.conn(), &self.keys, key).await,
             None => Ok(()),
         }
+    }
+
+    /// Look events up over this dedup window (`KIVIHOOK_DEDUP_WINDOW`; 24 h if not set).
+    pub fn with_dedup_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The dedup buckets an event received around `at` may be in, over the dedup window:
+    /// the one of `at`'s slot first (where a claim at `at` goes), then the older ones, then
+    /// the next slot's (an ingest whose clock runs ahead). All share the event's hash tag.
+    fn dedup_buckets(&self, event_id: &str, at: DateTime<Utc>) -> Vec<String> {
+        let tag = self.keys.dedup_tag(event_id);
+        let slot = dedup_slot(at);
+        let window = chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::MAX);
+        let oldest = at
+            .checked_sub_signed(window)
+            .map_or(slot - 1, dedup_slot)
+            .max(slot - 400);
+        let mut out = Vec::with_capacity((slot - oldest + 2) as usize);
+        out.push(self.keys.dedup_bucket(tag, slot));
+        out.extend((oldest..slot).rev().map(|s| self.keys.dedup_bucket(tag, s)));
+        out.push(self.keys.dedup_bucket(tag, slot + 1));
+        out
+    }
+
+    /// When the bucket of `slot` expires (s since the epoch): a dedup window after the slot
+    /// ends, so every entry in it lives at least a window.
+    fn bucket_expiry(slot: i64, window: Duration) -> i64 {
+        (slot + 1) * DEDUP_SLOT_SECS + window.as_secs() as i64 + 60
+    }
+
+    /// Until when claims must also check the previous layout's per-event markers: one dedup
+    /// window (and a day for a rolling upgrade) after the first process of this layout
+    /// started on this installation, read once per process.
+    async fn legacy_dedup_until(&self) -> Result<i64, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let known = self.legacy_until.load(Relaxed);
+        if known >= 0 {
+            return Ok(known);
+        }
+        let mut c = self.conn();
+        let key = self.keys.dedup_layout_since();
+        let (_, since): (Value, Option<i64>) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(Utc::now().timestamp_millis())
+            .arg("NX")
+            .cmd("GET")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let since = since.unwrap_or_else(|| Utc::now().timestamp_millis());
+        let until = since + self.window.as_millis() as i64 + 86_400_000;
+        self.legacy_until.store(until, Relaxed);
+        Ok(until)
     }
 
     /// Make every write on the accept and outcome paths wait until `replicas` replicas
@@ -650,27 +732,34 @@ impl RedisStore {
             .arg(&dl.webhook_id);
     }
 
-    /// A target's state: folded into the event's marker when delivered, else in its targets
+    /// A target's state: folded into the event's marker when delivered (returns true: the
+    /// batch's reply says whether a marker was found, see `record`), else in its targets
     /// hash (for as long as a retry schedule can run).
-    fn add_state(&self, b: &mut Batch, r: &TargetResult, state: &TargetState) {
-        let marker = self.keys.dedup(&r.event_id);
+    fn add_state(&self, b: &mut Batch, r: &TargetResult, state: &TargetState) -> bool {
         let targets = self.keys.targets(&r.event_id);
         let now = Utc::now();
         if let TargetState::Delivered { .. } = state {
             if let Some(entry) = marker::delivered_entry(&r.webhook_id, None, now) {
-                b.script(&self.fold, &[&marker, &targets])
+                let buckets = self.dedup_buckets(&r.event_id, now);
+                let keys: Vec<&str> = buckets.iter().map(String::as_str).collect();
+                b.script(&self.fold, &keys)
+                    .arg(&r.event_id)
                     .arg(entry)
-                    .arg(&r.webhook_id)
-                    .arg(state.encode())
-                    .arg(TARGETS_TTL_SECS)
                     .arg(now.timestamp_millis());
-                return;
+                // A retry's state gives way to the folded delivery (reads prefer the fold;
+                // this keeps the hash from holding it for two weeks). A first attempt has
+                // no state to remove.
+                if r.attempt.as_ref().is_none_or(|a| a.attempt > 1) {
+                    b.ignored("HDEL", &targets).arg(&r.webhook_id);
+                }
+                return true;
             }
         }
         b.ignored("HSET", &targets)
             .arg(&r.webhook_id)
             .arg(state.encode());
         b.ignored("EXPIRE", &targets).arg(TARGETS_TTL_SECS);
+        false
     }
 
     /// Add what `results` did to the minute counters waiting to be written.
@@ -699,6 +788,7 @@ impl RedisStore {
             CONFIRM_SCRIPT,
             RELEASE_SCRIPT,
             FOLD_SCRIPT,
+            DEDUP_CLAIM_SCRIPT,
             CLAIM_SCRIPT,
             COMPLETE_SCRIPT,
             SWEEP_SCRIPT,
@@ -712,22 +802,47 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Read an event's marker and targets hash (one slot, one round trip).
+    /// Read an event's marker, from whichever of the window's buckets holds it (or the
+    /// previous layout's key), and its targets hash: one round trip (two slots on a
+    /// cluster). `Some(&[])` reads the marker only.
     async fn event_state(
         &self,
         event_id: &str,
         webhook_ids: Option<&[&str]>,
     ) -> Result<(Option<marker::Marker>, Value), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(self.keys.dedup(event_id));
+        let buckets = self.dedup_buckets(event_id, Utc::now());
+        let mut b = Batch::new();
+        for bucket in &buckets {
+            b.cmd("HGET", bucket).arg(event_id);
+        }
+        b.cmd("GET", &self.keys.legacy_dedup(event_id));
+        let targets = self.keys.targets(event_id);
         match webhook_ids {
-            Some(ids) => pipe.cmd("HMGET").arg(self.keys.targets(event_id)).arg(ids),
-            None => pipe.cmd("HGETALL").arg(self.keys.targets(event_id)),
+            Some([]) => {}
+            Some(ids) => {
+                b.cmd("HMGET", &targets).arg(ids);
+            }
+            None => {
+                b.cmd("HGETALL", &targets);
+            }
+        }
+        let mut replies = self.run(b, false).await?;
+        let targets = if webhook_ids.is_some_and(<[&str]>::is_empty) {
+            Value::Nil
+        } else {
+            replies.pop().unwrap_or(Value::Nil)
         };
-        let mut c = self.conn();
-        let (raw, targets): (Option<String>, Value) =
-            pipe.query_async(&mut c).await.map_err(unavailable)?;
-        Ok((raw.as_deref().and_then(marker::parse), targets))
+        // A bucket's accepted entry over anything else (a claim left by a crashed request
+        // in another slot's bucket).
+        let found: Vec<String> = replies
+            .into_iter()
+            .filter_map(|v| from::<Option<String>>(Some(v)).ok().flatten())
+            .collect();
+        let raw = found
+            .iter()
+            .find(|m| !m.starts_with(marker::IN_PROGRESS))
+            .or(found.first());
+        Ok((raw.and_then(|r| marker::parse(r)), targets))
     }
 
     /// Move what the previous key layout holds (one retry schedule and one dead-letter hash
@@ -1030,29 +1145,54 @@ impl Store for RedisStore {
         &self,
         ids: &[String],
         token: &str,
+        at: DateTime<Utc>,
     ) -> Result<(Vec<Claim>, u64), StoreError> {
-        let claim = marker::claim(token);
+        let now = Utc::now();
+        let claim = marker::claim(
+            token,
+            now + chrono::Duration::seconds(CLAIM_TTL_SECS as i64),
+        );
+        let expiry = Self::bucket_expiry(dedup_slot(at), self.window);
+        let legacy = self.legacy_dedup_until().await? > now.timestamp_millis();
         let mut b = Batch::new();
         for id in ids {
-            // NX with GET (Redis ≥ 7): one command both claims and tells who had it.
-            b.cmd("SET", &self.keys.dedup(id))
+            let buckets = self.dedup_buckets(id, at);
+            let keys: Vec<&str> = buckets.iter().map(String::as_str).collect();
+            b.script(&self.dedup_claim, &keys)
+                .arg(id)
                 .arg(&claim)
-                .arg("NX")
-                .arg("GET")
-                .arg("EX")
-                .arg(CLAIM_TTL_SECS);
+                .arg(now.timestamp_millis())
+                .arg(expiry);
+            if legacy {
+                b.cmd("GET", &self.keys.legacy_dedup(id));
+            }
         }
         b.cmd("GET", &self.keys.webhooks_version());
         let mut replies = self.run(b, false).await?;
         let version: Option<u64> = from(replies.pop())?;
+        let of = |previous: Option<String>| match previous.as_deref() {
+            None => Claim::New,
+            Some(p) if p.starts_with(marker::IN_PROGRESS) => Claim::InProgress,
+            Some(_) => Claim::Duplicate,
+        };
+        let per_id = if legacy { 2 } else { 1 };
         let mut claims = Vec::with_capacity(ids.len());
-        for r in replies {
-            let previous: Option<String> = from(Some(r))?;
-            claims.push(match previous.as_deref() {
-                None => Claim::New,
-                Some(p) if p.starts_with(marker::IN_PROGRESS) => Claim::InProgress,
-                Some(_) => Claim::Duplicate,
-            });
+        let mut undo = Vec::new();
+        let mut replies = replies.into_iter();
+        for id in ids {
+            let mut claim = of(from(replies.next())?);
+            if per_id == 2 {
+                let old = of(from(replies.next())?);
+                if claim == Claim::New && old != Claim::New {
+                    // Accepted before the upgrade: this claim is given back.
+                    undo.push(id.clone());
+                    claim = old;
+                }
+            }
+            claims.push(claim);
+        }
+        if !undo.is_empty() {
+            self.release_events(&undo, token, at).await?;
         }
         Ok((claims, version.unwrap_or(0)))
     }
@@ -1067,37 +1207,36 @@ impl Store for RedisStore {
         }
         let mut b = Batch::new();
         for e in events {
-            b.script(&self.confirm, &[&self.keys.dedup(&e.id)])
+            let bucket = self.keys.dedup_bucket_at(&e.id, e.received_at);
+            b.script(&self.confirm, &[&bucket])
+                .arg(&e.id)
                 .arg(marker::accepted(e))
-                .arg(window.as_secs().max(1));
+                .arg(Self::bucket_expiry(dedup_slot(e.received_at), window));
         }
         self.run(b, true).await.map(|_| ())
     }
 
-    async fn release_events(&self, ids: &[String], token: &str) -> Result<(), StoreError> {
-        let claim = marker::claim(token);
+    async fn release_events(
+        &self,
+        ids: &[String],
+        token: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let claim = marker::claim_prefix(token);
         let mut b = Batch::new();
         for id in ids {
-            b.script(&self.release, &[&self.keys.dedup(id)]).arg(&claim);
+            let bucket = self.keys.dedup_bucket_at(id, at);
+            b.script(&self.release, &[&bucket]).arg(id).arg(&claim);
         }
         self.run(b, false).await.map(|_| ())
     }
 
     async fn event_info(&self, id: &str) -> Result<Option<EventInfo>, StoreError> {
-        let mut c = self.conn();
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(self.keys.dedup(id))
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(raw
-            .as_deref()
-            .and_then(marker::parse)
-            .and_then(|m| m.info)
-            .map(|info| EventInfo {
-                id: id.to_owned(),
-                ..info
-            }))
+        let (marker, _) = self.event_state(id, Some(&[])).await?;
+        Ok(marker.and_then(|m| m.info).map(|info| EventInfo {
+            id: id.to_owned(),
+            ..info
+        }))
     }
 
     async fn registry_version(&self) -> Result<u64, StoreError> {
@@ -1311,6 +1450,8 @@ impl Store for RedisStore {
         let mut second = Batch::new();
         let mut has_attempt = Vec::with_capacity(results.len());
         let mut dead_for: Vec<&str> = Vec::new();
+        // The deliveries each batch folds into markers, in order.
+        let mut folds: [Vec<&TargetResult>; 2] = [Vec::new(), Vec::new()];
         for r in results {
             let state = match &r.outcome {
                 Outcome::Delivered => Some(TargetState::Delivered { at: now }),
@@ -1349,13 +1490,45 @@ impl Store for RedisStore {
             has_attempt.push(r.attempt.is_some());
             if let Some(state) = state {
                 let states = if two_steps { &mut second } else { &mut first };
-                self.add_state(states, r, &state);
+                if self.add_state(states, r, &state) {
+                    folds[usize::from(two_steps)].push(r);
+                }
             }
         }
-        // The replies kept are the attempt scripts' (arrays, in order) and the folds' (not).
+        // The replies kept are the attempt scripts' (arrays, in order), the folds' (`f` or
+        // `n`, in order) and the states set unless retrying (integers).
         let replies = self.run(first, true).await?;
-        if !second.is_empty() {
-            self.run(second, true).await?;
+        let second_replies = if second.is_empty() {
+            Vec::new()
+        } else {
+            self.run(second, true).await?
+        };
+        let folded = |replies: &[Value]| -> Vec<bool> {
+            replies
+                .iter()
+                .filter_map(|v| match v {
+                    Value::BulkString(s) => Some(s.as_slice() == b"f"),
+                    _ => None,
+                })
+                .collect()
+        };
+        // A delivery whose event no bucket holds any longer keeps a targets-hash entry.
+        let mut unfolded = Batch::new();
+        for (batch, replies) in [&replies, &second_replies].into_iter().enumerate() {
+            for (r, ok) in folds[batch].iter().zip(folded(replies)) {
+                if !ok {
+                    let targets = self.keys.targets(&r.event_id);
+                    let state = TargetState::Delivered { at: now };
+                    unfolded
+                        .ignored("HSET", &targets)
+                        .arg(&r.webhook_id)
+                        .arg(state.encode());
+                    unfolded.ignored("EXPIRE", &targets).arg(TARGETS_TTL_SECS);
+                }
+            }
+        }
+        if !unfolded.is_empty() {
+            self.run(unfolded, true).await?;
         }
         let mut streaks = replies.into_iter().filter_map(|v| match v {
             Value::Array(_) => <(u64, String)>::from_owned_redis_value(v).ok(),
