@@ -236,3 +236,143 @@ async fn events_accepted_before_the_upgrade_stay_deduplicated() {
     drop(k);
     cleanup(&prefix).await;
 }
+
+/// Dead letters listed in the previous layout's single index (`{<prefix>:dlq}`, one slot
+/// written by every dispatcher) are listed, replayable and counted after the upgrade, and
+/// the new scheduler moves them into the index's shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_in_the_single_index_are_moved_into_its_shards() {
+    const N: usize = 40;
+    let prefix = unique_prefix();
+    let r = Receiver::start().await;
+    let webhook_id = {
+        let k = Kivihook::start("ingest", &prefix, &[]);
+        let api = Api::new(&k);
+        let h = api
+            .create_webhook(json!({"name": "dlq", "url": r.url(), "events": ["*"]}))
+            .await;
+        h["id"].as_str().unwrap().to_owned()
+    };
+    let keys = Keys::new(&prefix);
+    let legacy = keys.legacy();
+    let failed = Utc::now() - chrono::Duration::minutes(5);
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        let dl = DeadLetter {
+            id: format!("dl_single_{i:02}"),
+            event_id: format!("evt_single_{i}"),
+            event_type: "bill.paid".into(),
+            webhook_id: webhook_id.clone(),
+            message_id: format!("msg_single_{i}"),
+            failed_at: failed + chrono::Duration::seconds(i as i64),
+            attempts: 8,
+            last_status: Some(500),
+            last_error: "500 Internal Server Error".into(),
+            last_attempt_id: None,
+            event: json!({"id": format!("evt_single_{i}"), "type": "bill.paid", "data": {}}),
+        };
+        let score = dl.failed_at.timestamp_millis();
+        pipe.cmd("HSET")
+            .arg(keys.dead_letters_of_entries(&webhook_id))
+            .arg(&dl.id)
+            .arg(serde_json::to_string(&dl).unwrap())
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys.dead_letters_of(&webhook_id))
+            .arg(score)
+            .arg(&dl.id)
+            .ignore()
+            .cmd("ZADD")
+            .arg(&legacy.dead_letters_index)
+            .arg(score)
+            .arg(&dl.id)
+            .ignore()
+            .cmd("HSET")
+            .arg(&legacy.dead_letter_owners)
+            .arg(&dl.id)
+            .arg(&webhook_id)
+            .ignore();
+    }
+    let mut redis = redis().await;
+    let _: () = pipe.query_async(&mut redis).await.unwrap();
+
+    // Before any scheduler runs: an API of this release lists and finds them.
+    {
+        let k = Kivihook::start("ingest", &prefix, &[]);
+        let api = Api::new(&k);
+        let page = get_json(&api, "/v1/dead-letters?limit=5").await;
+        assert_eq!(page["total"], N, "{page}");
+        let ids: Vec<&str> = page["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "dl_single_39",
+                "dl_single_38",
+                "dl_single_37",
+                "dl_single_36",
+                "dl_single_35"
+            ]
+        );
+        let replay = api.admin_post("/v1/dead-letters/dl_single_00/replay").await;
+        assert_eq!(replay.status(), 202);
+    }
+
+    // The new scheduler moves the rest into the shards; nothing is left in the old keys.
+    let k = Kivihook::start("all", &prefix, &[]);
+    let api = Api::new(&k);
+    eventually(Duration::from_secs(15), "the old index emptied", || {
+        let legacy = legacy.clone();
+        async move {
+            let mut redis = common::redis().await;
+            let (index, owners): (u64, u64) = redis::pipe()
+                .cmd("EXISTS")
+                .arg(&legacy.dead_letters_index)
+                .cmd("EXISTS")
+                .arg(&legacy.dead_letter_owners)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            index + owners == 0
+        }
+    })
+    .await;
+    let mut in_shards = 0u64;
+    let mut used = std::collections::HashSet::new();
+    for shard in 0..kivihook_core::keys::DEAD_LETTER_SHARDS {
+        let n: u64 = redis::cmd("ZCARD")
+            .arg(keys.dead_letters_index(shard))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if n > 0 {
+            used.insert(shard);
+        }
+        in_shards += n;
+    }
+    assert_eq!(in_shards, N as u64 - 1, "every one not replayed, once");
+    assert!(used.len() > 4, "spread over {} shards", used.len());
+    // Listing across the shards: newest first, pages that join up.
+    let first = get_json(&api, "/v1/dead-letters?limit=20").await;
+    let second = get_json(&api, "/v1/dead-letters?limit=20&offset=20").await;
+    assert_eq!(first["total"], N - 1);
+    let ids: Vec<String> = [&first, &second]
+        .iter()
+        .flat_map(|p| p["dead_letters"].as_array().unwrap().clone())
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (1..N).rev().map(|i| format!("dl_single_{i:02}")).collect();
+    assert_eq!(ids, expected);
+    let replay = api.admin_post("/v1/dead-letters/dl_single_17/replay").await;
+    assert_eq!(replay.status(), 202);
+    wait_until(Duration::from_secs(10), "both replays delivered", || {
+        r.count() == 2
+    })
+    .await;
+    drop(k);
+    cleanup(&prefix).await;
+}

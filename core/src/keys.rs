@@ -11,6 +11,10 @@
 /// from its id, so nothing else needs to remember it.
 pub const RETRY_SHARDS: u16 = 16;
 
+/// Shards of the installation-wide dead-letter index (and of its owner hash), which every
+/// dispatcher writes to when a delivery goes dead: spread as the retry schedule is.
+pub const DEAD_LETTER_SHARDS: u16 = 16;
+
 /// Hash tags the dedup buckets are spread over. With `DEDUP_SLOT_SECS`, this sets how many
 /// events a bucket holds: events per slot / `DEDUP_TAGS`. Up to `hash-max-listpack-entries`
 /// (128 by default) a bucket is a listpack, its entries packed end to end; past it, a hash
@@ -109,14 +113,21 @@ impl Keys {
         format!("{{{}:replay:{}}}", self.prefix, run_id)
     }
 
-    /// Sorted set of every dead-letter id by time, for listing newest first.
-    pub fn dead_letters_index(&self) -> String {
-        format!("{{{}:dlq}}:index", self.prefix)
+    /// The shard of the dead-letter index that lists this dead letter.
+    pub fn dead_letter_shard(&self, dead_letter_id: &str) -> u16 {
+        crc16(dead_letter_id.as_bytes()) % DEAD_LETTER_SHARDS
     }
 
-    /// Hash of dead-letter id → the webhook that holds it, for finding one by id.
-    pub fn dead_letter_owners(&self) -> String {
-        format!("{{{}:dlq}}:owner", self.prefix)
+    /// Sorted set of one shard's dead-letter ids by time, for listing newest first (the
+    /// shards merged). Shares a hash tag with the shard's owner hash.
+    pub fn dead_letters_index(&self, shard: u16) -> String {
+        format!("{{{}:dlq:{}}}:index", self.prefix, shard)
+    }
+
+    /// Hash of dead-letter id → the webhook that holds it, one shard's, for finding one by
+    /// id.
+    pub fn dead_letter_owners(&self, shard: u16) -> String {
+        format!("{{{}:dlq:{}}}:owner", self.prefix, shard)
     }
 
     /// Hash of dead-letter id → entry JSON, one webhook's.
@@ -187,6 +198,7 @@ impl Keys {
             retry_leases: format!("{{{}:retry}}:leases", self.prefix),
             dead_letters: format!("{{{}:dlq}}:entries", self.prefix),
             dead_letters_index: format!("{{{}:dlq}}:index", self.prefix),
+            dead_letter_owners: format!("{{{}:dlq}}:owner", self.prefix),
         }
     }
 
@@ -204,6 +216,9 @@ pub struct LegacyKeys {
     pub retry_leases: String,
     pub dead_letters: String,
     pub dead_letters_index: String,
+    /// The previous layout's one owner hash (beside `dead_letters_index`), before the
+    /// dead-letter index was sharded.
+    pub dead_letter_owners: String,
 }
 
 /// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag, or of the whole key
@@ -318,8 +333,8 @@ mod tests {
             slot(k.webhooks_version().as_bytes())
         );
         assert_eq!(
-            slot(k.dead_letters_index().as_bytes()),
-            slot(k.dead_letter_owners().as_bytes())
+            slot(k.dead_letters_index(3).as_bytes()),
+            slot(k.dead_letter_owners(3).as_bytes())
         );
         for shard in 0..RETRY_SHARDS {
             let s = slot(k.retry_schedule(shard).as_bytes());

@@ -23,7 +23,7 @@ use crate::delivery::{
     webhook_of_attempt, AttemptRecord, DeadLetter, Health, Job, MinuteCounts, Outcome, ReplayRun,
     TargetResult, TargetState, WebhookStats,
 };
-use crate::keys::{dedup_slot, Keys, DEDUP_SLOT_SECS, RETRY_SHARDS};
+use crate::keys::{dedup_slot, Keys, DEAD_LETTER_SHARDS, DEDUP_SLOT_SECS, RETRY_SHARDS};
 use crate::webhook::Webhook;
 
 /// Multiplexed connections in the pool. Each pipelines every request given to it; a few
@@ -614,16 +614,58 @@ impl RedisStore {
         }
     }
 
+    /// One page of the installation's dead-letter ids, newest first, and how many there
+    /// are: the first `offset + limit` of every shard (and of the previous layout's single
+    /// index, until the scheduler has moved it), merged.
+    async fn newest_dead_letters(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<String>, u64), StoreError> {
+        let legacy = self.keys.legacy();
+        let indexes: Vec<String> = (0..DEAD_LETTER_SHARDS)
+            .map(|s| self.keys.dead_letters_index(s))
+            .chain([legacy.dead_letters_index])
+            .collect();
+        let mut b = Batch::new();
+        for index in &indexes {
+            b.cmd("ZREVRANGE", index)
+                .arg(0)
+                .arg((offset + limit).saturating_sub(1))
+                .arg("WITHSCORES");
+            b.cmd("ZCARD", index);
+        }
+        let mut replies = self.run(b, false).await?.into_iter();
+        let mut all: Vec<(String, f64)> = Vec::new();
+        let mut total = 0u64;
+        for _ in &indexes {
+            let page: Vec<(String, f64)> = from(replies.next())?;
+            all.extend(page);
+            total += from::<u64>(replies.next())?;
+        }
+        // Newest first; an id that is in a shard and still in the old index (being moved)
+        // once.
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        let mut seen = std::collections::HashSet::new();
+        let ids = all
+            .into_iter()
+            .filter(|(id, _)| seen.insert(id.clone()))
+            .skip(offset)
+            .take(limit)
+            .map(|(id, _)| id)
+            .collect();
+        Ok((ids, total))
+    }
+
     /// A dead letter and the webhook that owns it.
     async fn read_dead_letter(&self, id: &str) -> Result<Option<(String, DeadLetter)>, StoreError> {
+        let owners = self
+            .dead_letter_owners(std::slice::from_ref(&id.to_owned()))
+            .await?;
+        let Some(owner) = owners.into_iter().next().flatten() else {
+            return Ok(None);
+        };
         let mut c = self.conn();
-        let owner: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.dead_letter_owners())
-            .arg(id)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        let Some(owner) = owner else { return Ok(None) };
         let raw: Option<String> = redis::cmd("HGET")
             .arg(self.keys.dead_letters_of_entries(&owner))
             .arg(id)
@@ -641,8 +683,7 @@ impl RedisStore {
         b.cmd("HDEL", &self.keys.dead_letters_of_entries(owner))
             .arg(id);
         b.ignored("ZREM", &self.keys.dead_letters_of(owner)).arg(id);
-        b.ignored("ZREM", &self.keys.dead_letters_index()).arg(id);
-        b.ignored("HDEL", &self.keys.dead_letter_owners()).arg(id);
+        self.unindex_dead_letters(&mut b, std::slice::from_ref(&id.to_owned()));
         let replies = self.run(b, false).await?;
         let removed: u64 = from(replies.into_iter().next())?;
         Ok(removed > 0)
@@ -680,8 +721,50 @@ impl RedisStore {
             .arg(ids);
         b.ignored("ZREM", &self.keys.dead_letters_of(webhook_id))
             .arg(ids);
-        b.ignored("ZREM", &self.keys.dead_letters_index()).arg(ids);
-        b.ignored("HDEL", &self.keys.dead_letter_owners()).arg(ids);
+        self.unindex_dead_letters(b, ids);
+    }
+
+    /// Take dead letters out of the installation-wide index: their shards', and the
+    /// previous layout's single index, which may still list them.
+    fn unindex_dead_letters(&self, b: &mut Batch, ids: &[String]) {
+        let mut by_shard: HashMap<u16, Vec<&String>> = HashMap::new();
+        for id in ids {
+            by_shard
+                .entry(self.keys.dead_letter_shard(id))
+                .or_default()
+                .push(id);
+        }
+        for (shard, ids) in by_shard {
+            b.ignored("ZREM", &self.keys.dead_letters_index(shard))
+                .arg(&ids);
+            b.ignored("HDEL", &self.keys.dead_letter_owners(shard))
+                .arg(&ids);
+        }
+        let legacy = self.keys.legacy();
+        b.ignored("ZREM", &legacy.dead_letters_index).arg(ids);
+        b.ignored("HDEL", &legacy.dead_letter_owners).arg(ids);
+    }
+
+    /// The webhook that holds each dead letter: its shard's owner hash, else the previous
+    /// layout's single one (until the scheduler has moved it).
+    async fn dead_letter_owners(&self, ids: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let legacy = self.keys.legacy();
+        let mut b = Batch::new();
+        for id in ids {
+            let shard = self.keys.dead_letter_shard(id);
+            b.cmd("HGET", &self.keys.dead_letter_owners(shard)).arg(id);
+        }
+        b.cmd("HMGET", &legacy.dead_letter_owners).arg(ids);
+        let mut replies = self.run(b, false).await?;
+        let old: Vec<Option<String>> = from(replies.pop())?;
+        replies
+            .into_iter()
+            .zip(old)
+            .map(|(v, old)| Ok(from::<Option<String>>(Some(v))?.or(old)))
+            .collect()
     }
 
     fn add_attempt(&self, b: &mut Batch, a: &AttemptRecord, ok: bool) {
@@ -724,10 +807,11 @@ impl RedisStore {
         b.ignored("ZADD", &self.keys.dead_letters_of(&dl.webhook_id))
             .arg(score)
             .arg(&dl.id);
-        b.ignored("ZADD", &self.keys.dead_letters_index())
+        let shard = self.keys.dead_letter_shard(&dl.id);
+        b.ignored("ZADD", &self.keys.dead_letters_index(shard))
             .arg(score)
             .arg(&dl.id);
-        b.ignored("HSET", &self.keys.dead_letter_owners())
+        b.ignored("HSET", &self.keys.dead_letter_owners(shard))
             .arg(&dl.id)
             .arg(&dl.webhook_id);
     }
@@ -1014,6 +1098,7 @@ impl RedisStore {
                 .map_err(unavailable)?;
             moved += ids.len() as u64;
         }
+        moved += self.shard_dead_letter_index().await?;
         if moved > 0 {
             tracing::info!(
                 records = moved,
@@ -1021,6 +1106,65 @@ impl RedisStore {
             );
         }
         Ok(moved)
+    }
+}
+
+impl RedisStore {
+    /// Move the previous layout's single dead-letter index and owner hash (`{<prefix>:dlq}`)
+    /// into their shards, 500 at a time: each entry is in its shard before it leaves the old
+    /// keys, and reads merge both meanwhile. Returns how many were moved.
+    async fn shard_dead_letter_index(&self) -> Result<u64, StoreError> {
+        let legacy = self.keys.legacy();
+        let mut moved = 0u64;
+        loop {
+            let mut c = self.conn();
+            let page: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(&legacy.dead_letters_index)
+                .arg(0)
+                .arg(499)
+                .arg("WITHSCORES")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if page.is_empty() {
+                return Ok(moved);
+            }
+            let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+            let owners: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(&legacy.dead_letter_owners)
+                .arg(&ids)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            let mut b = Batch::new();
+            for ((id, score), owner) in page.iter().zip(&owners) {
+                // An id without an owner cannot be read any more: it is only dropped.
+                let Some(owner) = owner else { continue };
+                let shard = self.keys.dead_letter_shard(id);
+                b.ignored("ZADD", &self.keys.dead_letters_index(shard))
+                    .arg(*score)
+                    .arg(id);
+                b.ignored("HSET", &self.keys.dead_letter_owners(shard))
+                    .arg(id)
+                    .arg(owner);
+            }
+            if !b.is_empty() {
+                self.run(b, true).await?;
+            }
+            redis::pipe()
+                .cmd("ZREM")
+                .arg(&legacy.dead_letters_index)
+                .arg(&ids)
+                .ignore()
+                .cmd("HDEL")
+                .arg(&legacy.dead_letter_owners)
+                .arg(&ids)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(unavailable)?;
+            moved += ids.len() as u64;
+        }
     }
 }
 
@@ -1697,9 +1841,15 @@ impl Store for RedisStore {
                 .arg(0)
                 .arg("WITHSCORES");
         }
-        b.cmd("ZCARD", &self.keys.dead_letters_index());
+        for shard in 0..DEAD_LETTER_SHARDS {
+            b.cmd("ZCARD", &self.keys.dead_letters_index(shard));
+        }
+        b.cmd("ZCARD", &self.keys.legacy().dead_letters_index);
         let mut replies = self.run(b, false).await?;
-        let dead: u64 = from(replies.pop())?;
+        let mut dead = 0u64;
+        for _ in 0..=DEAD_LETTER_SHARDS {
+            dead += from::<u64>(replies.pop())?;
+        }
         let (mut depth, mut leased) = (0u64, 0u64);
         let mut oldest: Option<f64> = None;
         let mut oldest_lease: Option<f64> = None;
@@ -1799,35 +1949,35 @@ impl Store for RedisStore {
         offset: usize,
         limit: usize,
     ) -> Result<Page<DeadLetter>, StoreError> {
-        let index = match webhook_id {
-            Some(w) => self.keys.dead_letters_of(w),
-            None => self.keys.dead_letters_index(),
+        let (ids, total, owners) = match webhook_id {
+            Some(w) => {
+                let index = self.keys.dead_letters_of(w);
+                let mut c = self.conn();
+                let (ids, total): (Vec<String>, u64) = redis::pipe()
+                    .cmd("ZREVRANGE")
+                    .arg(&index)
+                    .arg(offset)
+                    .arg((offset + limit).saturating_sub(1))
+                    .cmd("ZCARD")
+                    .arg(&index)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                let owners = vec![Some(w.to_owned()); ids.len()];
+                (ids, total, owners)
+            }
+            None => {
+                let (ids, total) = self.newest_dead_letters(offset, limit).await?;
+                let owners = self.dead_letter_owners(&ids).await?;
+                (ids, total, owners)
+            }
         };
-        let mut c = self.conn();
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZREVRANGE")
-            .arg(&index)
-            .arg(offset)
-            .arg((offset + limit).saturating_sub(1))
-            .cmd("ZCARD")
-            .arg(&index);
-        let (ids, total): (Vec<String>, u64) =
-            pipe.query_async(&mut c).await.map_err(unavailable)?;
         if ids.is_empty() || limit == 0 {
             return Ok(Page {
                 items: Vec::new(),
                 total,
             });
         }
-        let owners: Vec<Option<String>> = match webhook_id {
-            Some(w) => vec![Some(w.to_owned()); ids.len()],
-            None => redis::cmd("HMGET")
-                .arg(self.keys.dead_letter_owners())
-                .arg(&ids)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?,
-        };
         let mut b = Batch::new();
         for (id, owner) in ids.iter().zip(&owners) {
             if let Some(owner) = owner {
