@@ -288,6 +288,9 @@ pub struct TargetResult {
     pub outcome: Outcome,
     /// `None` when no request was sent (deferred by the circuit breaker or a cap).
     pub attempt: Option<AttemptRecord>,
+    /// When ingest received the event, when known (a first attempt): says which dedup
+    /// bucket holds its marker, where otherwise the window's buckets are searched.
+    pub received_at: Option<DateTime<Utc>>,
 }
 
 /// A webhook's failure streak, as the store saw it after recording an attempt.

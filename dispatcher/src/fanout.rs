@@ -26,7 +26,10 @@ pub async fn event_targets(
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = hooks.iter().map(|w| w.id.as_str()).collect();
-    let states = d.store.target_states(&event.id, &ids).await?;
+    let states = d
+        .store
+        .target_states(&event.id, &ids, Some(event.received_at))
+        .await?;
     let skipped = states.iter().filter(|s| s.is_some()).count();
     if skipped > 0 {
         d.metrics.redelivery_skips.inc_by(skipped as u64);
@@ -80,7 +83,7 @@ pub async fn job_target(d: &Dispatcher, job: Job) -> Result<JobTarget, StoreErro
     if job.kind == JobKind::Retry {
         let state = d
             .store
-            .target_states(&job.event_id, &[job.webhook_id.as_str()])
+            .target_states(&job.event_id, &[job.webhook_id.as_str()], None)
             .await?
             .pop()
             .flatten();

@@ -132,6 +132,7 @@ pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Proc
             webhook_id: webhook.id.clone(),
             outcome,
             attempt: Some(record),
+            received_at: target.received_at,
         },
         webhook,
         disable,
@@ -157,6 +158,7 @@ pub fn deferred(target: &Target, until: DateTime<Utc>, reserved: bool) -> Proces
             webhook_id: target.webhook.id.clone(),
             outcome: Outcome::Retry { job, due },
             attempt: None,
+            received_at: target.received_at,
         },
         disable: None,
     }
@@ -172,6 +174,7 @@ pub fn refused(target: &Target, reason: &str) -> Processed {
             webhook_id: target.webhook.id.clone(),
             outcome: Outcome::Dead(Box::new(dl)),
             attempt: None,
+            received_at: target.received_at,
         },
         disable: None,
     }

@@ -348,6 +348,7 @@ impl Store for MemoryStore {
         &self,
         event_id: &str,
         webhook_ids: &[&str],
+        _received_at: Option<DateTime<Utc>>,
     ) -> Result<Vec<Option<TargetState>>, StoreError> {
         Ok(self.with(|s| {
             let t = s.targets.get(event_id);

@@ -252,10 +252,12 @@ pub trait Store: Send + Sync + 'static {
     // --- delivery -------------------------------------------------------------------------
 
     /// For each webhook id, the target's state for this event (`None`: not settled yet).
+    /// `received_at`, when known, is when ingest received the event (it narrows the lookup).
     async fn target_states(
         &self,
         event_id: &str,
         webhook_ids: &[&str],
+        received_at: Option<DateTime<Utc>>,
     ) -> Result<Vec<Option<TargetState>>, StoreError>;
     /// Every settled target of an event.
     async fn all_target_states(

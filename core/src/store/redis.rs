@@ -436,6 +436,20 @@ impl RedisStore {
         out
     }
 
+    /// The buckets that may hold an event's marker: the one of the slot it was received in
+    /// when that is known (its claim went there), else every bucket of the window.
+    fn marker_buckets(
+        &self,
+        event_id: &str,
+        received_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        match received_at {
+            Some(at) => vec![self.keys.dedup_bucket_at(event_id, at)],
+            None => self.dedup_buckets(event_id, now),
+        }
+    }
+
     /// When the bucket of `slot` expires (s since the epoch): a dedup window after the slot
     /// ends, so every entry in it lives at least a window.
     fn bucket_expiry(slot: i64, window: Duration) -> i64 {
@@ -824,7 +838,7 @@ impl RedisStore {
         let now = Utc::now();
         if let TargetState::Delivered { .. } = state {
             if let Some(entry) = marker::delivered_entry(&r.webhook_id, None, now) {
-                let buckets = self.dedup_buckets(&r.event_id, now);
+                let buckets = self.marker_buckets(&r.event_id, r.received_at, now);
                 let keys: Vec<&str> = buckets.iter().map(String::as_str).collect();
                 b.script(&self.fold, &keys)
                     .arg(&r.event_id)
@@ -893,13 +907,18 @@ impl RedisStore {
         &self,
         event_id: &str,
         webhook_ids: Option<&[&str]>,
+        received_at: Option<DateTime<Utc>>,
     ) -> Result<(Option<marker::Marker>, Value), StoreError> {
-        let buckets = self.dedup_buckets(event_id, Utc::now());
+        let now = Utc::now();
+        let legacy = self.legacy_dedup_until().await? > now.timestamp_millis();
+        let buckets = self.marker_buckets(event_id, received_at, now);
         let mut b = Batch::new();
         for bucket in &buckets {
             b.cmd("HGET", bucket).arg(event_id);
         }
-        b.cmd("GET", &self.keys.legacy_dedup(event_id));
+        if legacy {
+            b.cmd("GET", &self.keys.legacy_dedup(event_id));
+        }
         let targets = self.keys.targets(event_id);
         match webhook_ids {
             Some([]) => {}
@@ -1376,7 +1395,7 @@ impl Store for RedisStore {
     }
 
     async fn event_info(&self, id: &str) -> Result<Option<EventInfo>, StoreError> {
-        let (marker, _) = self.event_state(id, Some(&[])).await?;
+        let (marker, _) = self.event_state(id, Some(&[]), None).await?;
         Ok(marker.and_then(|m| m.info).map(|info| EventInfo {
             id: id.to_owned(),
             ..info
@@ -1521,11 +1540,14 @@ impl Store for RedisStore {
         &self,
         event_id: &str,
         webhook_ids: &[&str],
+        received_at: Option<DateTime<Utc>>,
     ) -> Result<Vec<Option<TargetState>>, StoreError> {
         if webhook_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let (marker, targets) = self.event_state(event_id, Some(webhook_ids)).await?;
+        let (marker, targets) = self
+            .event_state(event_id, Some(webhook_ids), received_at)
+            .await?;
         let raw: Vec<Option<String>> = from(Some(targets))?;
         let received = marker
             .as_ref()
@@ -1552,7 +1574,7 @@ impl Store for RedisStore {
         &self,
         event_id: &str,
     ) -> Result<HashMap<String, TargetState>, StoreError> {
-        let (marker, targets) = self.event_state(event_id, None).await?;
+        let (marker, targets) = self.event_state(event_id, None, None).await?;
         let raw: HashMap<String, String> = from(Some(targets))?;
         let mut out: HashMap<String, TargetState> = raw
             .into_iter()
