@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use kivihook_core::broker::{Acker, BrokerError, Delivery, DeliveryStream, Queue};
 use kivihook_core::delivery::Job;
-use kivihook_core::{Event, Shutdown};
+use kivihook_core::Shutdown;
 
 use crate::fanout::{self, JobTarget};
 use crate::gate::{self, Pass};
@@ -210,7 +210,7 @@ async fn poison(d: &Dispatcher, delivery: Delivery, error: &serde_json::Error) {
 
 /// A new event: fan out, send to every target at once, record, ack.
 async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) {
-    let event: Event = match serde_json::from_slice(&delivery.body) {
+    let event: fanout::EventHead = match serde_json::from_slice(&delivery.body) {
         Ok(e) => e,
         Err(e) => return poison(&d, delivery, &e).await,
     };

@@ -3,12 +3,30 @@
 
 use bytes::Bytes;
 
+use chrono::{DateTime, Utc};
 use kivihook_core::delivery::{Job, JobKind, TargetState};
-use kivihook_core::{Event, StoreError};
+use kivihook_core::StoreError;
+use serde::Deserialize;
 
 use crate::send::message_id;
 use crate::target::Target;
 use crate::Dispatcher;
+
+/// What the dispatcher reads of an event message: its envelope is sent as it came (the body
+/// bytes), so its `data` is checked to be JSON but never built into a tree.
+#[derive(Debug, Deserialize)]
+pub struct EventHead {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default)]
+    pub clinic_id: Option<String>,
+    #[allow(dead_code)]
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    #[allow(dead_code)]
+    data: serde::de::IgnoredAny,
+}
 
 /// The targets of a new event that are not settled yet.
 ///
@@ -16,7 +34,7 @@ use crate::Dispatcher;
 /// targets); it is what makes a redelivery after a crash skip the targets already reached.
 pub async fn event_targets(
     d: &Dispatcher,
-    event: &Event,
+    event: &EventHead,
     body: &Bytes,
 ) -> Result<Vec<Target>, StoreError> {
     let hooks = d
