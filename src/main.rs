@@ -482,6 +482,10 @@ async fn connect_store(
                 match store.check_secret_key().await {
                     Ok(()) => {
                         store.check_durability().await;
+                        if let Err(e) = store.check_dedup_layout().await {
+                            // Read again on the first claim or lookup.
+                            tracing::warn!(error = %e, "cannot read the dedup layout yet");
+                        }
                         return Ok(Some(Arc::new(store)));
                     }
                     Err(KeyCheckError::Mismatch(message)) => {

@@ -147,16 +147,31 @@ async fn events_accepted_before_the_upgrade_stay_deduplicated() {
     use kivihook_core::store::{marker, EventInfo};
     let prefix = unique_prefix();
     let r = Receiver::start().await;
-    let k = Kivihook::start("all", &prefix, &[]);
-    let api = Api::new(&k);
-    let h = api
-        .create_webhook(json!({"name": "crm", "url": r.url(), "events": ["*"]}))
-        .await;
-    let webhook_id = h["id"].as_str().unwrap().to_owned();
+    let keys = Keys::new(&prefix);
+    let webhook_id = {
+        let k = Kivihook::start("ingest", &prefix, &[]);
+        let api = Api::new(&k);
+        let h = api
+            .create_webhook(json!({"name": "crm", "url": r.url(), "events": ["*"]}))
+            .await;
+        h["id"].as_str().unwrap().to_owned()
+    };
+    // That process found a new installation; the previous release wrote no layout key.
+    let mut redis = redis().await;
+    let new_install: String = redis::cmd("GET")
+        .arg(keys.dedup_layout_since())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(new_install, "0");
+    let _: () = redis::cmd("DEL")
+        .arg(keys.dedup_layout_since())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
 
     // Markers the previous release left: one accepted and delivered, one still claimed by
     // a request in flight.
-    let keys = Keys::new(&prefix);
     let received = Utc::now() - chrono::Duration::minutes(10);
     let info = EventInfo {
         id: "evt_before_1".into(),
@@ -166,7 +181,6 @@ async fn events_accepted_before_the_upgrade_stay_deduplicated() {
     };
     let delivered =
         marker::accepted(&info) + &marker::delivered_entry(&webhook_id, None, received).unwrap();
-    let mut redis = redis().await;
     let _: () = redis::pipe()
         .cmd("SET")
         .arg(keys.legacy_dedup("evt_before_1"))
@@ -184,6 +198,9 @@ async fn events_accepted_before_the_upgrade_stay_deduplicated() {
         .await
         .unwrap();
 
+    // The new release starts on an installation that has a registry: an upgrade.
+    let k = Kivihook::start("all", &prefix, &[]);
+    let api = Api::new(&k);
     let again = api
         .post_event(&event("evt_before_1", "bill.paid", Some("7")))
         .await;

@@ -67,8 +67,8 @@ impl Keys {
     }
 
     /// When the first process that keeps dedup markers in buckets started on this
-    /// installation (ms since the epoch; `SET NX`): claims check the previous layout's
-    /// markers for one dedup window after it.
+    /// installation (ms since the epoch; `SET NX`), or 0 for an installation that was new
+    /// then: claims check the previous layout's markers for one dedup window after it.
     pub fn dedup_layout_since(&self) -> String {
         format!("{{{}:layout}}:dedup-buckets", self.prefix)
     }

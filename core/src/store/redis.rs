@@ -456,9 +456,19 @@ impl RedisStore {
         (slot + 1) * DEDUP_SLOT_SECS + window.as_secs() as i64 + 60
     }
 
+    /// Read (or, on an installation's first start with this layout, write) whether claims
+    /// must check the previous layout's markers; done at start, before this process can
+    /// create a webhook, so that a new installation is seen to be new.
+    pub async fn check_dedup_layout(&self) -> Result<(), StoreError> {
+        self.legacy_dedup_until().await.map(|_| ())
+    }
+
     /// Until when claims must also check the previous layout's per-event markers: one dedup
     /// window (and a day for a rolling upgrade) after the first process of this layout
-    /// started on this installation, read once per process.
+    /// started on this installation, read once per process. An installation that had no
+    /// registry when that process started is new: it has no old markers to check (events
+    /// accepted with no webhook registered reached nobody, so there is nothing to deliver
+    /// twice), and the key says so with 0.
     async fn legacy_dedup_until(&self) -> Result<i64, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         let known = self.legacy_until.load(Relaxed);
@@ -467,18 +477,39 @@ impl RedisStore {
         }
         let mut c = self.conn();
         let key = self.keys.dedup_layout_since();
-        let (_, since): (Value, Option<i64>) = redis::pipe()
-            .cmd("SET")
-            .arg(&key)
-            .arg(Utc::now().timestamp_millis())
-            .arg("NX")
-            .cmd("GET")
+        let mut since: Option<i64> = redis::cmd("GET")
             .arg(&key)
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        let since = since.unwrap_or_else(|| Utc::now().timestamp_millis());
-        let until = since + self.window.as_millis() as i64 + 86_400_000;
+        if since.is_none() {
+            let upgraded: bool = redis::cmd("EXISTS")
+                .arg(self.keys.webhooks_version())
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            let now = if upgraded {
+                Utc::now().timestamp_millis()
+            } else {
+                0
+            };
+            let (_, read): (Value, Option<i64>) = redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(now)
+                .arg("NX")
+                .cmd("GET")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            since = read;
+        }
+        let until = match since {
+            Some(0) => 0,
+            Some(since) => since + self.window.as_millis() as i64 + 86_400_000,
+            None => Utc::now().timestamp_millis() + self.window.as_millis() as i64 + 86_400_000,
+        };
         self.legacy_until.store(until, Relaxed);
         Ok(until)
     }
