@@ -26,8 +26,10 @@ use crate::delivery::{
 use crate::keys::{dedup_slot, Keys, DEAD_LETTER_SHARDS, DEDUP_SLOT_SECS, RETRY_SHARDS};
 use crate::webhook::Webhook;
 
-/// Multiplexed connections in the pool. Each pipelines every request given to it; a few
-/// spread the parsing of large replies over threads. Each redials by itself when it breaks.
+/// Multiplexed connections in the pool. Each pipelines every request given to it; the first
+/// carries the per-event batches (`run`), the others the rest, so that a large reply (a
+/// listing, a registry reload) is parsed beside the delivery path, not in front of it. Each
+/// redials by itself when it breaks.
 const POOL_SIZE: usize = 4;
 /// How long a claim lives while its publish is in flight; a crash in that window frees
 /// the id again after this long.
@@ -616,16 +618,29 @@ impl RedisStore {
         &self.keys
     }
 
+    /// A connection for reads and writes off the per-event path (listings, the registry,
+    /// statistics): any but the first, whose large replies then never queue in front of
+    /// the per-event batches.
     fn conn(&self) -> AnyConn {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        self.pool[i].clone()
+        let others = self.pool.len().saturating_sub(1).max(1);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % others;
+        self.pool[(i + 1).min(self.pool.len() - 1)].clone()
     }
 
-    /// Send a batch; `durable` ones wait for the configured replicas.
+    /// Send a batch; `durable` ones wait for the configured replicas. Batches share the
+    /// first connection, so that those sent at once leave in one write (one system call
+    /// for many events); with `WAIT`, which holds the connection it is sent on until the
+    /// replicas answer, they spread over every connection instead.
     async fn run(&self, batch: Batch, durable: bool) -> Result<Vec<Value>, StoreError> {
         let wait = if durable { self.wait } else { None };
+        let conn = if self.wait.is_some() {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+            &self.pool[i]
+        } else {
+            &self.pool[0]
+        };
         batch
-            .run(&self.conn(), wait, || self.load_scripts())
+            .run(conn, wait, || self.load_scripts())
             .await
             .map_err(unavailable)
     }
