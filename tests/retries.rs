@@ -487,6 +487,57 @@ async fn a_hung_endpoint_costs_only_its_own_budget() {
     cleanup(&prefix).await;
 }
 
+/// A hung endpoint whose requests time out frees its slots without an answer: the targets
+/// behind them must not wait for those slots as if it were merely busy, or the events they
+/// belong to hold the prefetch window and the healthy endpoint beside it starves. With a
+/// window of 8, a cap of 2 and a 1 s timeout, waiting for each round of timeouts would let
+/// through about 8 events a second (300 in over 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_of_a_hung_endpoint_do_not_hold_the_prefetch() {
+    let env = [
+        ("KIVIHOOK_DELIVERY_TIMEOUT", "1"),
+        ("KIVIHOOK_PREFETCH", "8"),
+        ("KIVIHOOK_WEBHOOK_CONCURRENCY", "2"),
+        // No circuit breaker: it would put the hung endpoint's targets off by itself.
+        ("KIVIHOOK_CIRCUIT_THRESHOLD", "0"),
+    ];
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &env);
+    let api = Api::new(&k);
+    let healthy = Receiver::start().await;
+    let hung = Receiver::start().await;
+    hung.delay(Duration::from_secs(60));
+    api.create_webhook(json!({"name": "healthy", "url": healthy.url(), "events": ["*"]}))
+        .await;
+    api.create_webhook(json!({"name": "hung", "url": hung.url(), "events": ["*"]}))
+        .await;
+    // Two rounds of timeouts first, so the window is tested after the hung endpoint's
+    // slots have come free without an answer.
+    let first: Vec<Value> = (0..4)
+        .map(|i| event(&format!("evt_warm_{i}"), "appointment.booked", None))
+        .collect();
+    api.post_events(&first).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    const N: usize = 300;
+    let events: Vec<Value> = (0..N)
+        .map(|i| event(&format!("evt_beside_{i}"), "appointment.booked", None))
+        .collect();
+    let started = Instant::now();
+    api.post_events(&events).await;
+    wait_until(Duration::from_secs(60), "the healthy deliveries", || {
+        healthy.count() >= N + first.len()
+    })
+    .await;
+    let took = started.elapsed();
+    println!("{N} events to a healthy endpoint beside a hung one: {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "{took:?}: the hung endpoint's timed-out slots held the prefetch"
+    );
+    drop(k);
+    cleanup(&prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_opens_after_consecutive_failures_and_failing_too_long_disables() {
     let prefix = unique_prefix();
@@ -608,33 +659,47 @@ async fn the_circuit_opens_after_consecutive_failures_and_failing_too_long_disab
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_is_shared_and_holds() {
+    rate_limit_holds(5, 20, 2).await;
+}
+
+/// The case: 2 requests a second, 20 deliveries queued at once, one dispatcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_requests_a_second_with_twenty_queued() {
+    rate_limit_holds(2, 20, 1).await;
+}
+
+/// `n` events to a webhook limited to `rate` requests a second, delivered by `dispatchers`
+/// dispatchers: every one arrives, never faster than the limit (after a burst of `rate`),
+/// and each attempt beyond the burst is put off once, to the slot the bucket reserved for
+/// it, not again every second until a token is free.
+async fn rate_limit_holds(rate: usize, n: usize, dispatchers: usize) {
     let prefix = unique_prefix();
     let k = Kivihook::start("all", &prefix, FAST);
-    let _second = Kivihook::start("dispatcher", &prefix, FAST);
+    let others: Vec<Kivihook> = (1..dispatchers)
+        .map(|_| Kivihook::start("dispatcher", &prefix, FAST))
+        .collect();
     let api = Api::new(&k);
     let r = Receiver::start().await;
     api.create_webhook(
-        json!({"name": "limited", "url": r.url(), "events": ["*"], "rate_limit": 5}),
+        json!({"name": "limited", "url": r.url(), "events": ["*"], "rate_limit": rate}),
     )
     .await;
-    for i in 0..20 {
-        let e = event(&format!("evt_rl_{i}"), "patient.updated", None);
-        assert_eq!(api.post_event(&e).await.status(), 202);
-    }
-    wait_until(Duration::from_secs(30), "every limited delivery", || {
-        r.count() >= 20
-    })
-    .await;
+    let events: Vec<Value> = (0..n)
+        .map(|i| event(&format!("evt_rl_{i}"), "patient.updated", None))
+        .collect();
+    api.post_events(&events).await;
+    let limit = Duration::from_secs((n / rate) as u64 + 20);
+    wait_until(limit, "every limited delivery", || r.count() >= n).await;
     let got = r.received();
     let ids: HashSet<String> = got
         .iter()
         .map(|g| g.json()["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids.len(), 20);
-    // At most 5 a second (after a burst of 5), across both dispatchers.
+    assert_eq!(ids.len(), n);
+    let rate_f = rate as f64;
     let first = got[0].at;
     for (i, g) in got.iter().enumerate() {
-        let allowed = 5.0 + 5.0 * (g.at - first).as_secs_f64() + 1.0;
+        let allowed = rate_f + rate_f * (g.at - first).as_secs_f64() + 1.0;
         assert!(
             (i + 1) as f64 <= allowed,
             "request {} came at {:?}",
@@ -642,11 +707,10 @@ async fn a_rate_limit_is_shared_and_holds() {
             g.at - first
         );
     }
-    assert!(got.last().unwrap().at - first >= Duration::from_secs(2));
-    // Each attempt beyond the burst was put off once, to the slot the bucket reserved for
-    // it, not again every second until a token was free.
+    let least = Duration::from_secs_f64((n - rate) as f64 / rate_f - 1.0);
+    assert!(got.last().unwrap().at - first >= least);
     let mut deferred = 0.0;
-    for process in [&k, &_second] {
+    for process in std::iter::once(&k).chain(&others) {
         let text = reqwest::get(process.url("/metrics"))
             .await
             .unwrap()
@@ -658,10 +722,13 @@ async fn a_rate_limit_is_shared_and_holds() {
             .find_map(|l| l.strip_prefix("kivihook_deferrals_total{reason=\"rate_limit\"} "))
             .map_or(0.0, |v| v.trim().parse::<f64>().unwrap());
     }
+    let beyond = (n - rate) as f64;
     assert!(
-        deferred <= 15.0,
-        "{deferred} deferrals for 15 attempts beyond the burst: some were put off again"
+        deferred <= beyond,
+        "{deferred} deferrals for {beyond} attempts beyond the burst: some were put off again"
     );
+    assert!(deferred <= 2.0 * n as f64);
+    drop(others);
     drop(k);
     cleanup(&prefix).await;
 }

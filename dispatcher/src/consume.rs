@@ -330,7 +330,11 @@ async fn attempt(d: &Dispatcher, target: &Target) -> Processed {
         }
     };
     drop(in_flight);
-    drop(permit);
+    if result.error_kind == Some(send::ErrorKind::Timeout) {
+        permit.timed_out();
+    } else {
+        drop(permit);
+    }
     observe(d, target, &result);
     record::after_attempt(d, target, &result)
 }

@@ -19,15 +19,34 @@ use kivihook_core::webhook::Webhook;
 
 use crate::Dispatcher;
 
-/// A request's slot in its webhook's concurrency cap; returning it counts as progress.
+/// A request's slot in its webhook's concurrency cap; returning it counts as progress,
+/// unless the request timed out (`timed_out`).
 pub struct Permit {
     _permit: OwnedSemaphorePermit,
     cap: Arc<Cap>,
+    came_back: bool,
+}
+
+impl Permit {
+    /// The request got no answer in time: the slot is free again, but the webhook made no
+    /// progress (a hung endpoint's requests end this way, and must not make the targets
+    /// behind them wait as if it were merely busy).
+    pub fn timed_out(mut self) {
+        self.came_back = false;
+        self.cap
+            .hung
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.cap.progressed();
+        if self.came_back {
+            self.cap
+                .hung
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            self.cap.progressed();
+        }
     }
 }
 
@@ -83,6 +102,9 @@ pub struct Cap {
     started: std::time::Instant,
     /// Milliseconds after `started` of the last request that came back.
     last_progress_ms: std::sync::atomic::AtomicU64,
+    /// Its last request to end timed out: a request that starts without waiting is then no
+    /// sign of health (the slots were freed by timeouts, not answers).
+    hung: std::sync::atomic::AtomicBool,
 }
 
 impl Cap {
@@ -92,6 +114,7 @@ impl Cap {
             semaphore: Arc::new(Semaphore::new(limit as usize)),
             started: std::time::Instant::now(),
             last_progress_ms: std::sync::atomic::AtomicU64::new(0),
+            hung: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -240,8 +263,11 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pa
         Ok(p) => {
             // A request starting without a wait is progress too: after a quiet spell (no
             // request came back for long, as none was sent), the burst that fills the cap
-            // must not look stalled to the targets behind it.
-            cap.progressed();
+            // must not look stalled to the targets behind it. Not after timeouts: those
+            // freed the slots, and the targets behind must not wait for the next ones.
+            if !cap.hung.load(std::sync::atomic::Ordering::Relaxed) {
+                cap.progressed();
+            }
             p
         }
         Err(_) => {
@@ -298,5 +324,6 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pa
     Pass::Go(Permit {
         _permit: permit,
         cap,
+        came_back: true,
     })
 }
