@@ -46,6 +46,26 @@ pub struct AppState {
     pub dedup_window: Duration,
     /// The outbound client (test deliveries) and its guard (checked when webhooks are saved).
     pub clients: kivihook_core::http_client::Clients,
+    /// Edits of one webhook through this process take turns (`edit_turn`); the
+    /// compare-and-set in Redis still guards against edits made through other processes.
+    pub edit_turns: Arc<[tokio::sync::Mutex<()>]>,
+}
+
+/// Locks the webhook edits of one process are spread over, by webhook id.
+const EDIT_TURNS: usize = 64;
+
+impl AppState {
+    /// This process's turn to edit webhook `id`: edits of one webhook here run one at a
+    /// time, so two of them (a PATCH and a rotation in a loop, say) never keep invalidating
+    /// each other's read until one gives up with `409 edit_conflict`.
+    pub async fn edit_turn(&self, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        self.edit_turns[(h.finish() % self.edit_turns.len() as u64) as usize]
+            .lock()
+            .await
+    }
 }
 
 impl AppState {
@@ -69,6 +89,9 @@ impl AppState {
                 config.outbound.clone(),
                 config.max_body,
             )?,
+            edit_turns: (0..EDIT_TURNS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
     }
 }

@@ -272,6 +272,7 @@ pub async fn update(
     let dry_run = query::dry_run(&q)?;
     let body = json_body(&headers, body, state.max_body_bytes).await?;
     let mut checked_url: Option<String> = None;
+    let _turn = state.edit_turn(&id).await;
     // Compare-and-set over what was read: an edit saved meanwhile (a rotation, the
     // dispatcher's auto-disable, another PATCH) makes this one apply the patch again over it,
     // so neither undoes the other.
@@ -453,6 +454,7 @@ pub async fn rotate_secret(
     authorize(&state, &headers, Scope::Admin)?;
     let id = path_id(path, "webhook")?;
     let secret = generate_secret();
+    let _turn = state.edit_turn(&id).await;
     let mut tries = 0;
     let webhook = loop {
         tries += 1;
