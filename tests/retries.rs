@@ -538,44 +538,6 @@ async fn timeouts_of_a_hung_endpoint_do_not_hold_the_prefetch() {
     cleanup(&prefix).await;
 }
 
-/// Once a hung endpoint's requests have timed out and none has come back for a while, it
-/// gets one request at a time (a probe), not a new round of its whole cap every timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_endpoint_gets_one_request_at_a_time_after_its_timeouts() {
-    let env = [
-        ("KIVIHOOK_DELIVERY_TIMEOUT", "1"),
-        ("KIVIHOOK_CIRCUIT_THRESHOLD", "0"),
-        // Retries far off: every request the hung endpoint gets is a first attempt.
-        ("KIVIHOOK_RETRY_SCHEDULE", "3600"),
-    ];
-    let prefix = unique_prefix();
-    let k = Kivihook::start("all", &prefix, &env);
-    let api = Api::new(&k);
-    let hung = Receiver::start().await;
-    hung.delay(Duration::from_secs(60));
-    api.create_webhook(
-        json!({"name": "hung", "url": hung.url(), "events": ["*"], "max_concurrency": 16}),
-    )
-    .await;
-    // Enough events to fill the cap again after every timeout, for several timeouts.
-    let events: Vec<Value> = (0..400)
-        .map(|i| event(&format!("evt_probe_{i}"), "appointment.booked", None))
-        .collect();
-    api.post_events(&events).await;
-    tokio::time::sleep(Duration::from_millis(4500)).await;
-    // The first round fills the cap (16); after it times out (1 s), at most one request
-    // a timeout. A new round of the whole cap per timeout would be 16 more each second.
-    let got = hung.arrived();
-    println!("the hung endpoint got {got} requests in 4.5 s");
-    assert!(got >= 16, "{got}: the first round fills the cap");
-    assert!(
-        got <= 16 + 6,
-        "{got} requests: a new round after each timeout"
-    );
-    drop(k);
-    cleanup(&prefix).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_opens_after_consecutive_failures_and_failing_too_long_disables() {
     let prefix = unique_prefix();

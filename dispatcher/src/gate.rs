@@ -34,8 +34,8 @@ impl Permit {
     pub fn timed_out(mut self) {
         self.came_back = false;
         self.cap
-            .timeouts_in_row
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .hung
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -43,8 +43,8 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if self.came_back {
             self.cap
-                .timeouts_in_row
-                .store(0, std::sync::atomic::Ordering::Relaxed);
+                .hung
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             self.cap.progressed();
         }
     }
@@ -102,10 +102,9 @@ pub struct Cap {
     started: std::time::Instant,
     /// Milliseconds after `started` of the last request that came back.
     last_progress_ms: std::sync::atomic::AtomicU64,
-    /// Requests that timed out since the last one that came back. After one, a request
-    /// that starts without waiting is no sign of health (the slots were freed by timeouts,
-    /// not answers); after two, the webhook is hung and gets one request at a time.
-    timeouts_in_row: std::sync::atomic::AtomicU32,
+    /// Its last request to end timed out: a request that starts without waiting is then no
+    /// sign of health (the slots were freed by timeouts, not answers).
+    hung: std::sync::atomic::AtomicBool,
 }
 
 impl Cap {
@@ -115,7 +114,7 @@ impl Cap {
             semaphore: Arc::new(Semaphore::new(limit as usize)),
             started: std::time::Instant::now(),
             last_progress_ms: std::sync::atomic::AtomicU64::new(0),
-            timeouts_in_row: std::sync::atomic::AtomicU32::new(0),
+            hung: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -123,17 +122,6 @@ impl Cap {
         let now = self.started.elapsed().as_millis() as u64;
         self.last_progress_ms
             .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Whether the webhook is hung and already has a request out besides the caller's (who
-    /// holds a permit): its last two requests to end timed out with no answer between them,
-    /// and another is in flight (the probe). A single slow outlier of a healthy endpoint
-    /// does not count: the next answer resets the count.
-    fn probing(&self) -> bool {
-        self.timeouts_in_row
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
-            && self.semaphore.available_permits() + 1 < self.limit as usize
     }
 
     /// How long since a request of this webhook came back (or the cap was made).
@@ -277,11 +265,7 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pa
             // request came back for long, as none was sent), the burst that fills the cap
             // must not look stalled to the targets behind it. Not after timeouts: those
             // freed the slots, and the targets behind must not wait for the next ones.
-            if cap
-                .timeouts_in_row
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 0
-            {
+            if !cap.hung.load(std::sync::atomic::Ordering::Relaxed) {
                 cap.progressed();
             }
             p
@@ -313,17 +297,6 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pa
             }
         }
     };
-    if cap.probing() {
-        // Hung: its requests time out and none has come back for long. One request at a
-        // time finds out when it answers again; the rest are put off without holding their
-        // events (and the prefetch) for a turn.
-        drop(permit);
-        return Pass::Later {
-            until: Utc::now() + BUSY_DEFERRAL,
-            reason: "concurrency",
-            reserved: false,
-        };
-    }
     if let Some(rate) = webhook.rate_limit.filter(|_| !rate_reserved) {
         let burst = rate.ceil().max(1.0) as u32;
         match d.store.take_token(&webhook.id, rate, burst).await {

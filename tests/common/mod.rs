@@ -216,8 +216,6 @@ struct ReceiverState {
     /// Answer 500 to the first request of every `webhook-id`.
     fail_first: Arc<std::sync::atomic::AtomicBool>,
     seen: Arc<Mutex<std::collections::HashSet<String>>>,
-    /// Requests that arrived, counted before any delay (`got` has them once answered).
-    arrived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A real HTTP receiver on a port of its own that records every request.
@@ -235,7 +233,6 @@ impl Receiver {
             script: Arc::default(),
             fail_first: Arc::default(),
             seen: Arc::default(),
-            arrived: Arc::default(),
         };
         async fn record(
             State(s): State<ReceiverState>,
@@ -245,7 +242,6 @@ impl Receiver {
             body: Bytes,
         ) -> axum::response::Response {
             use axum::response::IntoResponse;
-            s.arrived.fetch_add(1, Ordering::Relaxed);
             let delay = s.delay_ms.load(Ordering::Relaxed);
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -316,11 +312,6 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.state.got.lock().unwrap().len()
-    }
-
-    /// Requests that reached the receiver, answered or not (a delayed one counts at once).
-    pub fn arrived(&self) -> usize {
-        self.state.arrived.load(Ordering::Relaxed)
     }
 }
 
