@@ -452,6 +452,19 @@ async fn time_to_deliver(api: &Api, receiver: &Receiver, tag: &str, n: usize) ->
     started.elapsed()
 }
 
+/// Two webhooks for every event: a healthy receiver, and one that never answers within any
+/// timeout. The receivers, healthy first.
+async fn healthy_beside_hung(api: &Api) -> (Receiver, Receiver) {
+    let healthy = Receiver::start().await;
+    let hung = Receiver::start().await;
+    hung.delay(Duration::from_secs(60));
+    api.create_webhook(json!({"name": "healthy", "url": healthy.url(), "events": ["*"]}))
+        .await;
+    api.create_webhook(json!({"name": "hung", "url": hung.url(), "events": ["*"]}))
+        .await;
+    (healthy, hung)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_endpoint_costs_only_its_own_budget() {
     let env = [("KIVIHOOK_DELIVERY_TIMEOUT", "3")];
@@ -470,13 +483,7 @@ async fn a_hung_endpoint_costs_only_its_own_budget() {
     let prefix = unique_prefix();
     let k = Kivihook::start("all", &prefix, &env);
     let api = Api::new(&k);
-    let healthy = Receiver::start().await;
-    let hung = Receiver::start().await;
-    hung.delay(Duration::from_secs(60));
-    api.create_webhook(json!({"name": "healthy", "url": healthy.url(), "events": ["*"]}))
-        .await;
-    api.create_webhook(json!({"name": "hung", "url": hung.url(), "events": ["*"]}))
-        .await;
+    let (healthy, _hung) = healthy_beside_hung(&api).await;
     let beside = time_to_deliver(&api, &healthy, "beside", 1000).await;
     println!("1,000 events to a healthy endpoint: {alone:?} alone, {beside:?} beside a hung one");
     assert!(
@@ -504,13 +511,7 @@ async fn timeouts_of_a_hung_endpoint_do_not_hold_the_prefetch() {
     let prefix = unique_prefix();
     let k = Kivihook::start("all", &prefix, &env);
     let api = Api::new(&k);
-    let healthy = Receiver::start().await;
-    let hung = Receiver::start().await;
-    hung.delay(Duration::from_secs(60));
-    api.create_webhook(json!({"name": "healthy", "url": healthy.url(), "events": ["*"]}))
-        .await;
-    api.create_webhook(json!({"name": "hung", "url": hung.url(), "events": ["*"]}))
-        .await;
+    let (healthy, _hung) = healthy_beside_hung(&api).await;
     // Two rounds of timeouts first, so the window is tested after the hung endpoint's
     // slots have come free without an answer.
     let first: Vec<Value> = (0..4)

@@ -13,20 +13,24 @@ use serde_json::json;
 use kivihook_core::delivery::{DeadLetter, Job, JobKind, TargetState};
 use kivihook_core::keys::Keys;
 
+/// A webhook for every event to `r`, written through the API by an ingest that is stopped
+/// again (the registry's layout did not change between the releases); its id.
+async fn webhook_in_registry(prefix: &str, name: &str, r: &Receiver) -> String {
+    let k = Kivihook::start("ingest", prefix, &[]);
+    let api = Api::new(&k);
+    let h = api
+        .create_webhook(json!({"name": name, "url": r.url(), "events": ["*"]}))
+        .await;
+    h["id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_jobs_in_the_previous_layout_are_all_delivered_after_the_upgrade() {
     const N: usize = 50;
     let prefix = unique_prefix();
     let r = Receiver::start().await;
     // The webhook exists (written by this release's API; its layout did not change).
-    let webhook_id = {
-        let k = Kivihook::start("ingest", &prefix, &[]);
-        let api = Api::new(&k);
-        let h = api
-            .create_webhook(json!({"name": "upgraded", "url": r.url(), "events": ["*"]}))
-            .await;
-        h["id"].as_str().unwrap().to_owned()
-    };
+    let webhook_id = webhook_in_registry(&prefix, "upgraded", &r).await;
 
     // What the previous release left: jobs in one schedule, their bodies, and each target's
     // state (pointing at its job) under `<prefix>:targets:<event id>`; one dead letter too.
@@ -148,14 +152,7 @@ async fn events_accepted_before_the_upgrade_stay_deduplicated() {
     let prefix = unique_prefix();
     let r = Receiver::start().await;
     let keys = Keys::new(&prefix);
-    let webhook_id = {
-        let k = Kivihook::start("ingest", &prefix, &[]);
-        let api = Api::new(&k);
-        let h = api
-            .create_webhook(json!({"name": "crm", "url": r.url(), "events": ["*"]}))
-            .await;
-        h["id"].as_str().unwrap().to_owned()
-    };
+    let webhook_id = webhook_in_registry(&prefix, "crm", &r).await;
     // That process found a new installation; the previous release wrote no layout key.
     let mut redis = redis().await;
     let new_install: String = redis::cmd("GET")
@@ -262,14 +259,7 @@ async fn dead_letters_in_the_single_index_are_moved_into_its_shards() {
     const N: usize = 40;
     let prefix = unique_prefix();
     let r = Receiver::start().await;
-    let webhook_id = {
-        let k = Kivihook::start("ingest", &prefix, &[]);
-        let api = Api::new(&k);
-        let h = api
-            .create_webhook(json!({"name": "dlq", "url": r.url(), "events": ["*"]}))
-            .await;
-        h["id"].as_str().unwrap().to_owned()
-    };
+    let webhook_id = webhook_in_registry(&prefix, "dlq", &r).await;
     let keys = Keys::new(&prefix);
     let legacy = keys.legacy();
     let failed = Utc::now() - chrono::Duration::minutes(5);

@@ -7,83 +7,27 @@
 // Environment: KIVIHOOK_URL, ADMIN_TOKEN, RECEIVER_URL (answers 200), FAILING_WEBHOOK_ID
 // (a webhook with dead letters), DEAD_EVENT_ID (one of its events), SCREENSHOT_DIR,
 // CHROMIUM (defaults to /usr/bin/chromium).
-import { mkdirSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { check, env, start } from './harness.mjs';
 
-const require = createRequire(import.meta.url);
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
 const base = env('KIVIHOOK_URL');
 const adminToken = env('ADMIN_TOKEN');
 const receiverUrl = env('RECEIVER_URL');
 const failingWebhookId = env('FAILING_WEBHOOK_ID');
 const deadEventId = env('DEAD_EVENT_ID');
 const shots = env('SCREENSHOT_DIR');
-mkdirSync(shots, { recursive: true });
-const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
-// A fresh profile (Playwright's default): nothing from an earlier run leaks in.
-const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-const page = await context.newPage();
-page.setDefaultTimeout(10_000);
-
-// Any script error or refused resource (CSP included) fails the run.
-const problems = [];
-page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-// (Chromium also logs every 4xx answer as a console error; those are expected here, since the
-// script types a wrong token and looks at things that are not there.)
-page.on('console', (m) => {
-  if (m.type() === 'error' && !/the server responded with a status of 4\d\d/.test(m.text())) {
-    problems.push(`console error: ${m.text()}`);
-  }
+// Chromium logs every 4xx answer as a console error; those are expected here, since the
+// script types a wrong token and looks at things that are not there.
+const { page, ok, shot, accessible, heading, run } = await start({
+  shots,
+  expectedConsole: /the server responded with a status of 4\d\d/,
 });
 
-let step = 0;
-function ok(what) {
-  step += 1;
-  console.log(`ok ${step} - ${what}`);
-}
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-}
-async function shot(name) {
-  const path = join(shots, `${name}.png`);
-  await page.screenshot({ path, fullPage: true });
-  console.log(`screenshot ${path}`);
-}
-/** Serious and critical accessibility violations fail the run. */
-async function accessible(name) {
-  const hasAxe = await page.evaluate(() => typeof window.axe !== 'undefined');
-  if (!hasAxe) await page.evaluate(axeSource);
-  const result = await page.evaluate(async () => {
-    const r = await window.axe.run(document, { resultTypes: ['violations'] });
-    return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
-  });
-  const bad = result.filter((v) => v.impact === 'serious' || v.impact === 'critical');
-  for (const v of result) console.log(`  axe ${name}: ${v.impact} ${v.id}: ${v.help} (${v.nodes.join(', ')})`);
-  check(bad.length === 0, `${name} has ${bad.length} serious accessibility violations`);
-}
 async function noHorizontalScroll(name) {
   const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
   check(scroll <= inner + 1, `${name} scrolls sideways on a narrow screen (${scroll}px in ${inner}px)`);
 }
-async function heading(text) {
-  await page.getByRole('heading', { level: 1, name: text }).waitFor();
-}
 
-try {
+await run(async () => {
   // --- Sign in, with the keyboard only -----------------------------------------------------
   await page.goto(base);
   await heading('Sign in to KiviHook');
@@ -254,14 +198,4 @@ try {
   await page.getByRole('button', { name: 'Sign out' }).click();
   await heading('Sign in to KiviHook');
   ok('signed out');
-
-  check(problems.length === 0, `no script errors or refused resources:\n${problems.join('\n')}`);
-  console.log(`1..${step}`);
-} catch (e) {
-  console.error(`not ok ${step + 1} - ${e.message}`);
-  for (const p of problems) console.error(p);
-  try { await shot('failure'); } catch (_) { /* the page may be gone */ }
-  await browser.close();
-  process.exit(1);
-}
-await browser.close();
+});

@@ -9,17 +9,8 @@
 // NAME_EXPECTED (a search by name and the one webhook name it must find); URL_QUERY and
 // URL_EXPECTED (a piece of one URL and the name of the one webhook it must find).
 // Prints `ok N - …` lines, `overview_ms=…`, and `name_found=<id>` / `url_found=<id>`.
-import { mkdirSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { check, env, start } from './harness.mjs';
 
-const require = createRequire(import.meta.url);
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
 const base = env('KIVIHOOK_URL');
 const adminToken = env('ADMIN_TOKEN');
 const shots = env('SCREENSHOT_DIR');
@@ -33,56 +24,8 @@ const urlExpected = env('URL_EXPECTED');
 const OVERVIEW_BUDGET_MS = 2000;
 /** The list's page size (WEBHOOKS_PER_PAGE in ingest/assets/app.js). */
 const PAGE = 100;
-mkdirSync(shots, { recursive: true });
-const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
-const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-const page = await context.newPage();
-page.setDefaultTimeout(10_000);
-
-// Any script error or refused resource (CSP included) fails the run; this script expects no
-// error answer at all.
-const problems = [];
-page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-page.on('console', (m) => {
-  if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
-});
-
-let step = 0;
-function ok(what) {
-  step += 1;
-  console.log(`ok ${step} - ${what}`);
-}
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-}
-async function shot(name) {
-  const path = join(shots, `many-${name}.png`);
-  await page.screenshot({ path, fullPage: true });
-  console.log(`screenshot ${path}`);
-}
-/** Serious and critical accessibility violations fail the run. */
-async function accessible(name) {
-  const hasAxe = await page.evaluate(() => typeof window.axe !== 'undefined');
-  if (!hasAxe) await page.evaluate(axeSource);
-  const result = await page.evaluate(async () => {
-    const r = await window.axe.run(document, { resultTypes: ['violations'] });
-    return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
-  });
-  const bad = result.filter((v) => v.impact === 'serious' || v.impact === 'critical');
-  for (const v of result) console.log(`  axe ${name}: ${v.impact} ${v.id}: ${v.help} (${v.nodes.join(', ')})`);
-  check(bad.length === 0, `${name} has ${bad.length} serious accessibility violations`);
-}
-async function heading(text) {
-  await page.getByRole('heading', { level: 1, name: text }).waitFor();
-}
+// Every console error counts: this script expects no error answer at all.
+const { page, ok, shot, accessible, heading, run } = await start({ shots, prefix: 'many-' });
 /** The number a text starts with ("10,000 webhooks.", "1 found for …"). */
 const leading = (text) => Number((text.match(/^[\d,.\s]+/) || ['NaN'])[0].replace(/\D/g, ''));
 const rows = page.locator('#webhooks-table tbody tr');
@@ -104,7 +47,7 @@ async function listedId() {
   return decodeURIComponent(href.split('#/webhooks/')[1]);
 }
 
-try {
+await run(async () => {
   // --- Sign in ---------------------------------------------------------------------------------
   await page.goto(base);
   await heading('Sign in to KiviHook');
@@ -170,14 +113,4 @@ try {
   console.log(`url_found=${await listedId()}`);
   await shot('04-search-by-url');
   ok(`searching by a piece of the URL finds “${byUrl}” alone`);
-
-  check(problems.length === 0, `no script errors or refused resources:\n${problems.join('\n')}`);
-  console.log(`1..${step}`);
-} catch (e) {
-  console.error(`not ok ${step + 1} - ${e.message}`);
-  for (const p of problems) console.error(p);
-  try { await shot('failure'); } catch (_) { /* the page may be gone */ }
-  await browser.close();
-  process.exit(1);
-}
-await browser.close();
+});

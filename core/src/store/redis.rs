@@ -31,6 +31,9 @@ use crate::webhook::Webhook;
 /// listing, a registry reload) is parsed beside the delivery path, not in front of it. Each
 /// redials by itself when it breaks.
 const POOL_SIZE: usize = 4;
+/// The most time slots a lookup goes back (far more than the longest dedup window, 30 days,
+/// covers): a bound on a claim's keys whatever window the store is given.
+const MAX_DEDUP_SLOTS: i64 = 400;
 /// How long a claim lives while its publish is in flight; a crash in that window frees
 /// the id again after this long.
 const CLAIM_TTL_SECS: u64 = 60;
@@ -313,11 +316,12 @@ fn parse_all<T: serde::de::DeserializeOwned>(raw: impl IntoIterator<Item = Strin
         .collect()
 }
 
-/// Ids grouped by the retry shard that holds them.
-fn by_shard<'a>(keys: &Keys, ids: &'a [String]) -> HashMap<u16, Vec<&'a String>> {
+/// Ids grouped by the shard that holds them (`shard`: `Keys::retry_shard`,
+/// `Keys::dead_letter_shard`).
+fn by_shard(ids: &[String], shard: impl Fn(&str) -> u16) -> HashMap<u16, Vec<&String>> {
     let mut out: HashMap<u16, Vec<&String>> = HashMap::new();
     for id in ids {
-        out.entry(keys.retry_shard(id)).or_default().push(id);
+        out.entry(shard(id)).or_default().push(id);
     }
     out
 }
@@ -430,7 +434,7 @@ impl RedisStore {
         let oldest = at
             .checked_sub_signed(window)
             .map_or(slot - 1, dedup_slot)
-            .max(slot - 400);
+            .max(slot - MAX_DEDUP_SLOTS);
         let mut out = Vec::with_capacity((slot - oldest + 2) as usize);
         out.push(self.keys.dedup_bucket(tag, slot));
         out.extend((oldest..slot).rev().map(|s| self.keys.dedup_bucket(tag, s)));
@@ -787,14 +791,7 @@ impl RedisStore {
     /// Take dead letters out of the installation-wide index: their shards', and the
     /// previous layout's single index, which may still list them.
     fn unindex_dead_letters(&self, b: &mut Batch, ids: &[String]) {
-        let mut by_shard: HashMap<u16, Vec<&String>> = HashMap::new();
-        for id in ids {
-            by_shard
-                .entry(self.keys.dead_letter_shard(id))
-                .or_default()
-                .push(id);
-        }
-        for (shard, ids) in by_shard {
+        for (shard, ids) in by_shard(ids, |id| self.keys.dead_letter_shard(id)) {
             b.ignored("ZREM", &self.keys.dead_letters_index(shard))
                 .arg(&ids);
             b.ignored("HDEL", &self.keys.dead_letter_owners(shard))
@@ -867,20 +864,24 @@ impl RedisStore {
         b.ignored("ZADD", &self.keys.dead_letters_of(&dl.webhook_id))
             .arg(score)
             .arg(&dl.id);
-        let shard = self.keys.dead_letter_shard(&dl.id);
+        self.index_dead_letter(b, &dl.id, score, &dl.webhook_id);
+    }
+
+    /// List a dead letter in the installation-wide index (its shard's), with its owner.
+    fn index_dead_letter(&self, b: &mut Batch, id: &str, score: i64, owner: &str) {
+        let shard = self.keys.dead_letter_shard(id);
         b.ignored("ZADD", &self.keys.dead_letters_index(shard))
             .arg(score)
-            .arg(&dl.id);
+            .arg(id);
         b.ignored("HSET", &self.keys.dead_letter_owners(shard))
-            .arg(&dl.id)
-            .arg(&dl.webhook_id);
+            .arg(id)
+            .arg(owner);
     }
 
     /// A target's state: folded into the event's marker when delivered (returns true: the
     /// batch's reply says whether a marker was found, see `record`), else in its targets
     /// hash (for as long as a retry schedule can run).
     fn add_state(&self, b: &mut Batch, r: &TargetResult, state: &TargetState) -> bool {
-        let targets = self.keys.targets(&r.event_id);
         let now = Utc::now();
         if let TargetState::Delivered { .. } = state {
             if let Some(entry) = marker::delivered_entry(&r.webhook_id, None, now) {
@@ -894,16 +895,29 @@ impl RedisStore {
                 // this keeps the hash from holding it for two weeks). A first attempt has
                 // no state to remove.
                 if r.attempt.as_ref().is_none_or(|a| a.attempt > 1) {
-                    b.ignored("HDEL", &targets).arg(&r.webhook_id);
+                    b.ignored("HDEL", &self.keys.targets(&r.event_id))
+                        .arg(&r.webhook_id);
                 }
                 return true;
             }
         }
+        self.set_target_state(b, &r.event_id, &r.webhook_id, state);
+        false
+    }
+
+    /// A target's state in its event's targets hash, kept as long as a retry schedule runs.
+    fn set_target_state(
+        &self,
+        b: &mut Batch,
+        event_id: &str,
+        webhook_id: &str,
+        state: &TargetState,
+    ) {
+        let targets = self.keys.targets(event_id);
         b.ignored("HSET", &targets)
-            .arg(&r.webhook_id)
+            .arg(webhook_id)
             .arg(state.encode());
         b.ignored("EXPIRE", &targets).arg(TARGETS_TTL_SECS);
-        false
     }
 
     /// Add what `results` did to the minute counters waiting to be written.
@@ -1205,13 +1219,8 @@ impl RedisStore {
             for ((id, score), owner) in page.iter().zip(&owners) {
                 // An id without an owner cannot be read any more: it is only dropped.
                 let Some(owner) = owner else { continue };
-                let shard = self.keys.dead_letter_shard(id);
-                b.ignored("ZADD", &self.keys.dead_letters_index(shard))
-                    .arg(*score)
-                    .arg(id);
-                b.ignored("HSET", &self.keys.dead_letter_owners(shard))
-                    .arg(id)
-                    .arg(owner);
+                // Scores are milliseconds, read back as doubles.
+                self.index_dead_letter(&mut b, id, *score as i64, owner);
             }
             if !b.is_empty() {
                 self.run(b, true).await?;
@@ -1384,13 +1393,12 @@ impl Store for RedisStore {
             Some(p) if p.starts_with(marker::IN_PROGRESS) => Claim::InProgress,
             Some(_) => Claim::Duplicate,
         };
-        let per_id = if legacy { 2 } else { 1 };
         let mut claims = Vec::with_capacity(ids.len());
         let mut undo = Vec::new();
         let mut replies = replies.into_iter();
         for id in ids {
             let mut claim = of(from(replies.next())?);
-            if per_id == 2 {
+            if legacy {
                 let old = of(from(replies.next())?);
                 if claim == Claim::New && old != Claim::New {
                     // Accepted before the upgrade: this claim is given back.
@@ -1729,13 +1737,8 @@ impl Store for RedisStore {
         for (batch, replies) in [&replies, &second_replies].into_iter().enumerate() {
             for (r, ok) in folds[batch].iter().zip(folded(replies)) {
                 if !ok {
-                    let targets = self.keys.targets(&r.event_id);
                     let state = TargetState::Delivered { at: now };
-                    unfolded
-                        .ignored("HSET", &targets)
-                        .arg(&r.webhook_id)
-                        .arg(state.encode());
-                    unfolded.ignored("EXPIRE", &targets).arg(TARGETS_TTL_SECS);
+                    self.set_target_state(&mut unfolded, &r.event_id, &r.webhook_id, &state);
                 }
             }
         }
@@ -1807,7 +1810,7 @@ impl Store for RedisStore {
 
     async fn complete_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
         let mut b = Batch::new();
-        for (shard, ids) in by_shard(&self.keys, ids) {
+        for (shard, ids) in by_shard(ids, |id| self.keys.retry_shard(id)) {
             let leases = self.keys.retry_leases(shard);
             let schedule = self.keys.retry_schedule(shard);
             let jobs = self.keys.retry_jobs(shard);
@@ -1820,7 +1823,7 @@ impl Store for RedisStore {
     async fn release_jobs(&self, ids: &[String]) -> Result<(), StoreError> {
         let now = Utc::now().timestamp_millis();
         let mut b = Batch::new();
-        for (shard, ids) in by_shard(&self.keys, ids) {
+        for (shard, ids) in by_shard(ids, |id| self.keys.retry_shard(id)) {
             // Back in the schedule first, then out of the lease: never in neither.
             let add = b.ignored("ZADD", &self.keys.retry_schedule(shard));
             for id in &ids {
