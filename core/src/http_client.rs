@@ -257,8 +257,14 @@ impl Clients {
     }
 
     /// Refuse, before any connection, what the guard can tell from the URL alone.
-    fn precheck(&self, url: &str) -> Result<(), String> {
+    /// The URL, parsed once for the guard and the request, if the guard lets it through.
+    fn precheck(&self, url: &str) -> Result<url::Url, String> {
         let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        self.check_url(&parsed)?;
+        Ok(parsed)
+    }
+
+    fn check_url(&self, parsed: &url::Url) -> Result<(), String> {
         let refused = match parsed.host() {
             _ if self.guard.require_https && parsed.scheme() != "https" => Some(Refused::NotHttps),
             Some(url::Host::Ipv4(ip)) => self.guard.check_ip(ip.into()).err(),
@@ -347,7 +353,7 @@ fn strip_credentials(webhook: &Webhook, headers: &mut HeaderMap) {
 
 /// Add the webhook's credential to the request: a header, or a query parameter on the URL
 /// (returned, since only that case changes it).
-fn authenticate<'a>(webhook: &Webhook, base: &'a str, headers: &mut HeaderMap) -> Cow<'a, str> {
+fn authenticate(webhook: &Webhook, mut url: url::Url, headers: &mut HeaderMap) -> url::Url {
     let header = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
@@ -369,10 +375,7 @@ fn authenticate<'a>(webhook: &Webhook, base: &'a str, headers: &mut HeaderMap) -
             value,
             location: KeyLocation::Query,
         } => {
-            if let Ok(mut u) = url::Url::parse(base) {
-                u.query_pairs_mut().append_pair(name, value);
-                return Cow::Owned(u.into());
-            }
+            url.query_pairs_mut().append_pair(name, value);
         }
         Auth::Bearer { token } => header(headers, AUTHORIZATION, &format!("Bearer {token}")),
         Auth::Basic { username, password } => {
@@ -380,7 +383,7 @@ fn authenticate<'a>(webhook: &Webhook, base: &'a str, headers: &mut HeaderMap) -
             header(headers, AUTHORIZATION, &format!("Basic {basic}"));
         }
     }
-    Cow::Borrowed(base)
+    url
 }
 
 /// Send an event to a webhook, signed: the envelope, or what its templates render.
@@ -398,9 +401,10 @@ pub async fn send(
         Ok(p) => p,
         Err(e) => return Attempt::failed(ErrorKind::Render, e.to_string(), started),
     };
-    if let Err(e) = clients.precheck(&prepared.url) {
-        return Attempt::failed(ErrorKind::Blocked, e, started).with_request(&prepared);
-    }
+    let parsed = match clients.precheck(&prepared.url) {
+        Ok(url) => url,
+        Err(e) => return Attempt::failed(ErrorKind::Blocked, e, started).with_request(&prepared),
+    };
     let now = Utc::now();
     let timestamp = now.timestamp();
     // The current secret signs first; a rotated-out one signs beside it until it expires.
@@ -432,7 +436,7 @@ pub async fn send(
         CONTENT_TYPE,
         HeaderValue::from_static(prepared.content_type),
     );
-    let url = authenticate(webhook, &prepared.url, &mut headers);
+    let url = authenticate(webhook, parsed, &mut headers);
     let signed = [
         ("webhook-id", message_id.to_owned()),
         ("webhook-timestamp", timestamp.to_string()),
@@ -450,8 +454,8 @@ pub async fn send(
     };
     let mut method = method(webhook.method);
     let mut body = prepared.has_body.then(|| prepared.body.clone());
-    let mut current = url.into_owned();
-    let origin = url::Url::parse(&current).ok().map(|u| u.origin());
+    let origin = webhook.follow_redirects.then(|| url.origin());
+    let mut current = url;
     let mut hops = 0;
     let mut response = loop {
         let sent = if webhook.follow_redirects {
@@ -461,7 +465,7 @@ pub async fn send(
         };
         let mut request = clients
             .client
-            .request(method.clone(), &current)
+            .request(method.clone(), current.clone())
             .headers(sent);
         if let Some(b) = &body {
             request = request.body(b.clone());
@@ -486,10 +490,10 @@ pub async fn send(
         if hops == MAX_REDIRECTS {
             return refused(format!("more than {MAX_REDIRECTS} redirects"));
         }
-        let Ok(next) = url::Url::parse(&current).and_then(|base| base.join(location)) else {
+        let Ok(next) = current.join(location) else {
             return refused("a redirect to an invalid Location".into());
         };
-        if let Err(e) = clients.precheck(next.as_str()) {
+        if let Err(e) = clients.check_url(&next) {
             return Attempt::failed(ErrorKind::Blocked, format!("redirected: {e}"), started)
                 .with_request(&prepared);
         }
@@ -506,7 +510,7 @@ pub async fn send(
             headers.remove(CONTENT_TYPE);
         }
         hops += 1;
-        current = next.into();
+        current = next;
     };
     let status = response.status().as_u16();
     let retry_after = if status == 429 || status == 503 {

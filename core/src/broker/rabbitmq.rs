@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
+use super::ack_group::AckGroup;
 use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, OutboundMessage, Queue};
 use crate::amqp::{declare_topology, Names, REGISTRY_VERSION_HEADER};
 use crate::metrics::Metrics;
@@ -396,6 +397,7 @@ impl Broker for RabbitBroker {
         Ok(RabbitConsumer {
             conn: Some(conn),
             _channel: channel,
+            acks: AckGroup::start(),
             closing: self.closing.clone(),
             inner: consumer,
             nodes: self.nodes.clone(),
@@ -452,6 +454,8 @@ impl Broker for RabbitBroker {
 struct RabbitConsumer {
     conn: Option<Connection>,
     _channel: Channel,
+    /// Finished messages, acknowledged in groups.
+    acks: Arc<AckGroup>,
     closing: Closing,
     inner: lapin::Consumer,
     nodes: Arc<Nodes>,
@@ -471,9 +475,15 @@ impl Drop for RabbitConsumer {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let acks = self.acks.clone();
             let task = runtime.spawn(async move {
-                let _ =
-                    tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "consumer stopped")).await;
+                // What finished is acknowledged before the connection closes, so a clean
+                // stop hands back only what was not done.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    acks.close().await;
+                    conn.close(200, "consumer stopped").await
+                })
+                .await;
             });
             let mut closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
             closing.retain(|t| !t.is_finished());
@@ -495,11 +505,18 @@ impl Stream for RabbitConsumer {
         }
         polled.map(|item| {
             item.map(|res| {
-                res.map_err(unavailable).map(|d| Delivery {
-                    registry_version: registry_version(d.properties.headers()),
-                    redelivered: d.redelivered,
-                    body: d.data,
-                    acker: Box::new(RabbitAcker(d.acker)),
+                res.map_err(unavailable).map(|d| {
+                    self.acks.hold(d.delivery_tag, d.acker.clone());
+                    Delivery {
+                        registry_version: registry_version(d.properties.headers()),
+                        redelivered: d.redelivered,
+                        body: d.data,
+                        acker: Box::new(RabbitAcker {
+                            tag: d.delivery_tag,
+                            acker: d.acker,
+                            group: self.acks.clone(),
+                        }),
+                    }
                 })
             })
         })
@@ -518,38 +535,40 @@ fn registry_version(headers: &Option<FieldTable>) -> u64 {
     }
 }
 
-struct RabbitAcker(lapin::acker::Acker);
+/// Settles one message: an ack joins its channel's next group (see `ack_group`); a requeue
+/// or a dead letter is a frame of its own, in order with the groups.
+struct RabbitAcker {
+    tag: u64,
+    acker: lapin::acker::Acker,
+    group: Arc<AckGroup>,
+}
+
+impl RabbitAcker {
+    async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
+        let nack = self.acker.nack(BasicNackOptions {
+            requeue,
+            multiple: false,
+        });
+        self.group
+            .settle_apart(self.tag, nack)
+            .await
+            .map_err(unavailable)
+    }
+}
 
 #[async_trait]
 impl Acker for RabbitAcker {
     async fn ack(&self) -> Result<(), BrokerError> {
-        self.0
-            .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.group.done(self.tag);
+        Ok(())
     }
 
     async fn requeue(&self) -> Result<(), BrokerError> {
-        self.0
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.nack(true).await
     }
 
     async fn dead_letter(&self) -> Result<(), BrokerError> {
-        self.0
-            .nack(BasicNackOptions {
-                requeue: false,
-                multiple: false,
-            })
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.nack(false).await
     }
 }
 
