@@ -11,7 +11,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use common::*;
-use kivihook_core::broker::{Broker, OutboundMessage, Queue, RabbitBroker};
+use kivihook_core::broker::{
+    Broker, Delivery, DeliveryStream, OutboundMessage, Queue, RabbitBroker,
+};
 use kivihook_core::metrics::Metrics;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -37,25 +39,13 @@ fn index(body: &[u8]) -> usize {
     std::str::from_utf8(body).unwrap().parse().unwrap()
 }
 
-/// Messages waiting in a queue, read with a passive declare.
-async fn ready(queue: &str) -> u32 {
-    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+/// The next message, which must come within 20 s.
+async fn next(stream: &mut DeliveryStream, what: &str) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(20), stream.next())
         .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            queue,
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = conn.close(200, "read").await;
-    q.message_count()
+        .unwrap_or_else(|_| panic!("{what}"))
+        .unwrap()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,11 +60,7 @@ async fn requeued_and_dead_lettered_messages_are_never_acked_with_a_group() {
     let mut stream = b.consume(Queue::Deliveries, "t", 300).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..300 {
-        let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .expect("a delivery")
-            .unwrap()
-            .unwrap();
+        let d = next(&mut stream, "a delivery").await;
         tasks.spawn(async move {
             let i = index(&d.body);
             // Scattered over 20 ms (from the index, so no two runs need the same luck).
@@ -94,11 +80,7 @@ async fn requeued_and_dead_lettered_messages_are_never_acked_with_a_group() {
     // The requeued ones come back, and only they.
     let mut back = BTreeSet::new();
     while back.len() < 30 {
-        let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .expect("the requeued messages come back")
-            .unwrap()
-            .unwrap();
+        let d = next(&mut stream, "the requeued messages come back").await;
         assert!(d.redelivered);
         assert!(back.insert(index(&d.body)), "a message came back twice");
         d.acker.ack().await.unwrap();
@@ -111,12 +93,12 @@ async fn requeued_and_dead_lettered_messages_are_never_acked_with_a_group() {
     drop(stream);
     b.close().await;
     assert_eq!(
-        ready(&names.deliveries_queue).await,
+        queue_depth(&names.deliveries_queue).await,
         0,
         "nothing left unacked"
     );
     let started = std::time::Instant::now();
-    while ready(&names.dead_letter_queue).await != 30 {
+    while queue_depth(&names.dead_letter_queue).await != 30 {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "30 dead letters in their queue"
@@ -134,18 +116,14 @@ async fn a_clean_stop_acknowledges_what_was_done() {
     publish(&b, 100).await;
     let mut stream = b.consume(Queue::Deliveries, "t", 256).await.unwrap();
     for _ in 0..60 {
-        let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .expect("a delivery")
-            .unwrap()
-            .unwrap();
+        let d = next(&mut stream, "a delivery").await;
         d.acker.ack().await.unwrap();
     }
     // Straight away: the last acks are still waiting for their group when the stream goes.
     drop(stream);
     b.close().await;
     assert_eq!(
-        ready(&names.deliveries_queue).await,
+        queue_depth(&names.deliveries_queue).await,
         40,
         "the 60 acked stay acked; the 40 held are handed back"
     );

@@ -189,11 +189,6 @@ impl AckGroup {
         self.state().closed = true;
         self.wake.notify_one();
     }
-
-    /// How many messages are held (for tests).
-    pub fn held(&self) -> usize {
-        self.state().held.len()
-    }
 }
 
 /// Runs until the group is closed, or until nothing else holds it (the consumer and every

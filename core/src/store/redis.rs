@@ -316,6 +316,20 @@ fn parse_all<T: serde::de::DeserializeOwned>(raw: impl IntoIterator<Item = Strin
         .collect()
 }
 
+/// Remove `ids` from each key with its command (`ZREM`, `HDEL`), in one pipeline: what the
+/// moves to the sharded layout do once a page is in its new place.
+async fn remove_ids<C: redis::aio::ConnectionLike, T: redis::ToRedisArgs>(
+    c: &mut C,
+    from: &[(&str, &str)],
+    ids: &[T],
+) -> Result<(), StoreError> {
+    let mut pipe = redis::pipe();
+    for (cmd, key) in from {
+        pipe.cmd(cmd).arg(key).arg(ids).ignore();
+    }
+    pipe.query_async::<()>(c).await.map_err(unavailable)
+}
+
 /// Ids grouped by the shard that holds them (`shard`: `Keys::retry_shard`,
 /// `Keys::dead_letter_shard`).
 fn by_shard(ids: &[String], shard: impl Fn(&str) -> u16) -> HashMap<u16, Vec<&String>> {
@@ -1103,22 +1117,16 @@ impl RedisStore {
                     .arg(id);
             }
             self.run(b, true).await?;
-            redis::pipe()
-                .cmd("ZREM")
-                .arg(&legacy.retry_schedule)
-                .arg(&ids)
-                .ignore()
-                .cmd("ZREM")
-                .arg(&legacy.retry_leases)
-                .arg(&ids)
-                .ignore()
-                .cmd("HDEL")
-                .arg(&legacy.retry_jobs)
-                .arg(&ids)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(unavailable)?;
+            remove_ids(
+                &mut c,
+                &[
+                    ("ZREM", &legacy.retry_schedule),
+                    ("ZREM", &legacy.retry_leases),
+                    ("HDEL", &legacy.retry_jobs),
+                ],
+                &ids,
+            )
+            .await?;
             moved += ids.len() as u64;
         }
         loop {
@@ -1225,18 +1233,15 @@ impl RedisStore {
             if !b.is_empty() {
                 self.run(b, true).await?;
             }
-            redis::pipe()
-                .cmd("ZREM")
-                .arg(&legacy.dead_letters_index)
-                .arg(&ids)
-                .ignore()
-                .cmd("HDEL")
-                .arg(&legacy.dead_letter_owners)
-                .arg(&ids)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(unavailable)?;
+            remove_ids(
+                &mut c,
+                &[
+                    ("ZREM", &legacy.dead_letters_index),
+                    ("HDEL", &legacy.dead_letter_owners),
+                ],
+                &ids,
+            )
+            .await?;
             moved += ids.len() as u64;
         }
     }
