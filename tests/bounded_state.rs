@@ -98,6 +98,50 @@ async fn a_delivered_event_leaves_one_short_field_for_the_dedup_window() {
     cleanup(&prefix).await;
 }
 
+/// An event delivered to three webhooks is folded in one call: its one field names all
+/// three, each with when it was delivered, and no targets hash is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_fanned_out_leaves_one_field_naming_every_webhook() {
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &[]);
+    let api = Api::new(&k);
+    let receiver = Receiver::start().await;
+    for name in ["crm", "sms", "billing"] {
+        api.create_webhook(json!({"name": name, "url": receiver.url(), "events": ["*"]}))
+            .await;
+    }
+    let e = event("evt_fanned", "appointment.booked", Some("12"));
+    assert_eq!(api.post_event(&e).await.status(), 202);
+    wait_until(Duration::from_secs(20), "three deliveries", || {
+        receiver.count() == 3
+    })
+    .await;
+    let mut r = redis().await;
+    eventually(Duration::from_secs(5), "the three folded", || {
+        let prefix = prefix.clone();
+        async move {
+            let mut r = redis().await;
+            dedup_entry(&mut r, &prefix, "evt_fanned")
+                .await
+                .is_some_and(|m| m.matches("|~").count() == 3)
+        }
+    })
+    .await;
+    let marker = dedup_entry(&mut r, &prefix, "evt_fanned").await.unwrap();
+    assert!(marker.starts_with('a'), "{marker}");
+    assert_eq!(marker.matches('@').count(), 3, "{marker}");
+    assert_eq!(keys(&prefix, "e:*").await, Vec::<String>::new());
+    let status = get_json(&api, "/v1/events/evt_fanned").await;
+    let webhooks = status["webhooks"].as_array().unwrap();
+    assert_eq!(webhooks.len(), 3, "{status}");
+    for w in webhooks {
+        assert_eq!(w["status"], "delivered", "{status}");
+        assert!(w["delivered_at"].is_string(), "{status}");
+    }
+    drop(k);
+    cleanup(&prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_webhook_leaves_nothing_behind() {
     let prefix = unique_prefix();

@@ -668,24 +668,26 @@ async fn register(
     Ok(())
 }
 
-/// `kivihook_registry_reloads_total` of one role, by kind, from its `/metrics`.
-async fn registry_reloads(http: &reqwest::Client, role: &Role) -> (u64, u64) {
-    let text = match http
+/// One role's `/metrics` text (empty if it cannot be read).
+async fn metrics_text(http: &reqwest::Client, role: &Role) -> String {
+    match http
         .get(format!("http://{}/metrics", role.addr))
         .send()
         .await
     {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
-    };
-    let count = |kind: &str| {
-        text.lines()
-            .filter(|l| l.starts_with("kivihook_registry_reloads_total{"))
-            .filter(|l| l.contains(&format!("kind=\"{kind}\"")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
-    (count("full"), count("incremental"))
+    }
+}
+
+/// The sum of a counter's samples whose labels contain `label` (`""`: all of them).
+fn counter_sum(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
@@ -766,7 +768,20 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
         .zip(cpu_before)
         .map(|(r, before)| (r.name.to_owned(), cpu_seconds(r.child.id()) - before))
         .collect();
-    let reloads = registry_reloads(&http, &roles[1]).await;
+    let dispatcher_metrics = metrics_text(&http, &roles[1]).await;
+    let reloads = (
+        counter_sum(
+            &dispatcher_metrics,
+            "kivihook_registry_reloads_total",
+            "kind=\"full\"",
+        ),
+        counter_sum(
+            &dispatcher_metrics,
+            "kivihook_registry_reloads_total",
+            "kind=\"incremental\"",
+        ),
+    );
+    let deferrals = counter_sum(&dispatcher_metrics, "kivihook_deferrals_total", "");
     let stray = sink
         .by_kind
         .lock()
@@ -800,7 +815,7 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
             .map(|(b, a)| a.saturating_sub(b) as f64 / spec.events as f64),
         tuned: args.tuned,
         notes: format!(
-            "ingest took {:.2}s; {} first attempts failed; {} Redis keys{}",
+            "ingest took {:.2}s; {} first attempts failed; {deferrals} targets put off by the dispatcher; {} Redis keys{}",
             ingested.as_secs_f64(),
             sink.failed.load(Ordering::Relaxed),
             redis_bytes.map_or(0, |(_, keys)| keys),

@@ -184,21 +184,22 @@ if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[3]
 return 1
 ";
 
-/// A delivered target, appended (with the seconds since the event was received) to the
-/// event's entry in whichever of the window's buckets (`KEYS`) holds it, so a delivered
-/// event is one short field. Returns `f` when it was, `n` when no bucket holds the event
-/// (a retry delivered after the dedup window): the caller keeps a target-hash entry then.
-/// `ARGV`: id, entry, now in ms.
+/// An event's delivered targets, appended (each with the seconds since the event was
+/// received) to its entry in whichever of the window's buckets (`KEYS`) holds it, so a
+/// delivered event is one short field: one call for all the targets one message reached.
+/// Returns `f` when it was, `n` when no bucket holds the event (a retry delivered after the
+/// dedup window): the caller keeps target-hash entries then. `ARGV`: id, now in ms, then
+/// one entry per target.
 const FOLD_SCRIPT: &str = r"
 for i = 1, #KEYS do
   local m = redis.call('HGET', KEYS[i], ARGV[1])
   if m then
-    local entry = ARGV[2]
+    local after = ''
     if string.sub(m, 1, 1) == 'a' then
       local bar = string.find(m, '|', 2, true)
       local received = bar and tonumber(string.sub(m, 2, bar - 1), 36)
       if received then
-        local secs = math.max(0, math.floor((tonumber(ARGV[3]) - received) / 1000))
+        local secs = math.max(0, math.floor((tonumber(ARGV[2]) - received) / 1000))
         local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
         local s = ''
         repeat
@@ -206,10 +207,12 @@ for i = 1, #KEYS do
           s = string.sub(digits, d + 1, d + 1) .. s
           secs = math.floor(secs / 36)
         until secs == 0
-        entry = entry .. '@' .. s
+        after = '@' .. s
       end
     end
-    redis.call('HSET', KEYS[i], ARGV[1], m .. entry)
+    local out = {m}
+    for j = 3, #ARGV do out[#out + 1] = ARGV[j] .. after end
+    redis.call('HSET', KEYS[i], ARGV[1], table.concat(out))
     return 'f'
   end
 end
@@ -328,6 +331,13 @@ async fn remove_ids<C: redis::aio::ConnectionLike, T: redis::ToRedisArgs>(
         pipe.cmd(cmd).arg(key).arg(ids).ignore();
     }
     pipe.query_async::<()>(c).await.map_err(unavailable)
+}
+
+/// The deliveries of one event that one `record` folds into its marker in one call, and
+/// their entries.
+struct Fold<'a> {
+    results: Vec<&'a TargetResult>,
+    entries: Vec<String>,
 }
 
 /// Ids grouped by the shard that holds them (`shard`: `Keys::retry_shard`,
@@ -892,19 +902,12 @@ impl RedisStore {
             .arg(owner);
     }
 
-    /// A target's state: folded into the event's marker when delivered (returns true: the
-    /// batch's reply says whether a marker was found, see `record`), else in its targets
-    /// hash (for as long as a retry schedule can run).
-    fn add_state(&self, b: &mut Batch, r: &TargetResult, state: &TargetState) -> bool {
-        let now = Utc::now();
+    /// A target's state: its entry, to fold into the event's marker when delivered (the
+    /// caller folds the entries of one event in one call, see `add_folds`), else set in
+    /// its targets hash (for as long as a retry schedule can run).
+    fn add_state(&self, b: &mut Batch, r: &TargetResult, state: &TargetState) -> Option<String> {
         if let TargetState::Delivered { .. } = state {
-            if let Some(entry) = marker::delivered_entry(&r.webhook_id, None, now) {
-                let buckets = self.marker_buckets(&r.event_id, r.received_at, now);
-                let keys: Vec<&str> = buckets.iter().map(String::as_str).collect();
-                b.script(&self.fold, &keys)
-                    .arg(&r.event_id)
-                    .arg(entry)
-                    .arg(now.timestamp_millis());
+            if let Some(entry) = marker::delivered_entry(&r.webhook_id, None, Utc::now()) {
                 // A retry's state gives way to the folded delivery (reads prefer the fold;
                 // this keeps the hash from holding it for two weeks). A first attempt has
                 // no state to remove.
@@ -912,11 +915,29 @@ impl RedisStore {
                     b.ignored("HDEL", &self.keys.targets(&r.event_id))
                         .arg(&r.webhook_id);
                 }
-                return true;
+                return Some(entry);
             }
         }
         self.set_target_state(b, &r.event_id, &r.webhook_id, state);
-        false
+        None
+    }
+
+    /// One fold per event of `folds` (its results in order, with their entries); the
+    /// batch's replies to them are `f` or `n`, in the same order.
+    fn add_folds(&self, b: &mut Batch, folds: &[Fold<'_>]) {
+        let now = Utc::now();
+        for f in folds {
+            let first = f.results[0];
+            let buckets = self.marker_buckets(&first.event_id, first.received_at, now);
+            let keys: Vec<&str> = buckets.iter().map(String::as_str).collect();
+            let call = b
+                .script(&self.fold, &keys)
+                .arg(&first.event_id)
+                .arg(now.timestamp_millis());
+            for entry in &f.entries {
+                call.arg(entry);
+            }
+        }
     }
 
     /// A target's state in its event's targets hash, kept as long as a retry schedule runs.
@@ -1675,8 +1696,8 @@ impl Store for RedisStore {
         let mut second = Batch::new();
         let mut has_attempt = Vec::with_capacity(results.len());
         let mut dead_for: Vec<&str> = Vec::new();
-        // The deliveries each batch folds into markers, in order.
-        let mut folds: [Vec<&TargetResult>; 2] = [Vec::new(), Vec::new()];
+        // The deliveries each batch folds into markers, one fold per event, in order.
+        let mut folds: [Vec<Fold<'_>>; 2] = [Vec::new(), Vec::new()];
         for r in results {
             let state = match &r.outcome {
                 Outcome::Delivered => Some(TargetState::Delivered { at: now }),
@@ -1715,11 +1736,26 @@ impl Store for RedisStore {
             has_attempt.push(r.attempt.is_some());
             if let Some(state) = state {
                 let states = if two_steps { &mut second } else { &mut first };
-                if self.add_state(states, r, &state) {
-                    folds[usize::from(two_steps)].push(r);
+                if let Some(entry) = self.add_state(states, r, &state) {
+                    let event_folds = &mut folds[usize::from(two_steps)];
+                    match event_folds.iter_mut().find(|f| {
+                        f.results[0].event_id == r.event_id
+                            && f.results[0].received_at == r.received_at
+                    }) {
+                        Some(f) => {
+                            f.results.push(r);
+                            f.entries.push(entry);
+                        }
+                        None => event_folds.push(Fold {
+                            results: vec![r],
+                            entries: vec![entry],
+                        }),
+                    }
                 }
             }
         }
+        self.add_folds(&mut first, &folds[0]);
+        self.add_folds(&mut second, &folds[1]);
         // The replies kept are the attempt scripts' (arrays, in order), the folds' (`f` or
         // `n`, in order) and the states set unless retrying (integers).
         let replies = self.run(first, true).await?;
@@ -1740,10 +1776,12 @@ impl Store for RedisStore {
         // A delivery whose event no bucket holds any longer keeps a targets-hash entry.
         let mut unfolded = Batch::new();
         for (batch, replies) in [&replies, &second_replies].into_iter().enumerate() {
-            for (r, ok) in folds[batch].iter().zip(folded(replies)) {
+            for (f, ok) in folds[batch].iter().zip(folded(replies)) {
                 if !ok {
                     let state = TargetState::Delivered { at: now };
-                    self.set_target_state(&mut unfolded, &r.event_id, &r.webhook_id, &state);
+                    for r in &f.results {
+                        self.set_target_state(&mut unfolded, &r.event_id, &r.webhook_id, &state);
+                    }
                 }
             }
         }
