@@ -29,6 +29,7 @@ async fn publish(b: &RabbitBroker, n: usize) {
             routing_key: "appointment.booked".into(),
             body: i.to_string().into_bytes(),
             registry_version: 0,
+            first_publish: false,
         })
         .await
         .expect("publish");

@@ -18,6 +18,10 @@ pub const DELIVERY_LIMIT: i64 = 50;
 /// AMQP message header carrying the webhook-registry version ingest saw when accepting.
 pub const REGISTRY_VERSION_HEADER: &str = "x-kivihook-registry-version";
 
+/// AMQP message header set on an event whose id was claimed clean: the only message of it
+/// ever published (`OutboundMessage::first_publish`).
+pub const FIRST_PUBLISH_HEADER: &str = "x-kivihook-first-publish";
+
 /// The AMQP names of one installation.
 #[derive(Debug, Clone)]
 pub struct Names {

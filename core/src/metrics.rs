@@ -144,7 +144,7 @@ impl Metrics {
             ))),
             redelivery_skips: reg!(must(IntCounter::new(
                 "kivihook_redelivery_skips_total",
-                "Targets skipped because a redelivered event had already reached them.",
+                "Targets skipped because a redelivered or republished event had already reached them.",
             ))),
             delivery_panics: reg!(must(IntCounter::new(
                 "kivihook_delivery_panics_total",

@@ -218,8 +218,13 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
         body,
         registry_version,
         acker,
-        ..
+        redelivered,
+        first_publish,
     } = delivery;
+    // Handed out for the first time, the only message of its event has no target settled:
+    // nothing to read. Any other (a redelivery, a republished id, a message from an ingest
+    // that does not say) is checked.
+    let check_settled = redelivered || !first_publish;
     let body = Bytes::from(body);
     let ready = record::persist(&d, &mut shutdown, "load the webhook registry", || {
         d.registry.ensure(registry_version)
@@ -228,7 +233,7 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
     let targets = match ready {
         Some(()) => {
             record::persist(&d, &mut shutdown, "read target states", || {
-                fanout::event_targets(&d, &event, &body)
+                fanout::event_targets(&d, &event, &body, check_settled)
             })
             .await
         }

@@ -30,12 +30,15 @@ pub struct EventHead {
 
 /// The targets of a new event that are not settled yet.
 ///
-/// The "already settled" check costs one Redis round trip per event (one `HMGET` for all
-/// targets); it is what makes a redelivery after a crash skip the targets already reached.
+/// The "already settled" check (`check_settled`) costs one Redis round trip per event (one
+/// `HMGET` for all targets); it is what makes a redelivery after a crash, or a second
+/// message of a republished id, skip the targets already reached. The first delivery of the
+/// only message of an event has nothing to skip and does without it.
 pub async fn event_targets(
     d: &Dispatcher,
     event: &EventHead,
     body: &Bytes,
+    check_settled: bool,
 ) -> Result<Vec<Target>, StoreError> {
     let hooks = d
         .registry
@@ -43,11 +46,14 @@ pub async fn event_targets(
     if hooks.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<&str> = hooks.iter().map(|w| w.id.as_str()).collect();
-    let states = d
-        .store
-        .target_states(&event.id, &ids, Some(event.received_at))
-        .await?;
+    let states = if check_settled {
+        let ids: Vec<&str> = hooks.iter().map(|w| w.id.as_str()).collect();
+        d.store
+            .target_states(&event.id, &ids, Some(event.received_at))
+            .await?
+    } else {
+        vec![None; hooks.len()]
+    };
     let skipped = states.iter().filter(|s| s.is_some()).count();
     if skipped > 0 {
         d.metrics.redelivery_skips.inc_by(skipped as u64);

@@ -428,8 +428,8 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
             Status::Duplicate
         } else {
             match claim_of.remove(&event.id).unwrap_or(Claim::Duplicate) {
-                Claim::New => {
-                    to_publish.push(i);
+                claim @ (Claim::New | Claim::Reclaimed) => {
+                    to_publish.push((i, claim == Claim::New));
                     Status::Accepted
                 }
                 Claim::InProgress => Status::InProgress,
@@ -440,13 +440,14 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
     }
 
     let started = Instant::now();
-    let publishes = to_publish.iter().map(|&i| {
+    let publishes = to_publish.iter().map(|&(i, first_publish)| {
         let event = &events[i];
         let msg = serde_json::to_vec(event).map(|body| OutboundMessage {
             queue: Queue::Deliveries,
             routing_key: event.event_type.clone(),
             body,
             registry_version,
+            first_publish,
         });
         async move {
             match msg {
@@ -461,7 +462,7 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
     let mut confirmed = Vec::new();
     let mut failed = HashSet::new();
     let mut first_error = None;
-    for (&i, result) in to_publish.iter().zip(results) {
+    for (&(i, _), result) in to_publish.iter().zip(results) {
         match result {
             Ok(()) => {
                 state.metrics.publish_duration.observe(elapsed);

@@ -144,6 +144,7 @@ impl Scheduler {
                 routing_key: String::new(),
                 body,
                 registry_version: 0,
+                first_publish: false,
             };
             self.broker.publish(&msg).await.map_err(|e| e.to_string())
         });

@@ -13,6 +13,7 @@ use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, OutboundMessag
 struct Message {
     body: Vec<u8>,
     registry_version: u64,
+    first_publish: bool,
     redelivered: bool,
 }
 
@@ -131,6 +132,7 @@ impl Broker for MemoryBroker {
             Message {
                 body: msg.body.clone(),
                 registry_version: msg.registry_version,
+                first_publish: msg.first_publish,
                 redelivered: false,
             },
             false,
@@ -162,6 +164,7 @@ impl Broker for MemoryBroker {
                 body: m.body.clone(),
                 redelivered: m.redelivered,
                 registry_version: m.registry_version,
+                first_publish: m.first_publish,
                 acker: Box::new(MemoryAcker {
                     queue: q.clone(),
                     dead: dead.clone(),

@@ -44,6 +44,10 @@ pub struct OutboundMessage {
     /// The webhook-registry version ingest saw; a dispatcher with an older cache refreshes
     /// before matching, so a webhook created before an event was accepted always sees it.
     pub registry_version: u64,
+    /// The only message of its event that was ever published: its id was claimed clean (no
+    /// earlier claim released or taken over). Handed out for the first time, none of its
+    /// targets can be settled yet, so the dispatcher does not read their states.
+    pub first_publish: bool,
 }
 
 /// Settles one delivery. Implemented by each backend.
@@ -62,6 +66,8 @@ pub struct Delivery {
     /// Set when the broker handed this message out before (a consumer died holding it).
     pub redelivered: bool,
     pub registry_version: u64,
+    /// See `OutboundMessage::first_publish`.
+    pub first_publish: bool,
     pub acker: Box<dyn Acker>,
 }
 

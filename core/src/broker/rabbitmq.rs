@@ -24,7 +24,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use super::ack_group::AckGroup;
 use super::{Acker, Broker, BrokerError, Delivery, DeliveryStream, OutboundMessage, Queue};
-use crate::amqp::{declare_topology, Names, REGISTRY_VERSION_HEADER};
+use crate::amqp::{declare_topology, Names, FIRST_PUBLISH_HEADER, REGISTRY_VERSION_HEADER};
 use crate::metrics::Metrics;
 
 /// Publishing channels per connection. Confirms are pipelined on each channel, so a few are
@@ -320,6 +320,12 @@ impl RabbitBroker {
             ShortString::from(REGISTRY_VERSION_HEADER),
             AMQPValue::LongLongInt(i64::try_from(msg.registry_version).unwrap_or(i64::MAX)),
         );
+        if msg.first_publish {
+            headers.insert(
+                ShortString::from(FIRST_PUBLISH_HEADER),
+                AMQPValue::Boolean(true),
+            );
+        }
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -509,6 +515,7 @@ impl Stream for RabbitConsumer {
                     self.acks.hold(d.delivery_tag, d.acker.clone());
                     Delivery {
                         registry_version: registry_version(d.properties.headers()),
+                        first_publish: first_publish(d.properties.headers()),
                         redelivered: d.redelivered,
                         body: d.data,
                         acker: Box::new(RabbitAcker {
@@ -521,6 +528,13 @@ impl Stream for RabbitConsumer {
             })
         })
     }
+}
+
+fn first_publish(headers: &Option<FieldTable>) -> bool {
+    let value = headers
+        .as_ref()
+        .and_then(|h| h.inner().get(FIRST_PUBLISH_HEADER));
+    matches!(value, Some(AMQPValue::Boolean(true)))
 }
 
 fn registry_version(headers: &Option<FieldTable>) -> u64 {

@@ -7,7 +7,8 @@
 //! targets hash instead, which is rare and which the retry schedule needs anyway.
 //!
 //! Spelling (all of it fits Redis's 44-byte embedded strings for a typical event):
-//! - `p` while ingest publishes the event, then `a<received ms, base 36>|<clinic>|<type>`,
+//! - `p` while ingest publishes the event (`r` once released, when its publish failed),
+//!   then `a<received ms, base 36>|<clinic>|<type>`,
 //!   with `|`, `%` and control characters in the clinic and the type percent-encoded and a
 //!   catalogue type written as `#<index>`;
 //! - then, appended by dispatchers, one `|~<webhook>[@<seconds after received, base 36>]`
@@ -25,6 +26,12 @@ use crate::event::CATALOGUE;
 
 /// The marker's first character while the event is being published.
 pub const IN_PROGRESS: &str = "p";
+
+/// A released claim (its publish failed): free to claim again, with any deliveries kept.
+pub const RELEASED: &str = "r";
+
+/// What the claim script answers when its claim took over a released or expired one.
+pub const RECLAIMED: &str = "!";
 
 /// The marker a request claims an id with: `p!<token>!<expiry>`, the token naming the
 /// request, so that its release removes its own claim and nobody else's (and a claim that
@@ -114,7 +121,7 @@ pub fn parse(raw: &str) -> Option<Marker> {
         Some(i) => raw.split_at(i),
         None => (raw, ""),
     };
-    let info = if head == IN_PROGRESS || head.starts_with("p!") {
+    let info = if head == IN_PROGRESS || head == RELEASED || head.starts_with("p!") {
         None
     } else {
         let rest = head.strip_prefix('a')?;

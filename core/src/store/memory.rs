@@ -195,7 +195,14 @@ impl Store for MemoryStore {
                             Claim::InProgress
                         }
                     }
-                    _ => {
+                    // An expired claim, or a released one, is taken over: another message of
+                    // the event may exist.
+                    Some(_) => {
+                        s.dedup
+                            .insert(id.clone(), (None, now + Duration::from_secs(60)));
+                        Claim::Reclaimed
+                    }
+                    None => {
                         s.dedup
                             .insert(id.clone(), (None, now + Duration::from_secs(60)));
                         Claim::New
@@ -229,8 +236,9 @@ impl Store for MemoryStore {
         // One process, no late writes: a claim still in progress is this request's.
         self.with(|s| {
             for id in ids {
-                if s.dedup.get(id).is_some_and(|(info, _)| info.is_none()) {
-                    s.dedup.remove(id);
+                // Left expired, not removed: the next claim of it is a reclaim.
+                if let Some((None, until)) = s.dedup.get_mut(id) {
+                    *until = Instant::now();
                 }
             }
         });

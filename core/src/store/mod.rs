@@ -73,6 +73,11 @@ pub(crate) fn stamped_after(updated: &Webhook, read: &Webhook) -> Webhook {
 pub enum Claim {
     /// Nobody had it: this request owns it and must publish it.
     New,
+    /// This request owns it and must publish it, but an earlier claim of it was released
+    /// (its publish failed, perhaps after the message reached the broker) or taken over (its
+    /// request died): another message of the event may exist, so the dispatcher checks its
+    /// targets' states before sending.
+    Reclaimed,
     /// Another request is publishing it right now.
     InProgress,
     /// Accepted before, within the dedup window.

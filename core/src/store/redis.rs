@@ -142,30 +142,46 @@ return {tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures')), redis.cal
 
 /// Claim an event id in its dedup bucket (`KEYS[1]`, the bucket of the slot it is received
 /// in) unless one of the window's buckets (`KEYS[2..]`, one hash tag) already holds it;
-/// returns what held it, or nil when the claim is this request's. A claim past its expiry
-/// (`p!<token>!<ms base 36>`; its request crashed) is taken over. `ARGV`: id, claim, now in
-/// ms, when `KEYS[1]` expires (s since the epoch).
+/// returns what held it, nil when the claim is this request's, or `!` when it is but took
+/// over an earlier claim: one past its expiry (`p!<token>!<ms base 36>`; its request
+/// crashed) or one released (`r`; its publish failed). Deliveries appended to what is
+/// taken over are kept. `ARGV`: id, claim, now in ms, when `KEYS[1]` expires (s since the
+/// epoch).
 const DEDUP_CLAIM_SCRIPT: &str = r"
 local id = ARGV[1]
+local reclaimed = false
+local kept = ''
 for i = 1, #KEYS do
   local m = redis.call('HGET', KEYS[i], id)
   if m then
     local expiry = string.sub(m, 1, 2) == 'p!' and string.match(m, '^p![^!|]*!([0-9a-z]+)')
-    if not (expiry and tonumber(expiry, 36) < tonumber(ARGV[3])) then return m end
+    local stale = expiry and tonumber(expiry, 36) < tonumber(ARGV[3])
+    if not (stale or string.sub(m, 1, 1) == 'r') then return m end
+    kept = kept .. (string.match(m, '|~.*$') or '')
     redis.call('HDEL', KEYS[i], id)
+    reclaimed = true
   end
 end
-redis.call('HSET', KEYS[1], id, ARGV[2])
+redis.call('HSET', KEYS[1], id, ARGV[2] .. kept)
 if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[4]) end
+if reclaimed then return '!' end
 return false
 ";
 
-/// Release a claim: delete the id's entry only while it is still this request's claim
-/// (`ARGV[2]`, `p!<token>!`, whatever follows).
+/// Release a claim, only while it is still this request's (`ARGV[2]`, `p!<token>!`,
+/// whatever follows): it becomes `r` (released), keeping any deliveries appended to it. The
+/// id is free to claim again; the claim that takes it over says so, because the failed
+/// publish may still have reached the broker. With `ARGV[3]` `0` (nothing was published) a
+/// claim with no deliveries is deleted instead.
 const RELEASE_SCRIPT: &str = r"
 local m = redis.call('HGET', KEYS[1], ARGV[1])
 if m and string.sub(m, 1, string.len(ARGV[2])) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
+  local kept = string.match(m, '|~.*$') or ''
+  if ARGV[3] == '0' and kept == '' then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+  else
+    redis.call('HSET', KEYS[1], ARGV[1], 'r' .. kept)
+  end
   return 1
 end
 return 0
@@ -317,6 +333,29 @@ fn parse_all<T: serde::de::DeserializeOwned>(raw: impl IntoIterator<Item = Strin
             }
         })
         .collect()
+}
+
+impl RedisStore {
+    /// Release this request's claims of `ids` (see `RELEASE_SCRIPT`); `published`: a publish
+    /// of them was tried, so the next claim must be told (they stay marked released).
+    async fn release_claims(
+        &self,
+        ids: &[String],
+        token: &str,
+        at: DateTime<Utc>,
+        published: bool,
+    ) -> Result<(), StoreError> {
+        let claim = marker::claim_prefix(token);
+        let mut b = Batch::new();
+        for id in ids {
+            let bucket = self.keys.dedup_bucket_at(id, at);
+            b.script(&self.release, &[&bucket])
+                .arg(id)
+                .arg(&claim)
+                .arg(if published { "1" } else { "0" });
+        }
+        self.run(b, false).await.map(|_| ())
+    }
 }
 
 /// Remove `ids` from each key with its command (`ZREM`, `HDEL`), in one pipeline: what the
@@ -1416,6 +1455,7 @@ impl Store for RedisStore {
         let version: Option<u64> = from(replies.pop())?;
         let of = |previous: Option<String>| match previous.as_deref() {
             None => Claim::New,
+            Some(marker::RECLAIMED) => Claim::Reclaimed,
             Some(p) if p.starts_with(marker::IN_PROGRESS) => Claim::InProgress,
             Some(_) => Claim::Duplicate,
         };
@@ -1426,16 +1466,21 @@ impl Store for RedisStore {
             let mut claim = of(from(replies.next())?);
             if legacy {
                 let old = of(from(replies.next())?);
-                if claim == Claim::New && old != Claim::New {
+                let ours = matches!(claim, Claim::New | Claim::Reclaimed);
+                if ours && old != Claim::New {
                     // Accepted before the upgrade: this claim is given back.
                     undo.push(id.clone());
                     claim = old;
+                } else if ours {
+                    // The previous layout deleted released claims: nothing says whether
+                    // one was, so every claim in the upgrade's window is checked.
+                    claim = Claim::Reclaimed;
                 }
             }
             claims.push(claim);
         }
         if !undo.is_empty() {
-            self.release_events(&undo, token, at).await?;
+            self.release_claims(&undo, token, at, false).await?;
         }
         Ok((claims, version.unwrap_or(0)))
     }
@@ -1465,13 +1510,7 @@ impl Store for RedisStore {
         token: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let claim = marker::claim_prefix(token);
-        let mut b = Batch::new();
-        for id in ids {
-            let bucket = self.keys.dedup_bucket_at(id, at);
-            b.script(&self.release, &[&bucket]).arg(id).arg(&claim);
-        }
-        self.run(b, false).await.map(|_| ())
+        self.release_claims(ids, token, at, true).await
     }
 
     async fn event_info(&self, id: &str) -> Result<Option<EventInfo>, StoreError> {
