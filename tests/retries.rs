@@ -539,6 +539,44 @@ async fn timeouts_of_a_hung_endpoint_do_not_hold_the_prefetch() {
     cleanup(&prefix).await;
 }
 
+/// A backlog behind a hung endpoint is put off for as long as the endpoint has been stalled
+/// (up to a minute), not a second at a time: over 12 s each of 19 waiting targets comes back
+/// at most four times (deferred at about 1 s, 2–3 s, 4–7 s and 8–15 s of stall), where a
+/// second at a time would be at least six (123 in all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_behind_a_hung_endpoint_comes_back_less_often_as_the_stall_goes_on() {
+    let env = [
+        ("KIVIHOOK_DELIVERY_TIMEOUT", "30"),
+        ("KIVIHOOK_WEBHOOK_CONCURRENCY", "1"),
+        // No circuit breaker: it would put the targets off by itself.
+        ("KIVIHOOK_CIRCUIT_THRESHOLD", "0"),
+    ];
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &env);
+    let api = Api::new(&k);
+    let hung = Receiver::start().await;
+    hung.delay(Duration::from_secs(60));
+    api.create_webhook(json!({"name": "hung", "url": hung.url(), "events": ["*"]}))
+        .await;
+    let events: Vec<Value> = (0..20)
+        .map(|i| event(&format!("evt_stalled_{i}"), "appointment.booked", None))
+        .collect();
+    api.post_events(&events).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let deferred = metric_sum(&k, "kivihook_deferrals_total{reason=\"concurrency\"}").await;
+    println!("{deferred} deferrals of 19 targets in 12 s");
+    assert!(
+        deferred >= 19.0,
+        "every waiting target was put off: {deferred}"
+    );
+    assert!(
+        deferred <= 76.0,
+        "{deferred} deferrals: the backlog came back more often than the stall allows"
+    );
+    drop(k);
+    cleanup(&prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_opens_after_consecutive_failures_and_failing_too_long_disables() {
     let prefix = unique_prefix();

@@ -248,6 +248,19 @@ const STALLED_AFTER: Duration = Duration::from_secs(1);
 const WAIT_STEP: Duration = Duration::from_millis(200);
 /// How long a target is put off when its webhook's cap stays used up.
 const BUSY_DEFERRAL: Duration = Duration::from_secs(1);
+/// The longest a target of a stalled webhook is put off at once.
+const STALLED_DEFERRAL_MAX: Duration = Duration::from_secs(60);
+
+/// How long to put off a target whose webhook is at its cap: a second, or, for a stalled
+/// webhook, as long as it has been stalled (up to a minute), so that a backlog behind a hung
+/// endpoint comes back about twice per doubling of the stall, not every second.
+fn busy_deferral(stalled_for: Duration) -> Duration {
+    if stalled_for >= STALLED_AFTER {
+        stalled_for.clamp(BUSY_DEFERRAL, STALLED_DEFERRAL_MAX)
+    } else {
+        BUSY_DEFERRAL
+    }
+}
 
 /// Decide whether `webhook` may get a request now.
 pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pass {
@@ -288,11 +301,12 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pa
             match acquired {
                 Some(p) => p,
                 None => {
+                    let wait = busy_deferral(cap.stalled_for());
                     return Pass::Later {
-                        until: Utc::now() + BUSY_DEFERRAL,
+                        until: Utc::now() + wait,
                         reason: "concurrency",
                         reserved: false,
-                    }
+                    };
                 }
             }
         }

@@ -427,6 +427,24 @@ pub async fn queue_depth_at(url: &str, queue: &str) -> u32 {
     q.message_count()
 }
 
+/// The sum of a process's samples of one metric: `series` is a name (every label set) or a
+/// name with its labels as `/metrics` writes them; 0 when there is none.
+pub async fn metric_sum(k: &Kivihook, series: &str) -> f64 {
+    let text = reqwest::get(k.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Remove this test's queues, exchanges and keys.
 pub async fn cleanup(prefix: &str) {
     let names = kivihook_core::amqp::Names::new(prefix);
