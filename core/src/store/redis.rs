@@ -698,6 +698,12 @@ impl RedisStore {
     /// first connection, so that those sent at once leave in one write (one system call
     /// for many events); with `WAIT`, which holds the connection it is sent on until the
     /// replicas answer, they spread over every connection instead.
+    /// Whether a batch runs in the order it was written: on one Redis (one pipeline on one
+    /// connection) it does; on a cluster each slot's commands go apart.
+    fn in_order(&self) -> bool {
+        matches!(self.pool.first(), Some(AnyConn::Single(_)))
+    }
+
     async fn run(&self, batch: Batch, durable: bool) -> Result<Vec<Value>, StoreError> {
         let wait = if durable { self.wait } else { None };
         let conn = if self.wait.is_some() {
@@ -1719,18 +1725,20 @@ impl Store for RedisStore {
         }
         // The outcome first, then the state that points at it: if the connection drops (or a
         // process dies) halfway, a state never points at a job or dead letter that was not
-        // written. On a cluster the two are different slots, so a message with a retry or a
+        // written. One Redis runs one batch in order, so there the states follow in the same
+        // batch; on a cluster the two are different slots, so a message with a retry or a
         // dead letter takes two batches; one whose targets were all delivered takes one. The
         // attempt's statistics go in the first, so every attempt counts in its webhook's
         // failure streak in the order it was made (a failure recorded a round trip later than
         // the successes around it would make streaks out of nothing).
         let now = Utc::now();
-        let two_steps = results.iter().any(|r| {
-            matches!(
-                r.outcome,
-                Outcome::Retry { .. } | Outcome::Dead(_) | Outcome::DeadAside(_)
-            )
-        });
+        let two_steps = !self.in_order()
+            && results.iter().any(|r| {
+                matches!(
+                    r.outcome,
+                    Outcome::Retry { .. } | Outcome::Dead(_) | Outcome::DeadAside(_)
+                )
+            });
         let mut first = Batch::new();
         let mut second = Batch::new();
         let mut has_attempt = Vec::with_capacity(results.len());
