@@ -539,6 +539,84 @@ async fn timeouts_of_a_hung_endpoint_do_not_hold_the_prefetch() {
     cleanup(&prefix).await;
 }
 
+/// Once an endpoint is stalled (nothing came back for a second and its last request timed
+/// out), a new event's message sends it nothing: its target is put off at once, so the
+/// message is settled with its healthy targets instead of waiting out another timeout (and
+/// holding every acknowledgement behind it). The retries that come back are what probe it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_endpoint_is_probed_by_retries_and_new_events_do_not_wait_on_it() {
+    let env = [
+        ("KIVIHOOK_DELIVERY_TIMEOUT", "1"),
+        ("KIVIHOOK_WEBHOOK_CONCURRENCY", "2"),
+        // The first events' own retries stay out of the way.
+        ("KIVIHOOK_RETRY_SCHEDULE", "600"),
+        // No circuit breaker: it would put the targets off by itself.
+        ("KIVIHOOK_CIRCUIT_THRESHOLD", "0"),
+    ];
+    let prefix = unique_prefix();
+    let k = Kivihook::start("all", &prefix, &env);
+    let api = Api::new(&k);
+    let (healthy, hung) = healthy_beside_hung(&api).await;
+    // Two requests that time out after a second: the endpoint is then stalled.
+    let first: Vec<Value> = (0..2)
+        .map(|i| event(&format!("evt_onset_{i}"), "appointment.booked", None))
+        .collect();
+    api.post_events(&first).await;
+    wait_until(Duration::from_secs(10), "the first requests", || {
+        hung.arrivals().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("evt_after_{i}")).collect();
+    let events: Vec<Value> = ids
+        .iter()
+        .map(|id| event(id, "appointment.booked", None))
+        .collect();
+    let sent = Instant::now();
+    api.post_events(&events).await;
+    wait_until(Duration::from_secs(10), "the healthy deliveries", || {
+        healthy.count() >= first.len() + events.len()
+    })
+    .await;
+    let healthy_took = sent.elapsed();
+    let new_at_hung = |arrivals: &[axum::body::Bytes]| {
+        arrivals
+            .iter()
+            .filter(|b| {
+                let body = String::from_utf8_lossy(b);
+                ids.iter().any(|id| body.contains(&format!("\"{id}\"")))
+            })
+            .count()
+    };
+    // A target put off now comes back no sooner than the stall has lasted (2.5 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early = new_at_hung(&hung.arrivals());
+    let stalled = metric_sum(&k, "kivihook_deferrals_total{reason=\"stalled\"}").await;
+    println!(
+        "{early} new events sent to the stalled endpoint in {:?}; {stalled} put off; healthy in {healthy_took:?}",
+        sent.elapsed()
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "too slow to tell a put-off target from a sent one: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(early, 0, "new events were sent to the stalled endpoint");
+    assert!(
+        stalled >= 20.0,
+        "each new event's target was put off: {stalled}"
+    );
+    // Their retries probe it.
+    wait_until(
+        Duration::from_secs(15),
+        "a retry probing the stalled endpoint",
+        || new_at_hung(&hung.arrivals()) >= 1,
+    )
+    .await;
+    drop(k);
+    cleanup(&prefix).await;
+}
+
 /// A backlog behind a hung endpoint is put off for as long as the endpoint has been stalled
 /// (up to a minute), not a second at a time: over 12 s each of 19 waiting targets comes back
 /// at most four times (deferred at about 1 s, 2–3 s, 4–7 s and 8–15 s of stall), where a

@@ -243,7 +243,9 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
         let _ = acker.requeue().await;
         return;
     };
-    let processed = futures::future::join_all(targets.iter().map(|t| attempt(&d, t))).await;
+    let processed =
+        futures::future::join_all(targets.iter().map(|t| attempt(&d, t, gate::Origin::Event)))
+            .await;
     record::settle(&d, &mut shutdown, processed, acker).await;
 }
 
@@ -295,14 +297,14 @@ async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdo
             return;
         }
         Some(JobTarget::Disabled(t)) => record::refused(&t, "the webhook is disabled"),
-        Some(JobTarget::Run(t)) => attempt(&d, &t).await,
+        Some(JobTarget::Run(t)) => attempt(&d, &t, gate::Origin::Job).await,
     };
     record::settle(&d, &mut shutdown, vec![processed], acker).await;
 }
 
 /// One target through the gate and, if it may go, out over HTTP.
-async fn attempt(d: &Dispatcher, target: &Target) -> Processed {
-    let permit = match gate::check(d, &target.webhook, target.rate_reserved).await {
+async fn attempt(d: &Dispatcher, target: &Target, from: gate::Origin) -> Processed {
+    let permit = match gate::check(d, &target.webhook, target.rate_reserved, from).await {
         Pass::Go(permit) => permit,
         Pass::Later {
             until,

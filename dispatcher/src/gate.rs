@@ -2,11 +2,12 @@
 //!
 //! A target whose webhook is at its concurrency cap waits here for a permit while the
 //! webhook is completing requests: healthy endpoints never detour through the retry
-//! schedule. Three reasons to hold back, each turning the target into a job for later
+//! schedule. Four reasons to hold back, each turning the target into a job for later
 //! instead of tying up the message: the webhook's circuit is open (or half-open with this
 //! second's probes used), its cap stays used up with no request completing (a hung endpoint
-//! holds only its own permits and the few targets that were already waiting), or its shared
-//! rate limit has no token left.
+//! holds only its own permits and the few targets that were already waiting), it is stalled
+//! (nothing came back for a while and its last request timed out: only retries probe it,
+//! and a new event's message never waits on it), or its shared rate limit has no token left.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -122,6 +123,11 @@ impl Cap {
         let now = self.started.elapsed().as_millis() as u64;
         self.last_progress_ms
             .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Its last request to end timed out and none came back for `STALLED_AFTER`.
+    fn is_stalled(&self) -> bool {
+        self.hung.load(std::sync::atomic::Ordering::Relaxed) && self.stalled_for() >= STALLED_AFTER
     }
 
     /// How long since a request of this webhook came back (or the cap was made).
@@ -262,8 +268,19 @@ fn busy_deferral(stalled_for: Duration) -> Duration {
     }
 }
 
+/// Who asks the gate: a new event's message or a retry (or manual) job.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Origin {
+    /// A first attempt, from the deliveries queue: its message waits for every target, so it
+    /// must not send to a stalled webhook (the request would hold the message, and every
+    /// acknowledgement behind it, until it times out).
+    Event,
+    /// A job from the retries queue: one target per message, free to probe a stalled webhook.
+    Job,
+}
+
 /// Decide whether `webhook` may get a request now.
-pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pass {
+pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool, from: Origin) -> Pass {
     if let Some(until) = d.gates.circuit_hold(webhook) {
         return Pass::Later {
             until,
@@ -272,6 +289,16 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool) -> Pa
         };
     }
     let cap = d.gates.cap(webhook, d.webhook_concurrency);
+    if from == Origin::Event && cap.is_stalled() {
+        // Known hung: its slots were freed by timeouts, and a request now would most likely
+        // time out too. The target is put off for as long as the stall has lasted; the retries
+        // that come back probe the webhook, and its first answer lets new events through again.
+        return Pass::Later {
+            until: Utc::now() + busy_deferral(cap.stalled_for()),
+            reason: "stalled",
+            reserved: false,
+        };
+    }
     let permit = match cap.semaphore.clone().try_acquire_owned() {
         Ok(p) => {
             // A request starting without a wait is progress too: after a quiet spell (no

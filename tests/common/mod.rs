@@ -216,6 +216,9 @@ struct ReceiverState {
     /// Answer 500 to the first request of every `webhook-id`.
     fail_first: Arc<std::sync::atomic::AtomicBool>,
     seen: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// The body of every request as it arrived, answered or not (a delayed request whose
+    /// client gave up is in here, and never in `got`).
+    arrived: Arc<Mutex<Vec<Bytes>>>,
 }
 
 /// A real HTTP receiver on a port of its own that records every request.
@@ -233,6 +236,7 @@ impl Receiver {
             script: Arc::default(),
             fail_first: Arc::default(),
             seen: Arc::default(),
+            arrived: Arc::default(),
         };
         async fn record(
             State(s): State<ReceiverState>,
@@ -242,6 +246,7 @@ impl Receiver {
             body: Bytes,
         ) -> axum::response::Response {
             use axum::response::IntoResponse;
+            s.arrived.lock().unwrap().push(body.clone());
             let delay = s.delay_ms.load(Ordering::Relaxed);
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -312,6 +317,12 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.state.got.lock().unwrap().len()
+    }
+
+    /// Bodies of the requests that arrived, including those still waiting on `delay` and those
+    /// whose client gave up.
+    pub fn arrivals(&self) -> Vec<Bytes> {
+        self.state.arrived.lock().unwrap().clone()
     }
 }
 
