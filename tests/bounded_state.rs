@@ -25,8 +25,10 @@ async fn a_delivered_event_leaves_one_short_field_for_the_dedup_window() {
     let k = Kivihook::start("all", &prefix, &[]);
     let api = Api::new(&k);
     let receiver = Receiver::start().await;
-    api.create_webhook(json!({"name": "crm", "url": receiver.url(), "events": ["*"]}))
+    let hook = api
+        .create_webhook(json!({"name": "crm", "url": receiver.url(), "events": ["*"]}))
         .await;
+    let wh = hook["id"].as_str().unwrap().to_owned();
     const EVENTS: usize = 500;
     let statuses: Vec<u16> = futures::stream::iter(0..EVENTS)
         .map(|i| {
@@ -87,6 +89,35 @@ async fn a_delivered_event_leaves_one_short_field_for_the_dedup_window() {
         );
     }
     assert_eq!(fields, EVENTS, "one field per event");
+
+    // The webhook's attempt log keeps the newest 100; its hourly counters count all 500
+    // and expire.
+    let len: usize = redis::cmd("LLEN")
+        .arg(format!("{{{prefix}:wh:{wh}}}:attempts"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(len, 100);
+    let log = get_json(&api, &format!("/v1/webhooks/{wh}/attempts?limit=500")).await;
+    assert_eq!(log["total"], 100);
+    assert_eq!(log["attempts"].as_array().unwrap().len(), 100);
+    let mut successes = 0u64;
+    for key in keys(&prefix, &format!("wh:{wh}}}:h:*")).await {
+        let s: Option<u64> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("s")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        successes += s.unwrap_or(0);
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} never expires ({ttl})");
+    }
+    assert_eq!(successes, EVENTS as u64);
 
     // What the marker says reads back: the event, its webhook, delivered.
     let status = get_json(&api, "/v1/events/evt_7").await;

@@ -120,23 +120,28 @@ return n
 ";
 
 /// Record one attempt in a webhook's counters, hourly bucket and log; return its streak.
+/// Every command counts on the hot path (one call per delivery): a success sets its three
+/// fields in one `HSET` and knows its streak without reading it back, the hourly bucket gets
+/// its expiry when a counter of it is new, and the log is trimmed only when over its cap.
 const ATTEMPT_SCRIPT: &str = r"
+local n
 if ARGV[1] == '1' then
   redis.call('HINCRBY', KEYS[1], 'successes', 1)
-  redis.call('HSET', KEYS[1], 'consecutive_failures', 0)
+  redis.call('HSET', KEYS[1], 'consecutive_failures', 0, 'last_status', ARGV[2], 'last_attempt_at', ARGV[3])
   redis.call('HDEL', KEYS[1], 'failing_since')
-  redis.call('HINCRBY', KEYS[2], 's', 1)
+  n = redis.call('HINCRBY', KEYS[2], 's', 1)
 else
   redis.call('HINCRBY', KEYS[1], 'failures', 1)
   redis.call('HINCRBY', KEYS[1], 'consecutive_failures', 1)
   redis.call('HSETNX', KEYS[1], 'failing_since', ARGV[3])
-  redis.call('HINCRBY', KEYS[2], 'f', 1)
+  redis.call('HSET', KEYS[1], 'last_status', ARGV[2], 'last_attempt_at', ARGV[3])
+  n = redis.call('HINCRBY', KEYS[2], 'f', 1)
 end
 if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'retries', 1) end
-redis.call('HSET', KEYS[1], 'last_status', ARGV[2], 'last_attempt_at', ARGV[3])
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
-redis.call('LPUSH', KEYS[3], ARGV[4])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+if n == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7])) end
+local cap = tonumber(ARGV[5])
+if redis.call('LPUSH', KEYS[3], ARGV[4]) > cap then redis.call('LTRIM', KEYS[3], 0, cap - 1) end
+if ARGV[1] == '1' then return {0, ''} end
 return {tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures')), redis.call('HGET', KEYS[1], 'failing_since') or ''}
 ";
 
