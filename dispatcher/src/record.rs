@@ -220,7 +220,12 @@ pub async fn settle(
     processed: Vec<Processed>,
     acker: Box<dyn Acker>,
 ) {
-    let results: Vec<TargetResult> = processed.iter().map(|p| p.result.clone()).collect();
+    // The results move into the store's call (an attempt record is the largest part of one);
+    // what is acted on afterwards stays beside them.
+    let (after, results): (Vec<_>, Vec<TargetResult>) = processed
+        .into_iter()
+        .map(|p| ((p.webhook, p.disable, Counted::of(&p.result)), p.result))
+        .unzip();
     let healths = persist(d, shutdown, "record delivery outcomes", || {
         d.store.record(&results)
     })
@@ -229,12 +234,12 @@ pub async fn settle(
         let _ = acker.requeue().await;
         return;
     };
-    for (p, health) in processed.iter().zip(healths) {
-        count(d, p);
-        if let Some(reason) = &p.disable {
-            disable_webhook(d, &p.webhook.id, "gone", reason).await;
+    for ((webhook, disable, counted), health) in after.into_iter().zip(healths) {
+        counted.count(d);
+        if let Some(reason) = &disable {
+            disable_webhook(d, &webhook.id, "gone", reason).await;
         } else if let Some(h) = health {
-            react_to_health(d, &p.webhook, h).await;
+            react_to_health(d, &webhook, h).await;
         }
     }
     if let Err(e) = acker.ack().await {
@@ -243,11 +248,28 @@ pub async fn settle(
     }
 }
 
-fn count(d: &Dispatcher, p: &Processed) {
-    match &p.result.outcome {
-        Outcome::Retry { .. } if p.result.attempt.is_some() => d.metrics.retries_scheduled.inc(),
-        Outcome::Dead(_) | Outcome::DeadAside(_) => d.metrics.dead_letters.inc(),
-        _ => {}
+/// The counter an outcome adds to once it is recorded.
+enum Counted {
+    RetryScheduled,
+    DeadLetter,
+    Nothing,
+}
+
+impl Counted {
+    fn of(r: &TargetResult) -> Self {
+        match &r.outcome {
+            Outcome::Retry { .. } if r.attempt.is_some() => Self::RetryScheduled,
+            Outcome::Dead(_) | Outcome::DeadAside(_) => Self::DeadLetter,
+            _ => Self::Nothing,
+        }
+    }
+
+    fn count(self, d: &Dispatcher) {
+        match self {
+            Self::RetryScheduled => d.metrics.retries_scheduled.inc(),
+            Self::DeadLetter => d.metrics.dead_letters.inc(),
+            Self::Nothing => {}
+        }
     }
 }
 
