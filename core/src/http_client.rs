@@ -165,6 +165,18 @@ impl Attempt {
         outcome: &str,
         test: bool,
     ) -> AttemptRecord {
+        self.clone().into_record(id, webhook, of, outcome, test)
+    }
+
+    /// `record`, moving the response into the record instead of copying it.
+    pub fn into_record(
+        self,
+        id: String,
+        webhook: &Webhook,
+        of: AttemptOf<'_>,
+        outcome: &str,
+        test: bool,
+    ) -> AttemptRecord {
         let mut request_body = String::from_utf8_lossy(of.envelope).into_owned();
         if request_body.len() > KEPT_REQUEST_BODY {
             request_body = String::new();
@@ -183,19 +195,19 @@ impl Attempt {
             url: match (self.url.is_empty(), webhook.url_secret) {
                 (true, _) => webhook.display_url(),
                 (false, true) => crate::webhook::mask_url(&self.url),
-                (false, false) => self.url.clone(),
+                (false, false) => self.url,
             },
             request_body,
             rendered_body,
             status: self.status,
-            response_headers: self.response_headers.clone(),
-            response_body: self.response_body.clone(),
+            response_headers: self.response_headers,
+            response_body: self.response_body,
             duration_ms: self.duration.as_millis() as u64,
             error_kind: self.error_kind.map(|k| k.as_str().to_owned()),
-            error: self.error.clone(),
+            error: self.error,
             outcome: outcome.to_owned(),
             test,
-            warnings: self.warnings.clone(),
+            warnings: self.warnings,
         }
     }
 }
@@ -209,7 +221,14 @@ pub struct Clients {
     pub guard: Arc<Guard>,
     /// The largest body templates may render (`KIVIHOOK_MAX_BODY`).
     pub max_body: usize,
+    /// Webhook URLs already parsed: one is the same on every request (unless templates make
+    /// it, and those are not kept), and parsing it (its host through IDNA mapping) costs more
+    /// than looking it up.
+    parsed: Arc<std::sync::Mutex<std::collections::HashMap<String, url::Url>>>,
 }
+
+/// URLs kept parsed, one per webhook a dispatcher sends to; past this the cache starts again.
+const PARSED_URLS_MAX: usize = 4096;
 
 /// The outbound client could not be built (TLS roots, the proxy setting): the role stops at
 /// start rather than deliver through a client without the guard or the timeouts.
@@ -253,14 +272,35 @@ impl Clients {
             client: build(reqwest::redirect::Policy::none())?,
             guard,
             max_body,
+            parsed: Arc::default(),
         })
     }
 
     /// Refuse, before any connection, what the guard can tell from the URL alone.
     /// The URL, parsed once for the guard and the request, if the guard lets it through.
-    fn precheck(&self, url: &str) -> Result<url::Url, String> {
-        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    /// `stable`: the webhook's own URL, the same on every request (not made by templates), and
+    /// worth keeping parsed.
+    fn precheck(&self, url: &str, stable: bool) -> Result<url::Url, String> {
+        let parsed = if stable {
+            self.parse(url)?
+        } else {
+            url::Url::parse(url).map_err(|e| e.to_string())?
+        };
         self.check_url(&parsed)?;
+        Ok(parsed)
+    }
+
+    /// `url` parsed, from the cache when it was parsed before.
+    fn parse(&self, url: &str) -> Result<url::Url, String> {
+        let mut cache = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(parsed) = cache.get(url) {
+            return Ok(parsed.clone());
+        }
+        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        if cache.len() >= PARSED_URLS_MAX {
+            cache.clear();
+        }
+        cache.insert(url.to_owned(), parsed.clone());
         Ok(parsed)
     }
 
@@ -401,7 +441,8 @@ pub async fn send(
         Ok(p) => p,
         Err(e) => return Attempt::failed(ErrorKind::Render, e.to_string(), started),
     };
-    let parsed = match clients.precheck(&prepared.url) {
+    let stable = *prepared.url == webhook.url;
+    let parsed = match clients.precheck(&prepared.url, stable) {
         Ok(url) => url,
         Err(e) => return Attempt::failed(ErrorKind::Blocked, e, started).with_request(&prepared),
     };
@@ -756,6 +797,29 @@ mod tests {
         for max in 0..8 {
             assert!(excerpt("ééééé".as_bytes(), max).len() <= max);
         }
+    }
+
+    #[test]
+    fn a_url_kept_parsed_is_still_checked_every_time() {
+        let guard = Guard {
+            require_https: true,
+            ..Guard::default()
+        };
+        let clients = Clients::new(Duration::from_secs(2), guard, 1024).unwrap();
+        for _ in 0..2 {
+            assert!(clients.precheck("http://crm.example/hook", true).is_err());
+            let ok = clients
+                .precheck("https://crm.example/hook?a=1", true)
+                .unwrap();
+            assert_eq!(ok.as_str(), "https://crm.example/hook?a=1");
+        }
+        assert_eq!(clients.parsed.lock().unwrap().len(), 2);
+        // A URL made by templates is not kept; an unparseable one is refused.
+        clients
+            .precheck("https://crm.example/patients/7", false)
+            .unwrap();
+        assert_eq!(clients.parsed.lock().unwrap().len(), 2);
+        assert!(clients.precheck("not a url", true).is_err());
     }
 
     #[test]

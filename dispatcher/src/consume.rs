@@ -343,7 +343,7 @@ async fn attempt(d: &Dispatcher, target: &Target, from: gate::Origin) -> Process
         drop(permit);
     }
     observe(d, target, &result);
-    record::after_attempt(d, target, &result)
+    record::after_attempt(d, target, result)
 }
 
 /// Counts a delivery in flight for as long as it lives, panic or not.

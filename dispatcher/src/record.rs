@@ -64,7 +64,7 @@ fn dead_letter(
 }
 
 /// What follows a request that was sent.
-pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Processed {
+pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: Attempt) -> Processed {
     let webhook = target.webhook.clone();
     let now = Utc::now();
     let mut disable = None;
@@ -113,7 +113,7 @@ pub fn after_attempt(d: &Dispatcher, target: &Target, attempt: &Attempt) -> Proc
         }
         other => other,
     };
-    let record = attempt.record(
+    let record = attempt.into_record(
         attempt_id,
         &webhook,
         AttemptOf {
