@@ -87,14 +87,7 @@ async fn batches_accept_each_event_once() {
     let batch: Vec<Value> = (0..20)
         .map(|i| event(&format!("b{}", i % 15), "kc_appointment_update", None))
         .collect();
-    let r = api
-        .http
-        .post(k.url("/v1/events/batch"))
-        .bearer_auth(INGEST)
-        .json(&json!({"events": batch}))
-        .send()
-        .await
-        .unwrap();
+    let r = api.post_batch(&json!({"events": batch})).await;
     assert_eq!(r.status(), 202);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["accepted"], 15);
@@ -102,14 +95,7 @@ async fn batches_accept_each_event_once() {
     assert_eq!(body["results"].as_array().unwrap().len(), 20);
 
     // The same batch again: all duplicates, nothing published, 200.
-    let r = api
-        .http
-        .post(k.url("/v1/events/batch"))
-        .bearer_auth(INGEST)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
+    let r = api.post_batch(&Value::from(batch)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["accepted"], 0);
     assert_eq!(queue_depth(&format!("{prefix}.deliveries")).await, 15);

@@ -34,14 +34,7 @@ async fn ingest_answers_503_and_releases_the_dedup_key_when_the_broker_is_unreac
     }
 
     let batch = serde_json::json!({"events": [event("evt_down_2", "patient.created", None)]});
-    let r = api
-        .http
-        .post(k.url("/v1/events/batch"))
-        .bearer_auth(INGEST)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
+    let r = api.post_batch(&batch).await;
     assert_eq!(r.status(), 503);
 
     let ready = api.http.get(k.url("/readyz")).send().await.unwrap();

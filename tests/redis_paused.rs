@@ -84,13 +84,7 @@ async fn a_503_while_redis_stalls_frees_the_id_for_the_retry() {
         event("evt_p3", "patient.created", None),
     ]});
     let (one, many) = tokio::join!(api.post_event(&single), async {
-        api.http
-            .post(k.url("/v1/events/batch"))
-            .bearer_auth(INGEST)
-            .json(&batch)
-            .send()
-            .await
-            .unwrap()
+        api.post_batch(&batch).await
     });
     assert_eq!(one.status(), 503);
     assert_eq!(many.status(), 503);
@@ -103,14 +97,7 @@ async fn a_503_while_redis_stalls_frees_the_id_for_the_retry() {
         status, 202,
         "the retry is accepted, not in progress: {body}"
     );
-    let r = api
-        .http
-        .post(k.url("/v1/events/batch"))
-        .bearer_auth(INGEST)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
+    let r = api.post_batch(&batch).await;
     let body: Value = r.json().await.unwrap();
     let statuses: Vec<&str> = body["results"]
         .as_array()
@@ -187,13 +174,7 @@ async fn a_claim_that_landed_but_whose_reply_was_lost_is_released_for_the_retry(
     // answers 503.
     proxy.drop_replies.store(true, Ordering::SeqCst);
     let (one, many) = tokio::join!(api.post_event(&single), async {
-        api.http
-            .post(k.url("/v1/events/batch"))
-            .bearer_auth(INGEST)
-            .json(&batch)
-            .send()
-            .await
-            .unwrap()
+        api.post_batch(&batch).await
     });
     assert_eq!(one.status(), 503);
     assert_eq!(many.status(), 503);
@@ -219,14 +200,7 @@ async fn a_claim_that_landed_but_whose_reply_was_lost_is_released_for_the_retry(
     // retry gets the same time as the single one's.
     let started = Instant::now();
     let (statuses, body) = loop {
-        let r = api
-            .http
-            .post(k.url("/v1/events/batch"))
-            .bearer_auth(INGEST)
-            .json(&batch)
-            .send()
-            .await
-            .unwrap();
+        let r = api.post_batch(&batch).await;
         let body: Value = r.json().await.unwrap();
         let statuses: Vec<String> = body["results"]
             .as_array()

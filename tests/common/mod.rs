@@ -155,16 +155,20 @@ impl Api {
     /// Post `events` to `/v1/events/batch`, 500 a request; every answer must be a success.
     pub async fn post_events(&self, events: &[Value]) {
         for chunk in events.chunks(500) {
-            let r = self
-                .http
-                .post(format!("{}/v1/events/batch", self.base))
-                .bearer_auth(INGEST)
-                .json(&json!({ "events": chunk }))
-                .send()
-                .await
-                .expect("post a batch");
+            let r = self.post_batch(&json!({ "events": chunk })).await;
             assert!(r.status().is_success(), "a batch answered {}", r.status());
         }
+    }
+
+    /// `POST /v1/events/batch` with `body` as it is, whatever it answers.
+    pub async fn post_batch(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/events/batch", self.base))
+            .bearer_auth(INGEST)
+            .json(body)
+            .send()
+            .await
+            .expect("post a batch")
     }
 
     pub async fn post_event(&self, body: &Value) -> reqwest::Response {
