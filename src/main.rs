@@ -144,6 +144,10 @@ struct Settings {
     /// Unacknowledged messages per dispatcher [env: KIVIHOOK_PREFETCH].
     #[arg(long, global = true)]
     prefetch: Option<String>,
+    /// Events of one type one AMQP message may carry, 1 to 500 (ingest)
+    /// [env: KIVIHOOK_EVENTS_PER_MESSAGE].
+    #[arg(long, global = true)]
+    events_per_message: Option<String>,
     /// Seconds before a delivery attempt times out [env: KIVIHOOK_DELIVERY_TIMEOUT].
     #[arg(long, global = true)]
     delivery_timeout: Option<String>,
@@ -216,6 +220,7 @@ impl Settings {
             ("admin_token", &self.admin_token),
             ("ingest_token", &self.ingest_token),
             ("prefetch", &self.prefetch),
+            ("events_per_message", &self.events_per_message),
             ("delivery_timeout", &self.delivery_timeout),
             ("max_body_bytes", &self.max_body_bytes),
             ("max_body", &self.max_body),

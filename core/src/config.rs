@@ -51,6 +51,9 @@ pub struct Config {
     /// Whether the tokens were generated at start (and must be shown once).
     pub generated_tokens: bool,
     pub prefetch: u16,
+    /// Events of one type that one AMQP message may carry (ingest): a batch request's events
+    /// travel together, so the broker's cost is paid per message, not per event.
+    pub events_per_message: usize,
     pub delivery_timeout: Duration,
     pub max_body_bytes: usize,
     /// The largest request body a webhook's templates may render (`KIVIHOOK_MAX_BODY`);
@@ -146,6 +149,11 @@ const SETTINGS: &[Setting] = &[
         key: "prefetch",
         env: "KIVIHOOK_PREFETCH",
         flag: "--prefetch",
+    },
+    Setting {
+        key: "events_per_message",
+        env: "KIVIHOOK_EVENTS_PER_MESSAGE",
+        flag: "--events-per-message",
     },
     Setting {
         key: "delivery_timeout",
@@ -476,6 +484,7 @@ impl Config {
         };
         let prefetch = int("prefetch", 256, 1, 65535)? as u16;
         let retry_prefetch = int("retry_prefetch", 128, 1, 65535)? as u16;
+        let events_per_message = int("events_per_message", 50, 1, 500)? as usize;
         let circuit_threshold = int("circuit_threshold", 10, 0, 1_000_000)?;
         let webhook_concurrency = int("webhook_concurrency", 32, 1, 100_000)? as u32;
         let secret_key = match raw("secret_key") {
@@ -600,6 +609,7 @@ impl Config {
             ingest_token: ingest_token.unwrap_or_else(random_token),
             generated_tokens,
             prefetch,
+            events_per_message,
             delivery_timeout,
             max_body_bytes,
             max_body,

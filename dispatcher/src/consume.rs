@@ -208,32 +208,54 @@ async fn poison(d: &Dispatcher, delivery: Delivery, error: &serde_json::Error) {
     }
 }
 
-/// A new event: fan out, send to every target at once, record, ack.
+/// A message of new events (one, or several of one type): fan each out, send to every
+/// target at once, record, ack once every target of every event is settled.
 async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) {
-    let event: fanout::EventHead = match serde_json::from_slice(&delivery.body) {
+    let body = Bytes::from(delivery.body);
+    let events = match parse_events(&body) {
         Ok(e) => e,
-        Err(e) => return poison(&d, delivery, &e).await,
+        Err(e) => {
+            let delivery = Delivery {
+                body: body.into(),
+                ..delivery
+            };
+            return poison(&d, delivery, &e).await;
+        }
     };
     let Delivery {
-        body,
         registry_version,
         acker,
         redelivered,
         first_publish,
+        ..
     } = delivery;
-    // Handed out for the first time, the only message of its event has no target settled:
-    // nothing to read. Any other (a redelivery, a republished id, a message from an ingest
-    // that does not say) is checked.
+    // Handed out for the first time, a message whose events were all claimed clean has no
+    // target settled: nothing to read. Any other (a redelivery, a republished id, a message
+    // from an ingest that does not say) is checked.
     let check_settled = redelivered || !first_publish;
-    let body = Bytes::from(body);
+    // Events in flight are bounded, not messages: a message of fifty takes fifty turns.
+    let wanted = events.len().min(usize::from(d.prefetch)) as u32;
+    let budget = tokio::select! {
+        permit = d.events_in_flight.clone().acquire_many_owned(wanted) => permit.ok(),
+        _ = shutdown.wait() => None,
+    };
+    let Some(_budget) = budget else {
+        let _ = acker.requeue().await;
+        return;
+    };
     let ready = record::persist(&d, &mut shutdown, "load the webhook registry", || {
         d.registry.ensure(registry_version)
     })
     .await;
     let targets = match ready {
         Some(()) => {
-            record::persist(&d, &mut shutdown, "read target states", || {
-                fanout::event_targets(&d, &event, &body, check_settled)
+            record::persist(&d, &mut shutdown, "read target states", || async {
+                let each =
+                    futures::future::try_join_all(events.iter().map(|(event, body)| {
+                        fanout::event_targets(&d, event, body, check_settled)
+                    }))
+                    .await?;
+                Ok::<_, kivihook_core::StoreError>(each.into_iter().flatten().collect::<Vec<_>>())
             })
             .await
         }
@@ -243,10 +265,75 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
         let _ = acker.requeue().await;
         return;
     };
-    let processed =
-        futures::future::join_all(targets.iter().map(|t| attempt(&d, t, gate::Origin::Event)))
-            .await;
-    record::settle(&d, &mut shutdown, processed, acker).await;
+    if !attempt_and_record(&d, &targets, &shutdown).await {
+        let _ = acker.requeue().await;
+        return;
+    }
+    if let Err(e) = acker.ack().await {
+        // The broker redelivers it; the recorded target states make that a no-op.
+        tracing::warn!(error = %e, "could not ack a message; it will be redelivered");
+    }
+}
+
+/// Results recorded together at most: a message's targets are recorded in groups while the
+/// rest are still in flight, so a crash repeats only what was not recorded yet.
+const RECORD_GROUP: usize = 64;
+/// How long a finished target's result waits for others to be recorded with it.
+const RECORD_WAIT: Duration = Duration::from_millis(50);
+
+/// Send to every target at once and record the results as they come: all together when they
+/// finish close together (one event's fan-out), else in groups, each as soon as the one
+/// before it is recorded and `RECORD_GROUP` results are in or the oldest has waited
+/// `RECORD_WAIT`. A message of many events thus never holds finished deliveries unrecorded
+/// behind its slowest one. False when shutdown interrupted a recording.
+async fn attempt_and_record(d: &Dispatcher, targets: &[Target], shutdown: &Shutdown) -> bool {
+    let mut attempts: futures::stream::FuturesUnordered<_> = targets
+        .iter()
+        .map(|t| attempt(d, t, gate::Origin::Event))
+        .collect();
+    let mut ready: Vec<Processed> = Vec::new();
+    let mut oldest = tokio::time::Instant::now();
+    let mut recording: Option<futures::future::BoxFuture<'_, bool>> = None;
+    loop {
+        let all_in = attempts.is_empty();
+        if recording.is_none()
+            && !ready.is_empty()
+            && (all_in || ready.len() >= RECORD_GROUP || oldest.elapsed() >= RECORD_WAIT)
+        {
+            let group = std::mem::take(&mut ready);
+            let mut shutdown = shutdown.clone();
+            recording = Some(Box::pin(async move {
+                record::record(d, &mut shutdown, group).await
+            }));
+        }
+        if all_in && recording.is_none() && ready.is_empty() {
+            return true;
+        }
+        let waiting = recording.is_none() && !ready.is_empty();
+        tokio::select! {
+            Some(p) = attempts.next(), if !all_in => {
+                if ready.is_empty() {
+                    oldest = tokio::time::Instant::now();
+                }
+                ready.push(p);
+            }
+            recorded = async { recording.as_mut().expect("guarded").await }, if recording.is_some() => {
+                recording = None;
+                if !recorded {
+                    return false;
+                }
+            }
+            _ = tokio::time::sleep_until(oldest + RECORD_WAIT), if waiting => {}
+        }
+    }
+}
+
+/// The events of a message, each with its envelope as it came (a slice of the body).
+fn parse_events(body: &Bytes) -> Result<Vec<(fanout::EventHead, Bytes)>, serde_json::Error> {
+    kivihook_core::broker::events::decode(body)?
+        .into_iter()
+        .map(|envelope| Ok((serde_json::from_slice(&envelope)?, envelope)))
+        .collect()
 }
 
 /// How long a retry job whose target's state does not point at it yet is read again before

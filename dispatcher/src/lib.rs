@@ -32,6 +32,9 @@ pub struct Dispatcher {
     pub gates: gate::Gates,
     pub clients: send::Clients,
     pub prefetch: u16,
+    /// Events being handled at once from the deliveries queue: `prefetch` of them, whether
+    /// they came one a message or many (see `kivihook_core::broker::events`).
+    pub events_in_flight: Arc<tokio::sync::Semaphore>,
     pub retry_prefetch: u16,
     pub delivery_timeout: Duration,
     pub retry_schedule: RetrySchedule,
@@ -64,6 +67,7 @@ impl Dispatcher {
             store,
             metrics,
             prefetch: config.prefetch,
+            events_in_flight: Arc::new(tokio::sync::Semaphore::new(usize::from(config.prefetch))),
             retry_prefetch: config.retry_prefetch,
             delivery_timeout: config.delivery_timeout,
             retry_schedule: config.retry_schedule.clone(),

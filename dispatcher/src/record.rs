@@ -220,6 +220,19 @@ pub async fn settle(
     processed: Vec<Processed>,
     acker: Box<dyn Acker>,
 ) {
+    if !record(d, shutdown, processed).await {
+        let _ = acker.requeue().await;
+        return;
+    }
+    if let Err(e) = acker.ack().await {
+        // The broker redelivers it; the recorded target states make that a no-op.
+        tracing::warn!(error = %e, "could not ack a message; it will be redelivered");
+    }
+}
+
+/// Make these results durable, then act on what they say about their webhooks. False when
+/// shutdown came first: the message must then be handed back, not acked.
+pub async fn record(d: &Dispatcher, shutdown: &mut Shutdown, processed: Vec<Processed>) -> bool {
     // The results move into the store's call (an attempt record is the largest part of one);
     // what is acted on afterwards stays beside them.
     let (after, results): (Vec<_>, Vec<TargetResult>) = processed
@@ -231,8 +244,7 @@ pub async fn settle(
     })
     .await;
     let Some(healths) = healths else {
-        let _ = acker.requeue().await;
-        return;
+        return false;
     };
     for ((webhook, disable, counted), health) in after.into_iter().zip(healths) {
         counted.count(d);
@@ -242,10 +254,7 @@ pub async fn settle(
             react_to_health(d, &webhook, h).await;
         }
     }
-    if let Err(e) = acker.ack().await {
-        // The broker redelivers it; the recorded target states make that a no-op.
-        tracing::warn!(error = %e, "could not ack a message; it will be redelivered");
-    }
+    true
 }
 
 /// The counter an outcome adds to once it is recorded.

@@ -389,6 +389,25 @@ fn release_later(state: &AppState, ids: Vec<String>, token: String, at: DateTime
     });
 }
 
+/// The messages that carry `to_publish` (indices into it): the events of one type together,
+/// in the order sent, at most `per_message` in one. The routing key is the type, so whatever
+/// is bound to the exchange by type still gets exactly the events of that type.
+fn messages(events: &[Event], to_publish: &[(usize, bool)], per_message: usize) -> Vec<Vec<usize>> {
+    let mut messages: Vec<Vec<usize>> = Vec::new();
+    let mut open: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (m, &(i, _)) in to_publish.iter().enumerate() {
+        let key = events[i].event_type.as_str();
+        match open.get(key) {
+            Some(&at) if messages[at].len() < per_message.max(1) => messages[at].push(m),
+            _ => {
+                open.insert(key, messages.len());
+                messages.push(vec![m]);
+            }
+        }
+    }
+    messages
+}
+
 /// Claim, publish with confirms, then settle the claims. Returns one status per event.
 async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, ApiError> {
     // An id repeated inside one request is published once; later copies are duplicates.
@@ -440,14 +459,21 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
     }
 
     let started = Instant::now();
-    let publishes = to_publish.iter().map(|&(i, first_publish)| {
-        let event = &events[i];
-        let msg = serde_json::to_vec(event).map(|body| OutboundMessage {
+    let messages = messages(&events, &to_publish, state.events_per_message);
+    let publishes = messages.iter().map(|members| {
+        let first = &events[to_publish[members[0]].0];
+        let envelopes: Result<Vec<Vec<u8>>, _> = members
+            .iter()
+            .map(|&m| serde_json::to_vec(&events[to_publish[m].0]))
+            .collect();
+        let msg = envelopes.map(|envelopes| OutboundMessage {
             queue: Queue::Deliveries,
-            routing_key: event.event_type.clone(),
-            body,
+            routing_key: first.event_type.clone(),
+            body: kivihook_core::broker::events::encode(&envelopes),
             registry_version,
-            first_publish,
+            // Marked only when every event in it was claimed clean: one reclaimed event makes
+            // the dispatcher check the states of all (a check of a clean one finds nothing).
+            first_publish: members.iter().all(|&m| to_publish[m].1),
         });
         async move {
             match msg {
@@ -456,8 +482,14 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
             }
         }
     });
-    let results = futures::future::join_all(publishes).await;
+    let published = futures::future::join_all(publishes).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let mut results = vec![Ok(()); to_publish.len()];
+    for (members, result) in messages.iter().zip(published) {
+        for &m in members {
+            results[m] = result.clone();
+        }
+    }
 
     let mut confirmed = Vec::new();
     let mut failed = HashSet::new();

@@ -44,6 +44,8 @@ pub struct AppState {
     pub ingest_token: Secret,
     pub max_body_bytes: usize,
     pub dedup_window: Duration,
+    /// Events of one type one AMQP message may carry (`KIVIHOOK_EVENTS_PER_MESSAGE`).
+    pub events_per_message: usize,
     /// The outbound client (test deliveries) and its guard (checked when webhooks are saved).
     pub clients: kivihook_core::http_client::Clients,
     /// Edits of one webhook through this process take turns (`edit_turn`); the
@@ -84,6 +86,7 @@ impl AppState {
             ingest_token: config.ingest_token.clone(),
             max_body_bytes: config.max_body_bytes,
             dedup_window: config.dedup_window,
+            events_per_message: config.events_per_message.max(1),
             clients: kivihook_core::http_client::Clients::new(
                 config.delivery_timeout,
                 config.outbound.clone(),

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 pub mod ack_group;
+pub mod events;
 pub mod memory;
 pub mod rabbitmq;
 
