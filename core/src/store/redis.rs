@@ -145,6 +145,37 @@ if ARGV[1] == '1' then return {0, ''} end
 return {tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures')), redis.call('HGET', KEYS[1], 'failing_since') or ''}
 ";
 
+/// Several successful attempts of one webhook in one hour, in the order made: what
+/// `ATTEMPT_SCRIPT` does for each, in one call. `ARGV`: the last one's status and time (ms),
+/// the log's cap, how many were retries, the hour bucket's TTL, then each attempt's record.
+const DELIVERED_SCRIPT: &str = r"
+local n = #ARGV - 5
+redis.call('HINCRBY', KEYS[1], 'successes', n)
+redis.call('HSET', KEYS[1], 'consecutive_failures', 0, 'last_status', ARGV[1], 'last_attempt_at', ARGV[2])
+redis.call('HDEL', KEYS[1], 'failing_since')
+if ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[1], 'retries', tonumber(ARGV[4])) end
+if redis.call('HINCRBY', KEYS[2], 's', n) == n then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5])) end
+local cap = tonumber(ARGV[3])
+if redis.call('LPUSH', KEYS[3], unpack(ARGV, 6)) > cap then redis.call('LTRIM', KEYS[3], 0, cap - 1) end
+return n
+";
+
+/// Every script a batch calls by hash.
+pub(super) const SCRIPTS: [&str; 12] = [
+    UNLESS_RETRYING_SCRIPT,
+    STRANDED_SCAN_SCRIPT,
+    RESCUE_SCRIPT,
+    ATTEMPT_SCRIPT,
+    DELIVERED_SCRIPT,
+    CONFIRM_SCRIPT,
+    RELEASE_SCRIPT,
+    FOLD_SCRIPT,
+    DEDUP_CLAIM_SCRIPT,
+    CLAIM_SCRIPT,
+    COMPLETE_SCRIPT,
+    SWEEP_SCRIPT,
+];
+
 /// Claim an event id in its dedup bucket (`KEYS[1]`, the bucket of the slot it is received
 /// in) unless one of the window's buckets (`KEYS[2..]`, one hash tag) already holds it;
 /// returns what held it, nil when the claim is this request's, or `!` when it is but took
@@ -269,6 +300,7 @@ pub struct RedisStore {
     complete: redis::Script,
     sweep: redis::Script,
     attempt: redis::Script,
+    delivered: redis::Script,
     release: redis::Script,
     confirm: redis::Script,
     fold: redis::Script,
@@ -384,6 +416,44 @@ struct Fold<'a> {
     entries: Vec<String>,
 }
 
+/// The attempt scripts of one `record`, in the order the attempts were made, with each run
+/// of successes of one webhook (in one hour, up to the log's cap) made one call: a
+/// failure is a call of its own and ends its webhook's run, so every attempt still counts
+/// in its webhook's failure streak in order.
+#[derive(Default)]
+struct AttemptCalls<'a> {
+    calls: Vec<AttemptCall<'a>>,
+    /// The run of successes still open for (webhook, hour): its index in `calls`.
+    open: HashMap<(&'a str, i64), usize>,
+}
+
+enum AttemptCall<'a> {
+    Failed(&'a AttemptRecord),
+    Delivered(Vec<&'a AttemptRecord>),
+}
+
+impl<'a> AttemptCalls<'a> {
+    fn add(&mut self, a: &'a AttemptRecord, ok: bool) {
+        if !ok {
+            self.open.retain(|(webhook, _), _| *webhook != a.webhook_id);
+            self.calls.push(AttemptCall::Failed(a));
+            return;
+        }
+        let key = (a.webhook_id.as_str(), a.at.timestamp() / 3600);
+        if let Some(&at) = self.open.get(&key) {
+            if let AttemptCall::Delivered(group) = &mut self.calls[at] {
+                group.push(a);
+                if group.len() >= ATTEMPT_LOG_CAP {
+                    self.open.remove(&key);
+                }
+                return;
+            }
+        }
+        self.open.insert(key, self.calls.len());
+        self.calls.push(AttemptCall::Delivered(vec![a]));
+    }
+}
+
 /// Ids grouped by the shard that holds them (`shard`: `Keys::retry_shard`,
 /// `Keys::dead_letter_shard`).
 fn by_shard(ids: &[String], shard: impl Fn(&str) -> u16) -> HashMap<u16, Vec<&String>> {
@@ -450,6 +520,7 @@ impl RedisStore {
             complete: redis::Script::new(COMPLETE_SCRIPT),
             sweep: redis::Script::new(SWEEP_SCRIPT),
             attempt: redis::Script::new(ATTEMPT_SCRIPT),
+            delivered: redis::Script::new(DELIVERED_SCRIPT),
             confirm: redis::Script::new(CONFIRM_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
             fold: redis::Script::new(FOLD_SCRIPT),
@@ -898,6 +969,28 @@ impl RedisStore {
             .collect()
     }
 
+    /// Successful attempts of one webhook in one hour (`group_attempts`), in one call.
+    fn add_delivered(&self, b: &mut Batch, attempts: &[&AttemptRecord]) {
+        let [first, ..] = attempts else { return };
+        let Some(last) = attempts.iter().max_by_key(|a| a.at) else {
+            return;
+        };
+        let hour = first.at.timestamp() / 3600;
+        let stats = self.keys.webhook_stats(&first.webhook_id);
+        let bucket = self.keys.webhook_hour(&first.webhook_id, hour);
+        let log = self.keys.attempts(&first.webhook_id);
+        let call = b
+            .script(&self.delivered, &[&stats, &bucket, &log])
+            .arg(last.status.map(|s| s.to_string()).unwrap_or_default())
+            .arg(last.at.timestamp_millis())
+            .arg(ATTEMPT_LOG_CAP)
+            .arg(attempts.iter().filter(|a| a.attempt > 1).count())
+            .arg(HOUR_BUCKET_TTL_SECS);
+        for a in attempts {
+            call.arg(serde_json::to_string(a).unwrap_or_default());
+        }
+    }
+
     fn add_attempt(&self, b: &mut Batch, a: &AttemptRecord, ok: bool) {
         let json = serde_json::to_string(a).unwrap_or_default();
         let hour = a.at.timestamp() / 3600;
@@ -1020,22 +1113,13 @@ impl RedisStore {
         }
     }
 
-    /// Load every script the batches use by hash (on a cluster, on every node).
+    /// Load every script the batches use by hash (on a cluster, on every node). Every new
+    /// connection loads them before its first request too (`redis_conn`), so that a batch
+    /// meets `NOSCRIPT` only after a `SCRIPT FLUSH` (or a cluster failover), not after a
+    /// Redis restart: a batch that meets it is run again whole.
     async fn load_scripts(&self) -> redis::RedisResult<()> {
         let mut c = self.conn();
-        for s in [
-            UNLESS_RETRYING_SCRIPT,
-            STRANDED_SCAN_SCRIPT,
-            RESCUE_SCRIPT,
-            ATTEMPT_SCRIPT,
-            CONFIRM_SCRIPT,
-            RELEASE_SCRIPT,
-            FOLD_SCRIPT,
-            DEDUP_CLAIM_SCRIPT,
-            CLAIM_SCRIPT,
-            COMPLETE_SCRIPT,
-            SWEEP_SCRIPT,
-        ] {
+        for s in SCRIPTS {
             redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(s)
@@ -1747,6 +1831,7 @@ impl Store for RedisStore {
         let mut first = Batch::new();
         let mut second = Batch::new();
         let mut has_attempt = Vec::with_capacity(results.len());
+        let mut attempts = AttemptCalls::default();
         let mut dead_for: Vec<&str> = Vec::new();
         // The deliveries each batch folds into markers, one fold per event, in order.
         let mut folds: [Vec<Fold<'_>>; 2] = [Vec::new(), Vec::new()];
@@ -1781,11 +1866,11 @@ impl Store for RedisStore {
                 }
                 Outcome::Untouched => None,
             };
+            let ok = matches!(r.outcome, Outcome::Delivered);
             if let Some(a) = &r.attempt {
-                let ok = matches!(r.outcome, Outcome::Delivered);
-                self.add_attempt(&mut first, a, ok);
+                attempts.add(a, ok);
             }
-            has_attempt.push(r.attempt.is_some());
+            has_attempt.push(r.attempt.as_ref().map(|_| ok));
             if let Some(state) = state {
                 let states = if two_steps { &mut second } else { &mut first };
                 if let Some(entry) = self.add_state(states, r, &state) {
@@ -1804,6 +1889,12 @@ impl Store for RedisStore {
                         }),
                     }
                 }
+            }
+        }
+        for call in &attempts.calls {
+            match call {
+                AttemptCall::Failed(a) => self.add_attempt(&mut first, a, false),
+                AttemptCall::Delivered(group) => self.add_delivered(&mut first, group),
             }
         }
         self.add_folds(&mut first, &folds[0]);
@@ -1850,15 +1941,19 @@ impl Store for RedisStore {
         for webhook_id in dead_for {
             self.trim_dead_letters(webhook_id).await;
         }
+        // A success resets its webhook's streak; a failure's streak is what its script saw.
         Ok(has_attempt
             .into_iter()
-            .map(|has| {
-                has.then(|| streaks.next())
-                    .flatten()
-                    .map(|(streak, since)| Health {
-                        consecutive_failures: streak,
-                        failing_since: since.parse().ok().and_then(millis),
-                    })
+            .map(|attempt| match attempt {
+                None => None,
+                Some(true) => Some(Health {
+                    consecutive_failures: 0,
+                    failing_since: None,
+                }),
+                Some(false) => streaks.next().map(|(streak, since)| Health {
+                    consecutive_failures: streak,
+                    failing_since: since.parse().ok().and_then(millis),
+                }),
             })
             .collect())
     }

@@ -71,6 +71,13 @@ impl Conn {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        // The scripts first (one round trip), so that no batch on this connection meets
+        // `NOSCRIPT` after a Redis restart.
+        let mut load = redis::pipe();
+        for script in super::redis::SCRIPTS {
+            load.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
+        }
+        load.query_async::<()>(&mut c.clone()).await?;
         let generation = self.slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if generation > 1 {
             if let Some(counter) = &self.slot.redials {
@@ -192,6 +199,13 @@ impl ClusterConn {
             return Ok((*generation, c.clone()));
         }
         let c = open_cluster(&self.slot.nodes).await?;
+        for script in super::redis::SCRIPTS {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(script)
+                .query_async::<Value>(&mut c.clone())
+                .await?;
+        }
         let generation = self.slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if generation > 1 {
             if let Some(counter) = &self.slot.redials {
