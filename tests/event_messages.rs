@@ -163,3 +163,66 @@ async fn a_dispatcher_killed_inside_a_message_of_fifty_repeats_only_what_was_not
     drop(ingest);
     cleanup(&prefix).await;
 }
+
+/// A request that hangs holds its own event's turn in the dispatcher's budget, not the
+/// turns of the other events of its message: with a budget of 8 events (the prefetch), a
+/// message of 8 whose first event also goes to a hung endpoint leaves 7 turns free once the
+/// others are delivered, so the next 7 events go at once instead of after the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
+    let prefix = unique_prefix();
+    let ingest = Kivihook::start("ingest", &prefix, &[]);
+    let api = Api::new(&ingest);
+    let fast = Receiver::start().await;
+    let hung = Receiver::start().await;
+    hung.delay(Duration::from_secs(30));
+    api.create_webhook(json!({"name": "fast", "url": fast.url(), "events": ["*"]}))
+        .await;
+    api.create_webhook(json!({
+        "name": "hung", "url": hung.url(), "events": ["bill.paid"], "clinic_ids": ["c1"]
+    }))
+    .await;
+    let _dispatcher = Kivihook::start(
+        "dispatcher",
+        &prefix,
+        &[
+            ("KIVIHOOK_PREFETCH", "8"),
+            ("KIVIHOOK_DELIVERY_TIMEOUT", "10"),
+        ],
+    );
+    // One message of 8 bills; only the first is of clinic c1, and goes to the hung endpoint.
+    let first: Vec<Value> = (0..8)
+        .map(|i| {
+            let clinic = if i == 0 { "c1" } else { "c2" };
+            event(&format!("evt_turn_{i}"), "bill.paid", Some(clinic))
+        })
+        .collect();
+    api.post_events(&first).await;
+    wait_until(Duration::from_secs(10), "the 8 fast deliveries", || {
+        fast.count() == 8
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the hung request", || {
+        hung.arrivals().len() == 1
+    })
+    .await;
+    // The hung request holds one turn for 10 s; the other 7 are free.
+    let next: Vec<Value> = (8..15)
+        .map(|i| event(&format!("evt_turn_{i}"), "patient.created", None))
+        .collect();
+    let posted = std::time::Instant::now();
+    api.post_events(&next).await;
+    wait_until(Duration::from_secs(20), "the next 7 deliveries", || {
+        fast.count() == 15
+    })
+    .await;
+    let took = posted.elapsed();
+    println!("the next 7 events took {took:?} beside the hung request");
+    assert!(
+        took < Duration::from_secs(3),
+        "the next events waited {took:?}: the hung request held its whole message's turns"
+    );
+    assert_eq!(hung.count(), 0, "the hung request is still open");
+    drop(ingest);
+    cleanup(&prefix).await;
+}

@@ -233,16 +233,21 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
     // target settled: nothing to read. Any other (a redelivery, a republished id, a message
     // from an ingest that does not say) is checked.
     let check_settled = redelivered || !first_publish;
-    // Events in flight are bounded, not messages: a message of fifty takes fifty turns.
+    // Events in flight are bounded, not messages: a message of fifty takes fifty turns, and
+    // gives each back as soon as that event's attempts are over (a hung request holds one
+    // event's turn, never its whole message's).
     let wanted = events.len().min(usize::from(d.prefetch)) as u32;
     let budget = tokio::select! {
         permit = d.events_in_flight.clone().acquire_many_owned(wanted) => permit.ok(),
         _ = shutdown.wait() => None,
     };
-    let Some(_budget) = budget else {
+    let Some(mut budget) = budget else {
         let _ = acker.requeue().await;
         return;
     };
+    let mut turns: Vec<Option<tokio::sync::OwnedSemaphorePermit>> =
+        (0..events.len()).map(|_| budget.split(1)).collect();
+    drop(budget);
     let ready = record::persist(&d, &mut shutdown, "load the webhook registry", || {
         d.registry.ensure(registry_version)
     })
@@ -255,7 +260,7 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
                         fanout::event_targets(&d, event, body, check_settled)
                     }))
                     .await?;
-                Ok::<_, kivihook_core::StoreError>(each.into_iter().flatten().collect::<Vec<_>>())
+                Ok::<_, kivihook_core::StoreError>(each)
             })
             .await
         }
@@ -265,7 +270,18 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
         let _ = acker.requeue().await;
         return;
     };
-    if !attempt_and_record(&d, &targets, &shutdown).await {
+    // Each target with the index of its event; an event with none gives its turn back now.
+    let targets: Vec<(usize, Target)> = targets
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, ts)| {
+            if ts.is_empty() {
+                turns[i] = None;
+            }
+            ts.into_iter().map(move |t| (i, t))
+        })
+        .collect();
+    if !attempt_and_record(&d, &targets, turns, &shutdown).await {
         let _ = acker.requeue().await;
         return;
     }
@@ -286,10 +302,21 @@ const RECORD_WAIT: Duration = Duration::from_millis(50);
 /// before it is recorded and `RECORD_GROUP` results are in or the oldest has waited
 /// `RECORD_WAIT`. A message of many events thus never holds finished deliveries unrecorded
 /// behind its slowest one. False when shutdown interrupted a recording.
-async fn attempt_and_record(d: &Dispatcher, targets: &[Target], shutdown: &Shutdown) -> bool {
+/// `turns[i]` is event `i`'s turn in the dispatcher's budget, given back once its last
+/// attempt is over.
+async fn attempt_and_record(
+    d: &Dispatcher,
+    targets: &[(usize, Target)],
+    mut turns: Vec<Option<tokio::sync::OwnedSemaphorePermit>>,
+    shutdown: &Shutdown,
+) -> bool {
+    let mut left = vec![0usize; turns.len()];
+    for (i, _) in targets {
+        left[*i] += 1;
+    }
     let mut attempts: futures::stream::FuturesUnordered<_> = targets
         .iter()
-        .map(|t| attempt(d, t, gate::Origin::Event))
+        .map(|(i, t)| attempt(d, t, gate::Origin::Event).map(move |p| (*i, p)))
         .collect();
     let mut ready: Vec<Processed> = Vec::new();
     let mut oldest = tokio::time::Instant::now();
@@ -311,7 +338,11 @@ async fn attempt_and_record(d: &Dispatcher, targets: &[Target], shutdown: &Shutd
         }
         let waiting = recording.is_none() && !ready.is_empty();
         tokio::select! {
-            Some(p) = attempts.next(), if !all_in => {
+            Some((i, p)) = attempts.next(), if !all_in => {
+                left[i] -= 1;
+                if left[i] == 0 {
+                    turns[i] = None;
+                }
                 if ready.is_empty() {
                     oldest = tokio::time::Instant::now();
                 }
