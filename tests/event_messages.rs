@@ -226,3 +226,67 @@ async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
     drop(ingest);
     cleanup(&prefix).await;
 }
+
+/// Targets waiting for a slot of a webhook at its cap give their events' turns back after a
+/// short wait, so events behind them are not held until the webhook counts as stalled (a
+/// second without an answer): with a budget of 9 events, one held by a hung request and 8
+/// by bills waiting for the hung endpoint's only slot, the patients posted after them still
+/// arrive before any target is put off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_waiting_on_a_full_webhook_do_not_hold_the_events_behind_them() {
+    let prefix = unique_prefix();
+    let ingest = Kivihook::start("ingest", &prefix, &[]);
+    let api = Api::new(&ingest);
+    let fast = Receiver::start().await;
+    let hung = Receiver::start().await;
+    hung.delay(Duration::from_secs(30));
+    api.create_webhook(json!({"name": "fast", "url": fast.url(), "events": ["*"]}))
+        .await;
+    api.create_webhook(json!({
+        "name": "hung", "url": hung.url(), "events": ["bill.paid"], "max_concurrency": 1
+    }))
+    .await;
+    let dispatcher = Kivihook::start(
+        "dispatcher",
+        &prefix,
+        &[
+            ("KIVIHOOK_PREFETCH", "9"),
+            ("KIVIHOOK_DELIVERY_TIMEOUT", "10"),
+        ],
+    );
+    // The first bill's request takes the hung endpoint's only slot (and one turn); the next
+    // 8 bills (one message) wait for it, holding the rest of the budget at first.
+    api.post_events(&[event("evt_wait_0", "bill.paid", None)])
+        .await;
+    wait_until(Duration::from_secs(10), "the hung request", || {
+        hung.arrivals().len() == 1
+    })
+    .await;
+    let bills: Vec<Value> = (1..9)
+        .map(|i| event(&format!("evt_wait_{i}"), "bill.paid", None))
+        .collect();
+    api.post_events(&bills).await;
+    let patients: Vec<Value> = (9..16)
+        .map(|i| event(&format!("evt_wait_{i}"), "patient.created", None))
+        .collect();
+    api.post_events(&patients).await;
+    wait_until(Duration::from_secs(20), "the patients", || {
+        let seen = by_id(&fast);
+        (9..16).all(|i| seen.contains_key(&format!("evt_wait_{i}")))
+    })
+    .await;
+    let deferred = metric_sum(&dispatcher, "kivihook_deferrals_total").await;
+    assert_eq!(
+        deferred, 0.0,
+        "the patients waited until the bills' targets were put off"
+    );
+    // And the bills' targets for the hung endpoint are put off once it counts as stalled.
+    eventually(
+        Duration::from_secs(10),
+        "the waiting targets put off",
+        || async { metric_sum(&dispatcher, "kivihook_deferrals_total").await >= 8.0 },
+    )
+    .await;
+    drop(ingest);
+    cleanup(&prefix).await;
+}

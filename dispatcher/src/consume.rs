@@ -245,8 +245,9 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
         let _ = acker.requeue().await;
         return;
     };
-    let mut turns: Vec<Option<tokio::sync::OwnedSemaphorePermit>> =
-        (0..events.len()).map(|_| budget.split(1)).collect();
+    let turns: Vec<gate::Turn> = (0..events.len())
+        .map(|_| gate::Turn::new(budget.split(1)))
+        .collect();
     drop(budget);
     let ready = record::persist(&d, &mut shutdown, "load the webhook registry", || {
         d.registry.ensure(registry_version)
@@ -276,7 +277,7 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
         .enumerate()
         .flat_map(|(i, ts)| {
             if ts.is_empty() {
-                turns[i] = None;
+                drop(turns[i].lock().unwrap_or_else(|e| e.into_inner()).take());
             }
             ts.into_iter().map(move |t| (i, t))
         })
@@ -307,7 +308,7 @@ const RECORD_WAIT: Duration = Duration::from_millis(50);
 async fn attempt_and_record(
     d: &Dispatcher,
     targets: &[(usize, Target)],
-    mut turns: Vec<Option<tokio::sync::OwnedSemaphorePermit>>,
+    turns: Vec<gate::Turn>,
     shutdown: &Shutdown,
 ) -> bool {
     let mut left = vec![0usize; turns.len()];
@@ -316,7 +317,7 @@ async fn attempt_and_record(
     }
     let mut attempts: futures::stream::FuturesUnordered<_> = targets
         .iter()
-        .map(|(i, t)| attempt(d, t, gate::Origin::Event).map(move |p| (*i, p)))
+        .map(|(i, t)| attempt(d, t, gate::Origin::Event, &turns[*i]).map(move |p| (*i, p)))
         .collect();
     let mut ready: Vec<Processed> = Vec::new();
     let mut oldest = tokio::time::Instant::now();
@@ -341,7 +342,7 @@ async fn attempt_and_record(
             Some((i, p)) = attempts.next(), if !all_in => {
                 left[i] -= 1;
                 if left[i] == 0 {
-                    turns[i] = None;
+                    drop(turns[i].lock().unwrap_or_else(|e| e.into_inner()).take());
                 }
                 if ready.is_empty() {
                     oldest = tokio::time::Instant::now();
@@ -415,14 +416,19 @@ async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdo
             return;
         }
         Some(JobTarget::Disabled(t)) => record::refused(&t, "the webhook is disabled"),
-        Some(JobTarget::Run(t)) => attempt(&d, &t, gate::Origin::Job).await,
+        Some(JobTarget::Run(t)) => attempt(&d, &t, gate::Origin::Job, &gate::Turn::new(None)).await,
     };
     record::settle(&d, &mut shutdown, vec![processed], acker).await;
 }
 
 /// One target through the gate and, if it may go, out over HTTP.
-async fn attempt(d: &Dispatcher, target: &Target, from: gate::Origin) -> Processed {
-    let permit = match gate::check(d, &target.webhook, target.rate_reserved, from).await {
+async fn attempt(
+    d: &Dispatcher,
+    target: &Target,
+    from: gate::Origin,
+    turn: &gate::Turn,
+) -> Processed {
+    let permit = match gate::check(d, &target.webhook, target.rate_reserved, from, turn).await {
         Pass::Go(permit) => permit,
         Pass::Later {
             until,

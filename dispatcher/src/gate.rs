@@ -268,6 +268,9 @@ fn busy_deferral(stalled_for: Duration) -> Duration {
     }
 }
 
+/// An event's turn in the dispatcher's budget of events in flight (none for a job).
+pub type Turn = Mutex<Option<tokio::sync::OwnedSemaphorePermit>>;
+
 /// Who asks the gate: a new event's message or a retry (or manual) job.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Origin {
@@ -280,7 +283,18 @@ pub enum Origin {
 }
 
 /// Decide whether `webhook` may get a request now.
-pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool, from: Origin) -> Pass {
+///
+/// `turn` is the event's turn in the dispatcher's budget: a target that has waited a whole
+/// `WAIT_STEP` for a slot gives it back, so that targets waiting on one webhook (a hung one
+/// before it counts as stalled) do not stop the dispatcher from taking the events behind
+/// them; targets of a busy but healthy webhook get a slot sooner and keep it.
+pub async fn check(
+    d: &Dispatcher,
+    webhook: &Webhook,
+    rate_reserved: bool,
+    from: Origin,
+    turn: &Turn,
+) -> Pass {
     if let Some(until) = d.gates.circuit_hold(webhook) {
         return Pass::Later {
             until,
@@ -324,6 +338,7 @@ pub async fn check(d: &Dispatcher, webhook: &Webhook, rate_reserved: bool, from:
                 {
                     break Some(p);
                 }
+                drop(turn.lock().unwrap_or_else(|e| e.into_inner()).take());
             };
             match acquired {
                 Some(p) => p,
