@@ -164,12 +164,19 @@ async fn a_dispatcher_killed_inside_a_message_of_fifty_repeats_only_what_was_not
     cleanup(&prefix).await;
 }
 
-/// A request that hangs holds its own event's turn in the dispatcher's budget, not the
-/// turns of the other events of its message: with a budget of 8 events (the prefetch), a
-/// message of 8 whose first event also goes to a hung endpoint leaves 7 turns free once the
-/// others are delivered, so the next 7 events go at once instead of after the timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
+/// Ingest; a dispatcher with a budget of `prefetch` events and a 10 s delivery timeout; a
+/// receiver that answers at once (`fast`, every event) and one that never answers in time
+/// (`hung`, for the webhook `hung_webhook` describes, named and pointed at it here).
+struct FastAndHung {
+    prefix: String,
+    ingest: Kivihook,
+    dispatcher: Kivihook,
+    api: Api,
+    fast: Receiver,
+    hung: Receiver,
+}
+
+async fn fast_and_hung(mut hung_webhook: Value, prefetch: &str) -> FastAndHung {
     let prefix = unique_prefix();
     let ingest = Kivihook::start("ingest", &prefix, &[]);
     let api = Api::new(&ingest);
@@ -178,18 +185,41 @@ async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
     hung.delay(Duration::from_secs(30));
     api.create_webhook(json!({"name": "fast", "url": fast.url(), "events": ["*"]}))
         .await;
-    api.create_webhook(json!({
-        "name": "hung", "url": hung.url(), "events": ["bill.paid"], "clinic_ids": ["c1"]
-    }))
-    .await;
-    let _dispatcher = Kivihook::start(
+    hung_webhook["name"] = json!("hung");
+    hung_webhook["url"] = json!(hung.url());
+    api.create_webhook(hung_webhook).await;
+    let dispatcher = Kivihook::start(
         "dispatcher",
         &prefix,
         &[
-            ("KIVIHOOK_PREFETCH", "8"),
+            ("KIVIHOOK_PREFETCH", prefetch),
             ("KIVIHOOK_DELIVERY_TIMEOUT", "10"),
         ],
     );
+    FastAndHung {
+        prefix,
+        ingest,
+        dispatcher,
+        api,
+        fast,
+        hung,
+    }
+}
+
+/// A request that hangs holds its own event's turn in the dispatcher's budget, not the
+/// turns of the other events of its message: with a budget of 8 events (the prefetch), a
+/// message of 8 whose first event also goes to a hung endpoint leaves 7 turns free once the
+/// others are delivered, so the next 7 events go at once instead of after the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
+    let FastAndHung {
+        prefix,
+        ingest,
+        dispatcher: _dispatcher,
+        api,
+        fast,
+        hung,
+    } = fast_and_hung(json!({"events": ["bill.paid"], "clinic_ids": ["c1"]}), "8").await;
     // One message of 8 bills; only the first is of clinic c1, and goes to the hung endpoint.
     let first: Vec<Value> = (0..8)
         .map(|i| {
@@ -234,26 +264,14 @@ async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
 /// arrive before any target is put off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_waiting_on_a_full_webhook_do_not_hold_the_events_behind_them() {
-    let prefix = unique_prefix();
-    let ingest = Kivihook::start("ingest", &prefix, &[]);
-    let api = Api::new(&ingest);
-    let fast = Receiver::start().await;
-    let hung = Receiver::start().await;
-    hung.delay(Duration::from_secs(30));
-    api.create_webhook(json!({"name": "fast", "url": fast.url(), "events": ["*"]}))
-        .await;
-    api.create_webhook(json!({
-        "name": "hung", "url": hung.url(), "events": ["bill.paid"], "max_concurrency": 1
-    }))
-    .await;
-    let dispatcher = Kivihook::start(
-        "dispatcher",
-        &prefix,
-        &[
-            ("KIVIHOOK_PREFETCH", "9"),
-            ("KIVIHOOK_DELIVERY_TIMEOUT", "10"),
-        ],
-    );
+    let FastAndHung {
+        prefix,
+        ingest,
+        dispatcher,
+        api,
+        fast,
+        hung,
+    } = fast_and_hung(json!({"events": ["bill.paid"], "max_concurrency": 1}), "9").await;
     // The first bill's request takes the hung endpoint's only slot (and one turn); the next
     // 8 bills (one message) wait for it, holding the rest of the budget at first.
     api.post_events(&[event("evt_wait_0", "bill.paid", None)])
