@@ -252,6 +252,9 @@ impl Gates {
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// How often a waiting target looks again whether its webhook is stalled.
 const WAIT_STEP: Duration = Duration::from_millis(200);
+/// A target waiting for a slot of a webhook from which nothing came back for this long gives
+/// its event's turn back (a webhook answering steadily keeps its waiters' turns).
+const TURN_AFTER: Duration = Duration::from_millis(25);
 /// How long a target is put off when its webhook's cap stays used up.
 const BUSY_DEFERRAL: Duration = Duration::from_secs(1);
 /// The longest a target of a stalled webhook is put off at once.
@@ -284,10 +287,10 @@ pub enum Origin {
 
 /// Decide whether `webhook` may get a request now.
 ///
-/// `turn` is the event's turn in the dispatcher's budget: a target that has waited a whole
-/// `WAIT_STEP` for a slot gives it back, so that targets waiting on one webhook (a hung one
-/// before it counts as stalled) do not stop the dispatcher from taking the events behind
-/// them; targets of a busy but healthy webhook get a slot sooner and keep it.
+/// `turn` is the event's turn in the dispatcher's budget: a target waiting for a slot of a
+/// webhook from which nothing came back for `TURN_AFTER` gives it back, so that targets
+/// waiting on one webhook (a hung one, before it counts as stalled) do not stop the
+/// dispatcher from taking the events behind them; targets of a webhook that answers keep it.
 pub async fn check(
     d: &Dispatcher,
     webhook: &Webhook,
@@ -328,17 +331,26 @@ pub async fn check(
             // At its cap: wait for a turn while its requests come back, at most as long as a
             // request may take; a stalled webhook's targets are put off instead.
             let deadline = tokio::time::Instant::now() + d.delivery_timeout;
+            // One place in the queue for the whole wait (first come, first served); the
+            // timer only wakes the target to look at the webhook.
+            let acquire = cap.semaphore.clone().acquire_owned();
+            tokio::pin!(acquire);
+            let mut step = TURN_AFTER;
             let acquired = loop {
-                if cap.stalled_for() >= STALLED_AFTER || tokio::time::Instant::now() >= deadline {
+                let now = tokio::time::Instant::now();
+                if cap.stalled_for() >= STALLED_AFTER || now >= deadline {
                     break None;
                 }
-                let step = WAIT_STEP.min(deadline - tokio::time::Instant::now());
-                if let Ok(Ok(p)) =
-                    tokio::time::timeout(step, cap.semaphore.clone().acquire_owned()).await
-                {
-                    break Some(p);
+                tokio::select! {
+                    p = &mut acquire => break p.ok(),
+                    _ = tokio::time::sleep(step.min(deadline - now)) => {}
                 }
-                drop(turn.lock().unwrap_or_else(|e| e.into_inner()).take());
+                if cap.stalled_for() >= TURN_AFTER {
+                    // Nothing came back for a while: give the event's turn back, so the
+                    // events behind it go on while this one waits.
+                    drop(turn.lock().unwrap_or_else(|e| e.into_inner()).take());
+                }
+                step = WAIT_STEP;
             };
             match acquired {
                 Some(p) => p,
