@@ -547,3 +547,48 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
     }
     Ok(statuses)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, event_type: &str) -> Event {
+        Event {
+            id: id.to_owned(),
+            event_type: event_type.to_owned(),
+            clinic_id: None,
+            occurred_at: Utc::now(),
+            received_at: Utc::now(),
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn a_message_holds_events_of_one_type_in_the_order_sent_up_to_the_cap() {
+        let events: Vec<Event> = ["a", "b", "a", "a", "b", "a", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| event(&format!("e{i}"), t))
+            .collect();
+        // Event 2 is not published (a duplicate): its place in the list is skipped.
+        let to_publish: Vec<(usize, bool)> =
+            [0, 1, 3, 4, 5, 6].iter().map(|&i| (i, true)).collect();
+        let types = |m: &[usize]| -> Vec<&str> {
+            m.iter()
+                .map(|&p| events[to_publish[p].0].event_type.as_str())
+                .collect()
+        };
+        let groups = messages(&events, &to_publish, 2);
+        assert_eq!(groups, vec![vec![0, 2], vec![1, 3], vec![4], vec![5]]);
+        for g in &groups {
+            let t = types(g);
+            assert!(t.iter().all(|x| *x == t[0]), "{t:?}");
+        }
+        assert_eq!(messages(&events, &to_publish, 1).len(), 6);
+        assert_eq!(
+            messages(&events, &to_publish, 50),
+            vec![vec![0, 2, 4], vec![1, 3], vec![5]]
+        );
+        assert!(messages(&events, &[], 50).is_empty());
+    }
+}
