@@ -57,9 +57,7 @@ async fn a_batch_travels_as_one_message_per_type_and_each_event_arrives_once_as_
 
     // The setting is the cap: 20 more patients at 7 a message are three more messages.
     let small = Kivihook::start("ingest", &prefix, &[("KIVIHOOK_EVENTS_PER_MESSAGE", "7")]);
-    let more: Vec<Value> = (120..140)
-        .map(|i| event(&format!("evt_msg_{i}"), "patient.created", None))
-        .collect();
+    let more = numbered("msg", 120..140, "patient.created");
     Api::new(&small).post_events(&more).await;
     assert_eq!(queue_depth(&names.deliveries_queue).await, 6);
 
@@ -129,9 +127,7 @@ async fn a_dispatcher_killed_inside_a_message_of_fifty_repeats_only_what_was_not
         "name": "paced", "url": r.url(), "events": ["*"], "max_concurrency": 5
     }))
     .await;
-    let events: Vec<Value> = (0..50)
-        .map(|i| event(&format!("evt_cut_{i}"), "encounter.closed", None))
-        .collect();
+    let events = numbered("cut", 0..50, "encounter.closed");
     api.post_events(&events).await;
     assert_eq!(queue_depth(&names.deliveries_queue).await, 1);
 
@@ -169,7 +165,8 @@ async fn a_dispatcher_killed_inside_a_message_of_fifty_repeats_only_what_was_not
 /// (`hung`, for the webhook `hung_webhook` describes, named and pointed at it here).
 struct FastAndHung {
     prefix: String,
-    ingest: Kivihook,
+    /// Kept running for as long as the set-up lives.
+    _ingest: Kivihook,
     dispatcher: Kivihook,
     api: Api,
     fast: Receiver,
@@ -198,12 +195,28 @@ async fn fast_and_hung(mut hung_webhook: Value, prefetch: &str) -> FastAndHung {
     );
     FastAndHung {
         prefix,
-        ingest,
+        _ingest: ingest,
         dispatcher,
         api,
         fast,
         hung,
     }
+}
+
+impl FastAndHung {
+    /// Wait until the hung receiver holds `n` requests.
+    async fn hung_requests(&self, n: usize) {
+        wait_until(Duration::from_secs(10), "the hung requests", || {
+            self.hung.arrivals().len() == n
+        })
+        .await;
+    }
+}
+
+/// Events `evt_<tag>_<i>` for each `i` of `ids`, of one type.
+fn numbered(tag: &str, ids: std::ops::Range<usize>, event_type: &str) -> Vec<Value> {
+    ids.map(|i| event(&format!("evt_{tag}_{i}"), event_type, None))
+        .collect()
 }
 
 /// A request that hangs holds its own event's turn in the dispatcher's budget, not the
@@ -212,14 +225,7 @@ async fn fast_and_hung(mut hung_webhook: Value, prefetch: &str) -> FastAndHung {
 /// others are delivered, so the next 7 events go at once instead of after the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
-    let FastAndHung {
-        prefix,
-        ingest,
-        dispatcher: _dispatcher,
-        api,
-        fast,
-        hung,
-    } = fast_and_hung(json!({"events": ["bill.paid"], "clinic_ids": ["c1"]}), "8").await;
+    let s = fast_and_hung(json!({"events": ["bill.paid"], "clinic_ids": ["c1"]}), "8").await;
     // One message of 8 bills; only the first is of clinic c1, and goes to the hung endpoint.
     let first: Vec<Value> = (0..8)
         .map(|i| {
@@ -227,23 +233,19 @@ async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
             event(&format!("evt_turn_{i}"), "bill.paid", Some(clinic))
         })
         .collect();
-    api.post_events(&first).await;
+    s.api.post_events(&first).await;
     wait_until(Duration::from_secs(10), "the 8 fast deliveries", || {
-        fast.count() == 8
+        s.fast.count() == 8
     })
     .await;
-    wait_until(Duration::from_secs(10), "the hung request", || {
-        hung.arrivals().len() == 1
-    })
-    .await;
+    s.hung_requests(1).await;
     // The hung request holds one turn for 10 s; the other 7 are free.
-    let next: Vec<Value> = (8..15)
-        .map(|i| event(&format!("evt_turn_{i}"), "patient.created", None))
-        .collect();
     let posted = std::time::Instant::now();
-    api.post_events(&next).await;
+    s.api
+        .post_events(&numbered("turn", 8..15, "patient.created"))
+        .await;
     wait_until(Duration::from_secs(20), "the next 7 deliveries", || {
-        fast.count() == 15
+        s.fast.count() == 15
     })
     .await;
     let took = posted.elapsed();
@@ -252,8 +254,9 @@ async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
         took < Duration::from_secs(3),
         "the next events waited {took:?}: the hung request held its whole message's turns"
     );
-    assert_eq!(hung.count(), 0, "the hung request is still open");
-    drop(ingest);
+    assert_eq!(s.hung.count(), 0, "the hung request is still open");
+    let prefix = s.prefix.clone();
+    drop(s);
     cleanup(&prefix).await;
 }
 
@@ -264,36 +267,25 @@ async fn a_hung_request_holds_its_own_events_turn_not_its_whole_messages() {
 /// arrive before any target is put off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_waiting_on_a_full_webhook_do_not_hold_the_events_behind_them() {
-    let FastAndHung {
-        prefix,
-        ingest,
-        dispatcher,
-        api,
-        fast,
-        hung,
-    } = fast_and_hung(json!({"events": ["bill.paid"], "max_concurrency": 1}), "9").await;
+    let s = fast_and_hung(json!({"events": ["bill.paid"], "max_concurrency": 1}), "9").await;
     // The first bill's request takes the hung endpoint's only slot (and one turn); the next
     // 8 bills (one message) wait for it, holding the rest of the budget at first.
-    api.post_events(&[event("evt_wait_0", "bill.paid", None)])
+    s.api
+        .post_events(&numbered("wait", 0..1, "bill.paid"))
         .await;
-    wait_until(Duration::from_secs(10), "the hung request", || {
-        hung.arrivals().len() == 1
-    })
-    .await;
-    let bills: Vec<Value> = (1..9)
-        .map(|i| event(&format!("evt_wait_{i}"), "bill.paid", None))
-        .collect();
-    api.post_events(&bills).await;
-    let patients: Vec<Value> = (9..16)
-        .map(|i| event(&format!("evt_wait_{i}"), "patient.created", None))
-        .collect();
-    api.post_events(&patients).await;
+    s.hung_requests(1).await;
+    s.api
+        .post_events(&numbered("wait", 1..9, "bill.paid"))
+        .await;
+    s.api
+        .post_events(&numbered("wait", 9..16, "patient.created"))
+        .await;
     wait_until(Duration::from_secs(20), "the patients", || {
-        let seen = by_id(&fast);
+        let seen = by_id(&s.fast);
         (9..16).all(|i| seen.contains_key(&format!("evt_wait_{i}")))
     })
     .await;
-    let deferred = metric_sum(&dispatcher, "kivihook_deferrals_total").await;
+    let deferred = metric_sum(&s.dispatcher, "kivihook_deferrals_total").await;
     assert_eq!(
         deferred, 0.0,
         "the patients waited until the bills' targets were put off"
@@ -302,9 +294,10 @@ async fn targets_waiting_on_a_full_webhook_do_not_hold_the_events_behind_them() 
     eventually(
         Duration::from_secs(10),
         "the waiting targets put off",
-        || async { metric_sum(&dispatcher, "kivihook_deferrals_total").await >= 8.0 },
+        || async { metric_sum(&s.dispatcher, "kivihook_deferrals_total").await >= 8.0 },
     )
     .await;
-    drop(ingest);
+    let prefix = s.prefix.clone();
+    drop(s);
     cleanup(&prefix).await;
 }

@@ -200,10 +200,10 @@ impl Acker for Settled {
 }
 
 /// A message that cannot be parsed goes to the dead-letter queue, counted, never retried.
-async fn poison(d: &Dispatcher, delivery: Delivery, error: &serde_json::Error) {
+async fn poison(d: &Dispatcher, acker: Box<dyn Acker>, bytes: usize, error: &serde_json::Error) {
     d.metrics.poison_messages.inc();
-    tracing::error!(error = %error, bytes = delivery.body.len(), "unparseable message: sending it to the dead-letter queue");
-    if let Err(e) = delivery.acker.dead_letter().await {
+    tracing::error!(error = %error, bytes, "unparseable message: sending it to the dead-letter queue");
+    if let Err(e) = acker.dead_letter().await {
         tracing::warn!(error = %e, "could not dead-letter the message; it will be redelivered");
     }
 }
@@ -214,13 +214,7 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
     let body = Bytes::from(delivery.body);
     let events = match parse_events(&body) {
         Ok(e) => e,
-        Err(e) => {
-            let delivery = Delivery {
-                body: body.into(),
-                ..delivery
-            };
-            return poison(&d, delivery, &e).await;
-        }
+        Err(e) => return poison(&d, delivery.acker, body.len(), &e).await,
     };
     let Delivery {
         registry_version,
@@ -255,13 +249,12 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
     .await;
     let targets = match ready {
         Some(()) => {
-            record::persist(&d, &mut shutdown, "read target states", || async {
-                let each =
-                    futures::future::try_join_all(events.iter().map(|(event, body)| {
-                        fanout::event_targets(&d, event, body, check_settled)
-                    }))
-                    .await?;
-                Ok::<_, kivihook_core::StoreError>(each)
+            record::persist(&d, &mut shutdown, "read target states", || {
+                futures::future::try_join_all(
+                    events
+                        .iter()
+                        .map(|(event, body)| fanout::event_targets(&d, event, body, check_settled)),
+                )
             })
             .await
         }
@@ -271,25 +264,14 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
         let _ = acker.requeue().await;
         return;
     };
-    // Each target with the index of its event; an event with none gives its turn back now.
+    // Each target with the index of its event.
     let targets: Vec<(usize, Target)> = targets
         .into_iter()
         .enumerate()
-        .flat_map(|(i, ts)| {
-            if ts.is_empty() {
-                drop(turns[i].lock().unwrap_or_else(|e| e.into_inner()).take());
-            }
-            ts.into_iter().map(move |t| (i, t))
-        })
+        .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
         .collect();
-    if !attempt_and_record(&d, &targets, turns, &shutdown).await {
-        let _ = acker.requeue().await;
-        return;
-    }
-    if let Err(e) = acker.ack().await {
-        // The broker redelivers it; the recorded target states make that a no-op.
-        tracing::warn!(error = %e, "could not ack a message; it will be redelivered");
-    }
+    let recorded = attempt_and_record(&d, &targets, turns, &shutdown).await;
+    record::ack_if(recorded, acker).await;
 }
 
 /// Results recorded together at most: a message's targets are recorded in groups while the
@@ -304,7 +286,7 @@ const RECORD_WAIT: Duration = Duration::from_millis(50);
 /// `RECORD_WAIT`. A message of many events thus never holds finished deliveries unrecorded
 /// behind its slowest one. False when shutdown interrupted a recording.
 /// `turns[i]` is event `i`'s turn in the dispatcher's budget, given back once its last
-/// attempt is over.
+/// attempt is over (at once for an event without targets).
 async fn attempt_and_record(
     d: &Dispatcher,
     targets: &[(usize, Target)],
@@ -314,6 +296,9 @@ async fn attempt_and_record(
     let mut left = vec![0usize; turns.len()];
     for (i, _) in targets {
         left[*i] += 1;
+    }
+    for (turn, _) in turns.iter().zip(&left).filter(|(_, n)| **n == 0) {
+        turn.give_back();
     }
     let mut attempts: futures::stream::FuturesUnordered<_> = targets
         .iter()
@@ -342,7 +327,7 @@ async fn attempt_and_record(
             Some((i, p)) = attempts.next(), if !all_in => {
                 left[i] -= 1;
                 if left[i] == 0 {
-                    drop(turns[i].lock().unwrap_or_else(|e| e.into_inner()).take());
+                    turns[i].give_back();
                 }
                 if ready.is_empty() {
                     oldest = tokio::time::Instant::now();
@@ -378,7 +363,7 @@ const JOB_STATE_WAIT: Duration = Duration::from_secs(30);
 async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) {
     let job: Job = match serde_json::from_slice(&delivery.body) {
         Ok(j) => j,
-        Err(e) => return poison(&d, delivery, &e).await,
+        Err(e) => return poison(&d, delivery.acker, delivery.body.len(), &e).await,
     };
     let acker = delivery.acker;
     let job_id = job.id.clone();
@@ -416,7 +401,7 @@ async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdo
             return;
         }
         Some(JobTarget::Disabled(t)) => record::refused(&t, "the webhook is disabled"),
-        Some(JobTarget::Run(t)) => attempt(&d, &t, gate::Origin::Job, &gate::Turn::new(None)).await,
+        Some(JobTarget::Run(t)) => attempt(&d, &t, gate::Origin::Job, &gate::Turn::default()).await,
     };
     record::settle(&d, &mut shutdown, vec![processed], acker).await;
 }

@@ -271,8 +271,21 @@ fn busy_deferral(stalled_for: Duration) -> Duration {
     }
 }
 
-/// An event's turn in the dispatcher's budget of events in flight (none for a job).
-pub type Turn = Mutex<Option<tokio::sync::OwnedSemaphorePermit>>;
+/// An event's turn in the dispatcher's budget of events in flight (none for a job), held
+/// until its attempts are over or one of them waits on a webhook that does not answer.
+#[derive(Default)]
+pub struct Turn(Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
+
+impl Turn {
+    pub fn new(permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        Self(Mutex::new(permit))
+    }
+
+    /// Give the turn back (once; later calls do nothing).
+    pub fn give_back(&self) {
+        drop(self.0.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
 
 /// Who asks the gate: a new event's message or a retry (or manual) job.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -348,7 +361,7 @@ pub async fn check(
                 if cap.stalled_for() >= TURN_AFTER {
                     // Nothing came back for a while: give the event's turn back, so the
                     // events behind it go on while this one waits.
-                    drop(turn.lock().unwrap_or_else(|e| e.into_inner()).take());
+                    turn.give_back();
                 }
                 step = WAIT_STEP;
             };

@@ -220,11 +220,15 @@ pub async fn settle(
     processed: Vec<Processed>,
     acker: Box<dyn Acker>,
 ) {
-    if !record(d, shutdown, processed).await {
+    let recorded = record(d, shutdown, processed).await;
+    ack_if(recorded, acker).await;
+}
+
+/// Ack a message whose outcomes are recorded; hand one back that shutdown interrupted.
+pub async fn ack_if(recorded: bool, acker: Box<dyn Acker>) {
+    if !recorded {
         let _ = acker.requeue().await;
-        return;
-    }
-    if let Err(e) = acker.ack().await {
+    } else if let Err(e) = acker.ack().await {
         // The broker redelivers it; the recorded target states make that a no-op.
         tracing::warn!(error = %e, "could not ack a message; it will be redelivered");
     }

@@ -86,7 +86,7 @@ impl AppState {
             ingest_token: config.ingest_token.clone(),
             max_body_bytes: config.max_body_bytes,
             dedup_window: config.dedup_window,
-            events_per_message: config.events_per_message.max(1),
+            events_per_message: config.events_per_message,
             clients: kivihook_core::http_client::Clients::new(
                 config.delivery_timeout,
                 config.outbound.clone(),

@@ -162,23 +162,22 @@ impl Api {
 
     /// `POST /v1/events/batch` with `body` as it is, whatever it answers.
     pub async fn post_batch(&self, body: &Value) -> reqwest::Response {
-        self.http
-            .post(format!("{}/v1/events/batch", self.base))
-            .bearer_auth(INGEST)
-            .json(body)
-            .send()
-            .await
-            .expect("post a batch")
+        self.post_ingest("/v1/events/batch", body).await
     }
 
     pub async fn post_event(&self, body: &Value) -> reqwest::Response {
+        self.post_ingest("/v1/events", body).await
+    }
+
+    /// `body` posted to `path` with the ingest token, whatever it answers.
+    async fn post_ingest(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http
-            .post(format!("{}/v1/events", self.base))
+            .post(format!("{}{path}", self.base))
             .bearer_auth(INGEST)
             .json(body)
             .send()
             .await
-            .expect("post event")
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
     }
 }
 

@@ -969,16 +969,22 @@ impl RedisStore {
             .collect()
     }
 
-    /// Successful attempts of one webhook in one hour (`group_attempts`), in one call.
+    /// An attempt's keys: its webhook's statistics, the hour's counters, the attempt log.
+    fn attempt_keys(&self, a: &AttemptRecord) -> [String; 3] {
+        [
+            self.keys.webhook_stats(&a.webhook_id),
+            self.keys
+                .webhook_hour(&a.webhook_id, a.at.timestamp() / 3600),
+            self.keys.attempts(&a.webhook_id),
+        ]
+    }
+
+    /// Successful attempts of one webhook in one hour (a run of `AttemptCalls`), in one call.
     fn add_delivered(&self, b: &mut Batch, attempts: &[&AttemptRecord]) {
-        let [first, ..] = attempts else { return };
         let Some(last) = attempts.iter().max_by_key(|a| a.at) else {
             return;
         };
-        let hour = first.at.timestamp() / 3600;
-        let stats = self.keys.webhook_stats(&first.webhook_id);
-        let bucket = self.keys.webhook_hour(&first.webhook_id, hour);
-        let log = self.keys.attempts(&first.webhook_id);
+        let [stats, bucket, log] = self.attempt_keys(attempts[0]);
         let call = b
             .script(&self.delivered, &[&stats, &bucket, &log])
             .arg(last.status.map(|s| s.to_string()).unwrap_or_default())
@@ -993,11 +999,8 @@ impl RedisStore {
 
     fn add_attempt(&self, b: &mut Batch, a: &AttemptRecord, ok: bool) {
         let json = serde_json::to_string(a).unwrap_or_default();
-        let hour = a.at.timestamp() / 3600;
         let status = a.status.map(|s| s.to_string()).unwrap_or_default();
-        let stats = self.keys.webhook_stats(&a.webhook_id);
-        let bucket = self.keys.webhook_hour(&a.webhook_id, hour);
-        let log = self.keys.attempts(&a.webhook_id);
+        let [stats, bucket, log] = self.attempt_keys(a);
         b.script(&self.attempt, &[&stats, &bucket, &log])
             .arg(if ok { "1" } else { "0" })
             .arg(status)
@@ -1118,15 +1121,7 @@ impl RedisStore {
     /// meets `NOSCRIPT` only after a `SCRIPT FLUSH` (or a cluster failover), not after a
     /// Redis restart: a batch that meets it is run again whole.
     async fn load_scripts(&self) -> redis::RedisResult<()> {
-        let mut c = self.conn();
-        for s in SCRIPTS {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(s)
-                .query_async::<Value>(&mut c)
-                .await?;
-        }
-        Ok(())
+        super::redis_conn::load_scripts(&mut self.conn()).await
     }
 
     /// Read an event's marker, from whichever of the window's buckets holds it (or the

@@ -71,13 +71,9 @@ impl Conn {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        // The scripts first (one round trip), so that no batch on this connection meets
-        // `NOSCRIPT` after a Redis restart.
-        let mut load = redis::pipe();
-        for script in super::redis::SCRIPTS {
-            load.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
-        }
-        load.query_async::<()>(&mut c.clone()).await?;
+        // The scripts first, so that no batch on this connection meets `NOSCRIPT` after a
+        // Redis restart.
+        load_scripts(&mut c.clone()).await?;
         let generation = self.slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if generation > 1 {
             if let Some(counter) = &self.slot.redials {
@@ -199,13 +195,7 @@ impl ClusterConn {
             return Ok((*generation, c.clone()));
         }
         let c = open_cluster(&self.slot.nodes).await?;
-        for script in super::redis::SCRIPTS {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(script)
-                .query_async::<Value>(&mut c.clone())
-                .await?;
-        }
+        load_scripts(&mut c.clone()).await?;
         let generation = self.slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if generation > 1 {
             if let Some(counter) = &self.slot.redials {
@@ -286,6 +276,18 @@ impl ConnectionLike for AnyConn {
     fn get_db(&self) -> i64 {
         0
     }
+}
+
+/// Load every script a batch calls by hash (`SCRIPT LOAD` goes to every node of a cluster).
+pub(super) async fn load_scripts(c: &mut impl ConnectionLike) -> RedisResult<()> {
+    for script in super::redis::SCRIPTS {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(script)
+            .query_async::<Value>(c)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Open a cluster connection from a list of seed nodes.
