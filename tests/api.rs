@@ -100,6 +100,35 @@ async fn batches_accept_each_event_once() {
     assert_eq!(r.json::<Value>().await.unwrap()["accepted"], 0);
     // The 15 events of one type went in one message, and the duplicates added none.
     assert_eq!(queue_depth(&format!("{prefix}.deliveries")).await, 1);
+
+    // A batch larger than one claim call (64 events): the 15 accepted above, spread over it,
+    // are duplicates where they stand, and the 185 new events are accepted, each once.
+    let old_at = |i: usize| i % 13 == 5 && i / 13 < 15;
+    let big: Vec<Value> = (0..200)
+        .map(|i| {
+            let id = if old_at(i) {
+                format!("b{}", i / 13)
+            } else {
+                format!("big{i}")
+            };
+            event(&id, "kc_appointment_update", None)
+        })
+        .collect();
+    let r = api.post_batch(&json!({"events": big})).await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], 185, "{body}");
+    assert_eq!(body["duplicates"], 15, "{body}");
+    for (i, result) in body["results"].as_array().unwrap().iter().enumerate() {
+        let wanted = if old_at(i) { "duplicate" } else { "accepted" };
+        assert_eq!(result["status"], wanted, "event {i}: {result}");
+    }
+    // Again: every one of the 200 is now a duplicate.
+    let r = api.post_batch(&json!({"events": big})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["duplicates"], 200);
+    // 185 events of one type at 50 a message: 4 more messages.
+    assert_eq!(queue_depth(&format!("{prefix}.deliveries")).await, 5);
     drop(k);
     cleanup(&prefix).await;
 }

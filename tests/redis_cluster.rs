@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -182,6 +182,29 @@ async fn the_pipeline_runs_on_a_redis_cluster_with_retries_dead_letters_and_repl
     // The same id again is a duplicate: the marker is found on whichever node holds it.
     let again = api.post_event(&event("evt_c0", types[0], Some("12"))).await;
     assert_eq!(again.status(), 200);
+    // A batch's events spread over many slots, each slot's claims one call: the ten accepted
+    // above are duplicates where they stand, the 140 new patients are accepted.
+    const NEW: usize = 140;
+    let batch: Vec<Value> = (0..10)
+        .map(|i| event(&format!("evt_c{}", i * 3), types[0], Some("12")))
+        .chain((0..NEW).map(|i| event(&format!("evt_cb{i}"), "patient.created", Some("12"))))
+        .collect();
+    let r = api.post_batch(&json!({ "events": batch })).await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], NEW, "{body}");
+    assert_eq!(body["duplicates"], 10, "{body}");
+    let statuses: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert!(statuses[..10].iter().all(|s| *s == "duplicate"), "{body}");
+    assert!(statuses[10..].iter().all(|s| *s == "accepted"), "{body}");
+    let r = api.post_batch(&json!({ "events": batch })).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["duplicates"], 150);
 
     let appointments = EVENTS / 3;
     let bills = EVENTS / 3;
@@ -191,7 +214,7 @@ async fn the_pipeline_runs_on_a_redis_cluster_with_retries_dead_letters_and_repl
             .iter()
             .filter(|r| r.status_sent_ok())
             .count();
-        good.count() == EVENTS && flaky_ok == appointments
+        good.count() == EVENTS + NEW && flaky_ok == appointments
     })
     .await;
     // The broken endpoint's deliveries go dead after 1 + 2 attempts each.

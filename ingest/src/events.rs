@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use kivihook_core::broker::{OutboundMessage, Queue};
@@ -117,7 +117,7 @@ pub async fn post_event(
             }
             None => None,
         };
-        let event = parse_event(&value, "", idempotency_key, Utc::now())?;
+        let event = parse_event(value, "", idempotency_key, Utc::now())?;
         let id = event.id.clone();
         let statuses = accept(&state, vec![event]).await?;
         Ok::<_, ApiError>(match statuses[0] {
@@ -169,9 +169,10 @@ pub async fn post_batch(
     let result = async {
         authorize(&state, &headers, Scope::Ingest)?;
         let value = json_body(&headers, body, state.max_body_bytes).await?;
-        let items = match &value {
+        // Owned, so each event's `data` moves into its event instead of being copied.
+        let items = match value {
             Value::Array(items) => items,
-            Value::Object(obj) => {
+            Value::Object(mut obj) => {
                 if let Some(k) = obj.keys().find(|k| k.as_str() != "events") {
                     return Err(ApiError::invalid(
                         "unknown_field",
@@ -179,9 +180,16 @@ pub async fn post_batch(
                         "a batch is {\"events\": [...]} or a JSON array of events",
                     ));
                 }
-                obj.get("events").and_then(Value::as_array).ok_or_else(|| {
-                    ApiError::invalid("invalid_field", "events", "must be an array of events")
-                })?
+                match obj.remove("events") {
+                    Some(Value::Array(items)) => items,
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "invalid_field",
+                            "events",
+                            "must be an array of events",
+                        ))
+                    }
+                }
             }
             _ => {
                 return Err(ApiError::invalid(
@@ -211,7 +219,7 @@ pub async fn post_batch(
         // Every event is checked before any is claimed or published: a bad batch changes nothing.
         let now = Utc::now();
         let events = items
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(i, item)| parse_event(item, &format!("events[{i}]."), None, now))
             .collect::<Result<Vec<_>, _>>()?;
@@ -257,19 +265,19 @@ fn count_rejection(state: &AppState, result: &Result<Response, ApiError>) {
 /// Parse one event, received `now` (the request's time, shared by a batch's events); `at`
 /// prefixes field names (`events[3].`) inside a batch.
 fn parse_event(
-    value: &Value,
+    value: Value,
     at: &str,
     idempotency_key: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Event, ApiError> {
     let field = |name: &str| format!("{at}{name}");
-    let obj: &Map<String, Value> = value.as_object().ok_or_else(|| {
-        ApiError::invalid(
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::invalid(
             "invalid_field",
             at.trim_end_matches('.'),
             "an event must be a JSON object",
-        )
-    })?;
+        ));
+    };
     if let Some(k) = obj.keys().find(|k| !EVENT_FIELDS.contains(&k.as_str())) {
         return Err(ApiError::invalid(
             "unknown_field",
@@ -333,8 +341,8 @@ fn parse_event(
                 )
             })?,
     };
-    let data = match obj.get("data") {
-        Some(v @ Value::Object(_)) => v.clone(),
+    let data = match obj.remove("data") {
+        Some(v @ Value::Object(_)) => v,
         Some(_) => {
             return Err(ApiError::invalid(
                 "invalid_field",

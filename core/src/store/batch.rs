@@ -45,6 +45,11 @@ impl Batch {
         self.cmds.is_empty()
     }
 
+    /// How many replies `run` returns so far: the commands whose reply is kept.
+    pub fn kept(&self) -> usize {
+        self.cmds.iter().filter(|q| q.keep).count()
+    }
+
     /// `name key …`, whose reply is returned.
     pub fn cmd(&mut self, name: &str, key: &str) -> &mut Cmd {
         self.push(name, key, true)

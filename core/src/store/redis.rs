@@ -47,6 +47,9 @@ const ATTEMPT_LOG_CAP: usize = 100;
 const HOUR_BUCKET_TTL_SECS: u64 = 25 * 3600;
 /// Installation-wide minute counters cover the overview's "today" and "last 24 hours".
 const MINUTE_BUCKET_TTL_SECS: u64 = 25 * 3600;
+/// Events one call of a many-event script (claim, confirm, fold) takes at most, so that one
+/// call holds Redis for a bounded time.
+const EVENTS_PER_SCRIPT_CALL: usize = 64;
 
 /// Move due jobs to a lease; return `id, json` pairs.
 const CLAIM_SCRIPT: &str = r"
@@ -176,32 +179,49 @@ pub(super) const SCRIPTS: [&str; 12] = [
     SWEEP_SCRIPT,
 ];
 
-/// Claim an event id in its dedup bucket (`KEYS[1]`, the bucket of the slot it is received
-/// in) unless one of the window's buckets (`KEYS[2..]`, one hash tag) already holds it;
-/// returns what held it, nil when the claim is this request's, or `!` when it is but took
-/// over an earlier claim: one past its expiry (`p!<token>!<ms base 36>`; its request
-/// crashed) or one released (`r`; its publish failed). Deliveries appended to what is
-/// taken over are kept. `ARGV`: id, claim, now in ms, when `KEYS[1]` expires (s since the
-/// epoch).
+/// Claim event ids, each in its dedup bucket (the first of its buckets in `KEYS`, the bucket
+/// of the slot it is received in) unless one of the window's buckets (the rest of its
+/// `KEYS`, one hash tag) already holds it. Returns, per id in order, what held it, an empty
+/// string when the claim is this request's, or `!` when it is but took over an earlier
+/// claim: one past its expiry (`p!<token>!<ms base 36>`; its request crashed) or one
+/// released (`r`; its publish failed). Deliveries appended to what is taken over are kept.
+/// `ARGV`: buckets per id (`KEYS` holds that many per id, in the ids' order), claim, now in
+/// ms, when a new bucket expires (s since the epoch), then the ids. One call claims many
+/// ids: a script call costs Redis more than the few commands inside it.
 const DEDUP_CLAIM_SCRIPT: &str = r"
-local id = ARGV[1]
-local reclaimed = false
-local kept = ''
-for i = 1, #KEYS do
-  local m = redis.call('HGET', KEYS[i], id)
-  if m then
-    local expiry = string.sub(m, 1, 2) == 'p!' and string.match(m, '^p![^!|]*!([0-9a-z]+)')
-    local stale = expiry and tonumber(expiry, 36) < tonumber(ARGV[3])
-    if not (stale or string.sub(m, 1, 1) == 'r') then return m end
-    kept = kept .. (string.match(m, '|~.*$') or '')
-    redis.call('HDEL', KEYS[i], id)
-    reclaimed = true
+local k = tonumber(ARGV[1])
+local now = tonumber(ARGV[3])
+local out = {}
+for e = 5, #ARGV do
+  local id = ARGV[e]
+  local base = (e - 5) * k
+  local held = nil
+  local reclaimed = false
+  local kept = ''
+  for i = base + 1, base + k do
+    local m = redis.call('HGET', KEYS[i], id)
+    if m then
+      local expiry = string.sub(m, 1, 2) == 'p!' and string.match(m, '^p![^!|]*!([0-9a-z]+)')
+      local stale = expiry and tonumber(expiry, 36) < now
+      if not (stale or string.sub(m, 1, 1) == 'r') then
+        held = m
+        break
+      end
+      kept = kept .. (string.match(m, '|~.*$') or '')
+      redis.call('HDEL', KEYS[i], id)
+      reclaimed = true
+    end
+  end
+  if held then
+    out[#out + 1] = held
+  else
+    local bucket = KEYS[base + 1]
+    redis.call('HSET', bucket, id, ARGV[2] .. kept)
+    if redis.call('TTL', bucket) == -1 then redis.call('EXPIREAT', bucket, ARGV[4]) end
+    out[#out + 1] = reclaimed and '!' or ''
   end
 end
-redis.call('HSET', KEYS[1], id, ARGV[2] .. kept)
-if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[4]) end
-if reclaimed then return '!' end
-return false
+return out
 ";
 
 /// Release a claim, only while it is still this request's (`ARGV[2]`, `p!<token>!`,
@@ -223,52 +243,77 @@ end
 return 0
 ";
 
-/// Ingest's accept: the entry becomes what was accepted, keeping any deliveries a
-/// dispatcher appended while the publish was being confirmed. `ARGV`: id, accepted marker,
-/// when the bucket expires.
+/// Ingest's accept: each entry becomes what was accepted, keeping any deliveries a
+/// dispatcher appended while the publish was being confirmed. `KEYS`: each event's bucket;
+/// `ARGV`: per event, its id, its accepted marker and when its bucket expires. A bucket
+/// that holds the entry already has its expiry (whatever creates a bucket sets it), so only
+/// an entry that is missing (a Redis that lost it) makes the script look.
 const CONFIRM_SCRIPT: &str = r"
-local m = redis.call('HGET', KEYS[1], ARGV[1])
-if m and string.sub(m, 1, 1) == 'a' then return 0 end
-local rest = ''
-if m then rest = string.match(m, '|~.*$') or '' end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. rest)
-if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
-return 1
-";
-
-/// An event's delivered targets, appended (each with the seconds since the event was
-/// received) to its entry in whichever of the window's buckets (`KEYS`) holds it, so a
-/// delivered event is one short field: one call for all the targets one message reached.
-/// Returns `f` when it was, `n` when no bucket holds the event (a retry delivered after the
-/// dedup window): the caller keeps target-hash entries then. `ARGV`: id, now in ms, then
-/// one entry per target.
-const FOLD_SCRIPT: &str = r"
+local n = 0
 for i = 1, #KEYS do
-  local m = redis.call('HGET', KEYS[i], ARGV[1])
-  if m then
-    local after = ''
-    if string.sub(m, 1, 1) == 'a' then
-      local bar = string.find(m, '|', 2, true)
-      local received = bar and tonumber(string.sub(m, 2, bar - 1), 36)
-      if received then
-        local secs = math.max(0, math.floor((tonumber(ARGV[2]) - received) / 1000))
-        local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
-        local s = ''
-        repeat
-          local d = secs % 36
-          s = string.sub(digits, d + 1, d + 1) .. s
-          secs = math.floor(secs / 36)
-        until secs == 0
-        after = '@' .. s
-      end
+  local id = ARGV[3 * i - 2]
+  local m = redis.call('HGET', KEYS[i], id)
+  if not (m and string.sub(m, 1, 1) == 'a') then
+    local rest = ''
+    if m then rest = string.match(m, '|~.*$') or '' end
+    redis.call('HSET', KEYS[i], id, ARGV[3 * i - 1] .. rest)
+    if not m and redis.call('TTL', KEYS[i]) == -1 then
+      redis.call('EXPIREAT', KEYS[i], ARGV[3 * i])
     end
-    local out = {m}
-    for j = 3, #ARGV do out[#out + 1] = ARGV[j] .. after end
-    redis.call('HSET', KEYS[i], ARGV[1], table.concat(out))
-    return 'f'
+    n = n + 1
   end
 end
-return 'n'
+return n
+";
+
+/// Events' delivered targets, appended (each with the seconds since the event was
+/// received) to the event's entry in whichever of its buckets holds it, so a delivered
+/// event is one short field. Returns, per event in order, `f` when it was, `n` when no bucket
+/// holds the event (a retry delivered after the dedup window): the caller keeps target-hash
+/// entries then. `ARGV`: now in ms, then per event its id, how many of `KEYS` (the next ones,
+/// in order) are its buckets, how many entries follow, and the entries.
+const FOLD_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
+local out = {}
+local a = 2
+local k = 0
+while a <= #ARGV do
+  local id = ARGV[a]
+  local nk = tonumber(ARGV[a + 1])
+  local first = a + 3
+  local last = first + tonumber(ARGV[a + 2]) - 1
+  local done = 'n'
+  for i = k + 1, k + nk do
+    local m = redis.call('HGET', KEYS[i], id)
+    if m then
+      local after = ''
+      if string.sub(m, 1, 1) == 'a' then
+        local bar = string.find(m, '|', 2, true)
+        local received = bar and tonumber(string.sub(m, 2, bar - 1), 36)
+        if received then
+          local secs = math.max(0, math.floor((now - received) / 1000))
+          local s = ''
+          repeat
+            local d = secs % 36
+            s = string.sub(digits, d + 1, d + 1) .. s
+            secs = math.floor(secs / 36)
+          until secs == 0
+          after = '@' .. s
+        end
+      end
+      local parts = {m}
+      for j = first, last do parts[#parts + 1] = ARGV[j] .. after end
+      redis.call('HSET', KEYS[i], id, table.concat(parts))
+      done = 'f'
+      break
+    end
+  end
+  out[#out + 1] = done
+  k = k + nk
+  a = last + 1
+end
+return out
 ";
 
 /// A token bucket on the server's clock, shared by every dispatcher; returns the wait in ms.
@@ -780,6 +825,32 @@ impl RedisStore {
         matches!(self.pool.first(), Some(AnyConn::Single(_)))
     }
 
+    /// Items (by the first key each touches) in groups for one call of a many-event script
+    /// each: on one Redis, every item, in chunks of `EVENTS_PER_SCRIPT_CALL`; on a cluster, a
+    /// call's keys must share a slot, so the items of each slot apart. Each group keeps its
+    /// items' order (an id repeated in a call is claimed, confirmed or folded in order).
+    fn script_groups<'k>(&self, first_keys: impl Iterator<Item = &'k str>) -> Vec<Vec<usize>> {
+        let one_slot = self.in_order();
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+        for (i, key) in first_keys.enumerate() {
+            let slot = if one_slot {
+                0
+            } else {
+                crate::keys::slot(key.as_bytes())
+            };
+            by_slot.entry(slot).or_default().push(i);
+        }
+        by_slot
+            .into_values()
+            .flat_map(|items| {
+                items
+                    .chunks(EVENTS_PER_SCRIPT_CALL)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     async fn run(&self, batch: Batch, durable: bool) -> Result<Vec<Value>, StoreError> {
         let wait = if durable { self.wait } else { None };
         let conn = if self.wait.is_some() {
@@ -1070,20 +1141,34 @@ impl RedisStore {
 
     /// One fold per event of `folds` (its results in order, with their entries); the
     /// batch's replies to them are `f` or `n`, in the same order.
-    fn add_folds(&self, b: &mut Batch, folds: &[Fold<'_>]) {
+    /// The folds' script calls; returns, per call, the folds it holds (their indexes).
+    fn add_folds(&self, b: &mut Batch, folds: &[Fold<'_>]) -> Vec<Vec<usize>> {
         let now = Utc::now();
-        for f in folds {
-            let first = f.results[0];
-            let buckets = self.marker_buckets(&first.event_id, first.received_at, now);
-            let keys: Vec<&str> = buckets.iter().map(String::as_str).collect();
-            let call = b
-                .script(&self.fold, &keys)
-                .arg(&first.event_id)
-                .arg(now.timestamp_millis());
-            for entry in &f.entries {
-                call.arg(entry);
+        let buckets: Vec<Vec<String>> = folds
+            .iter()
+            .map(|f| {
+                let first = f.results[0];
+                self.marker_buckets(&first.event_id, first.received_at, now)
+            })
+            .collect();
+        let groups = self.script_groups(buckets.iter().map(|b| b[0].as_str()));
+        for group in &groups {
+            let keys: Vec<&str> = group
+                .iter()
+                .flat_map(|&i| buckets[i].iter().map(String::as_str))
+                .collect();
+            let call = b.script(&self.fold, &keys).arg(now.timestamp_millis());
+            for &i in group {
+                let f = &folds[i];
+                call.arg(&f.results[0].event_id)
+                    .arg(buckets[i].len())
+                    .arg(f.entries.len());
+                for entry in &f.entries {
+                    call.arg(entry);
+                }
             }
         }
+        groups
     }
 
     /// A target's state in its event's targets hash, kept as long as a retry schedule runs.
@@ -1527,16 +1612,27 @@ impl Store for RedisStore {
         );
         let expiry = Self::bucket_expiry(dedup_slot(at), self.window);
         let legacy = self.legacy_dedup_until().await? > now.timestamp_millis();
+        let buckets: Vec<Vec<String>> = ids.iter().map(|id| self.dedup_buckets(id, at)).collect();
+        let groups = self.script_groups(buckets.iter().map(|b| b[0].as_str()));
+        let per_id = buckets.first().map_or(0, Vec::len);
         let mut b = Batch::new();
-        for id in ids {
-            let buckets = self.dedup_buckets(id, at);
-            let keys: Vec<&str> = buckets.iter().map(String::as_str).collect();
-            b.script(&self.dedup_claim, &keys)
-                .arg(id)
+        for group in &groups {
+            let keys: Vec<&str> = group
+                .iter()
+                .flat_map(|&i| buckets[i].iter().map(String::as_str))
+                .collect();
+            let call = b
+                .script(&self.dedup_claim, &keys)
+                .arg(per_id)
                 .arg(&claim)
                 .arg(now.timestamp_millis())
                 .arg(expiry);
-            if legacy {
+            for &i in group {
+                call.arg(&ids[i]);
+            }
+        }
+        if legacy {
+            for id in ids {
                 b.cmd("GET", &self.keys.legacy_dedup(id));
             }
         }
@@ -1549,11 +1645,27 @@ impl Store for RedisStore {
             Some(p) if p.starts_with(marker::IN_PROGRESS) => Claim::InProgress,
             Some(_) => Claim::Duplicate,
         };
+        // Each group's reply holds one entry per id of the group, in order: what held it,
+        // or empty when the claim is this request's.
+        let mut previous: Vec<Option<String>> = vec![None; ids.len()];
+        let mut replies = replies.into_iter();
+        for group in &groups {
+            let held: Vec<String> = from(replies.next())?;
+            if held.len() != group.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "a claim of {} ids answered {}",
+                    group.len(),
+                    held.len()
+                )));
+            }
+            for (&i, h) in group.iter().zip(held) {
+                previous[i] = (!h.is_empty()).then_some(h);
+            }
+        }
         let mut claims = Vec::with_capacity(ids.len());
         let mut undo = Vec::new();
-        let mut replies = replies.into_iter();
-        for id in ids {
-            let mut claim = of(from(replies.next())?);
+        for (id, previous) in ids.iter().zip(previous) {
+            let mut claim = of(previous);
             if legacy {
                 let old = of(from(replies.next())?);
                 let ours = matches!(claim, Claim::New | Claim::Reclaimed);
@@ -1583,13 +1695,20 @@ impl Store for RedisStore {
         if events.is_empty() {
             return Ok(());
         }
+        let buckets: Vec<String> = events
+            .iter()
+            .map(|e| self.keys.dedup_bucket_at(&e.id, e.received_at))
+            .collect();
         let mut b = Batch::new();
-        for e in events {
-            let bucket = self.keys.dedup_bucket_at(&e.id, e.received_at);
-            b.script(&self.confirm, &[&bucket])
-                .arg(&e.id)
-                .arg(marker::accepted(e))
-                .arg(Self::bucket_expiry(dedup_slot(e.received_at), window));
+        for group in self.script_groups(buckets.iter().map(String::as_str)) {
+            let keys: Vec<&str> = group.iter().map(|&i| buckets[i].as_str()).collect();
+            let call = b.script(&self.confirm, &keys);
+            for &i in &group {
+                let e = &events[i];
+                call.arg(&e.id)
+                    .arg(marker::accepted(e))
+                    .arg(Self::bucket_expiry(dedup_slot(e.received_at), window));
+            }
         }
         self.run(b, true).await.map(|_| ())
     }
@@ -1892,29 +2011,38 @@ impl Store for RedisStore {
                 AttemptCall::Delivered(group) => self.add_delivered(&mut first, group),
             }
         }
-        self.add_folds(&mut first, &folds[0]);
-        self.add_folds(&mut second, &folds[1]);
-        // The replies kept are the attempt scripts' (arrays, in order), the folds' (`f` or
-        // `n`, in order) and the states set unless retrying (integers).
+        // Where each batch's fold replies start among its kept replies, and which folds each
+        // of its fold calls holds.
+        let fold_at = [first.kept(), second.kept()];
+        let fold_calls = [
+            self.add_folds(&mut first, &folds[0]),
+            self.add_folds(&mut second, &folds[1]),
+        ];
+        // The replies kept: the states set unless retrying (integers) and the attempt
+        // scripts' (arrays for failures, in order), then the fold calls' (`f` or `n` a fold).
         let replies = self.run(first, true).await?;
         let second_replies = if second.is_empty() {
             Vec::new()
         } else {
             self.run(second, true).await?
         };
-        let folded = |replies: &[Value]| -> Vec<bool> {
-            replies
-                .iter()
-                .filter_map(|v| match v {
-                    Value::BulkString(s) => Some(s.as_slice() == b"f"),
-                    _ => None,
-                })
-                .collect()
+        // Per fold, whether a bucket held its event; a reply that cannot be read counts as
+        // not folded, which keeps the targets-hash entries (more writes, nothing lost).
+        let folded = |batch: usize, replies: &[Value]| -> Vec<bool> {
+            let mut ok = vec![false; folds[batch].len()];
+            let calls = replies.get(fold_at[batch]..).unwrap_or_default();
+            for (call, reply) in fold_calls[batch].iter().zip(calls) {
+                let answers = Vec::<String>::from_redis_value(reply).unwrap_or_default();
+                for (&i, answer) in call.iter().zip(answers) {
+                    ok[i] = answer == "f";
+                }
+            }
+            ok
         };
         // A delivery whose event no bucket holds any longer keeps a targets-hash entry.
         let mut unfolded = Batch::new();
         for (batch, replies) in [&replies, &second_replies].into_iter().enumerate() {
-            for (f, ok) in folds[batch].iter().zip(folded(replies)) {
+            for (f, ok) in folds[batch].iter().zip(folded(batch, replies)) {
                 if !ok {
                     let state = TargetState::Delivered { at: now };
                     for r in &f.results {
@@ -1926,6 +2054,8 @@ impl Store for RedisStore {
         if !unfolded.is_empty() {
             self.run(unfolded, true).await?;
         }
+        let mut replies = replies;
+        replies.truncate(fold_at[0]);
         let mut streaks = replies.into_iter().filter_map(|v| match v {
             Value::Array(_) => <(u64, String)>::from_owned_redis_value(v).ok(),
             _ => None,
