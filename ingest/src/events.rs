@@ -468,29 +468,39 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
 
     let started = Instant::now();
     let messages = messages(&events, &to_publish, state.events_per_message);
-    let publishes = messages.iter().map(|members| {
+    // An envelope that cannot be written fails its message alone; the rest go together.
+    let mut published: Vec<Result<(), String>> = Vec::with_capacity(messages.len());
+    let mut outbound = Vec::with_capacity(messages.len());
+    for members in &messages {
         let first = &events[to_publish[members[0]].0];
         let envelopes: Result<Vec<Vec<u8>>, _> = members
             .iter()
             .map(|&m| serde_json::to_vec(&events[to_publish[m].0]))
             .collect();
-        let msg = envelopes.map(|envelopes| OutboundMessage {
-            queue: Queue::Deliveries,
-            routing_key: first.event_type.clone(),
-            body: kivihook_core::broker::events::encode(&envelopes),
-            registry_version,
-            // Marked only when every event in it was claimed clean: one reclaimed event makes
-            // the dispatcher check the states of all (a check of a clean one finds nothing).
-            first_publish: members.iter().all(|&m| to_publish[m].1),
-        });
-        async move {
-            match msg {
-                Ok(msg) => state.broker.publish(&msg).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+        match envelopes {
+            Ok(envelopes) => {
+                published.push(Ok(()));
+                outbound.push(OutboundMessage {
+                    queue: Queue::Deliveries,
+                    routing_key: first.event_type.clone(),
+                    body: kivihook_core::broker::events::encode(&envelopes),
+                    registry_version,
+                    // Marked only when every event in it was claimed clean: one reclaimed
+                    // event makes the dispatcher check the states of all (a check of a clean
+                    // one finds nothing).
+                    first_publish: members.iter().all(|&m| to_publish[m].1),
+                });
             }
+            Err(e) => published.push(Err(e.to_string())),
         }
-    });
-    let published = futures::future::join_all(publishes).await;
+    }
+    let mut sent = state.broker.publish_all(&outbound).await.into_iter();
+    for result in published.iter_mut().filter(|r| r.is_ok()) {
+        *result = match sent.next() {
+            Some(r) => r.map_err(|e| e.to_string()),
+            None => Err("the broker gave no answer for this message".to_owned()),
+        };
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let mut results = vec![Ok(()); to_publish.len()];
     for (members, result) in messages.iter().zip(published) {

@@ -82,6 +82,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Many publishes may be in flight at once.
     async fn publish(&self, msg: &OutboundMessage) -> Result<(), BrokerError>;
 
+    /// Publish several messages (one request's), each persistent and confirmed on its own;
+    /// one result per message, in order. A broker may hand them over together so that it
+    /// takes them in one go (RabbitMQ: on one channel).
+    async fn publish_all(&self, msgs: &[OutboundMessage]) -> Vec<Result<(), BrokerError>> {
+        futures::future::join_all(msgs.iter().map(|m| self.publish(m))).await
+    }
+
     /// Start consuming a queue with at most `prefetch` unacknowledged.
     async fn consume(
         &self,
