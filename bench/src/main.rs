@@ -461,6 +461,54 @@ async fn used_memory(args: &Args) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Redis's own CPU seconds so far (`INFO cpu`: user and system time of the server), so a
+/// scenario's share is the difference around it; `None` when Redis does not say.
+async fn redis_cpu_seconds(args: &Args) -> Option<f64> {
+    let client = redis::Client::open(args.redis_url.as_str()).ok()?;
+    let mut c = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut c)
+        .await
+        .ok()?;
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(field("used_cpu_user:")? + field("used_cpu_sys:")?)
+}
+
+/// The RabbitMQ node on this machine (`beam.smp` running `rabbit`), when there is exactly
+/// one: its CPU is read from `/proc` like the roles'. A remote broker, or several nodes,
+/// leave it out rather than count the wrong one.
+fn local_rabbitmq_pid() -> Option<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let beam = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"beam.smp") || a.ends_with(b"beam"));
+        if beam && args.iter().any(|a| *a == b"rabbit") {
+            found.push(pid);
+        }
+    }
+    match found[..] {
+        [pid] => Some(pid),
+        _ => None,
+    }
+}
+
 /// Bytes of Redis the run holds (the sum of `MEMORY USAGE` over every key of its prefix)
 /// and how many keys: after every event was delivered, this is what stays for the dedup
 /// window. `MEMORY USAGE` counts a key, its value and its entry in the keyspace; Redis also
@@ -733,6 +781,12 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
     .await;
     let memory_before = used_memory(args).await;
     let cpu_before: Vec<f64> = roles.iter().map(|r| cpu_seconds(r.child.id())).collect();
+    // What the services and this process (the load generator and the sink) spend too, so
+    // every process's CPU per delivery is in the results.
+    let rabbitmq = local_rabbitmq_pid();
+    let rabbitmq_before = rabbitmq.map(cpu_seconds);
+    let redis_before = redis_cpu_seconds(args).await;
+    let bench_before = cpu_seconds(std::process::id());
     let started_us = now_us();
     let started = Instant::now();
     let batch = if spec.rate.is_some() { 1 } else { args.batch };
@@ -763,11 +817,21 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
         .load(Ordering::Relaxed)
         .saturating_sub(started_us)) as f64
         / 1e6;
-    let cpu: HashMap<String, f64> = roles
+    let mut cpu: HashMap<String, f64> = roles
         .iter()
         .zip(cpu_before)
         .map(|(r, before)| (r.name.to_owned(), cpu_seconds(r.child.id()) - before))
         .collect();
+    cpu.insert(
+        "bench".to_owned(),
+        cpu_seconds(std::process::id()) - bench_before,
+    );
+    if let (Some(pid), Some(before)) = (rabbitmq, rabbitmq_before) {
+        cpu.insert("rabbitmq".to_owned(), cpu_seconds(pid) - before);
+    }
+    if let (Some(after), Some(before)) = (redis_cpu_seconds(args).await, redis_before) {
+        cpu.insert("redis".to_owned(), after - before);
+    }
     let dispatcher_metrics = metrics_text(&http, &roles[1]).await;
     let reloads = (
         counter_sum(
@@ -966,6 +1030,28 @@ async fn main() -> anyhow::Result<()> {
         println!("{:<12} {:>8} {:>10} {:>8.2} {:>10.0} {:>12.0} {:>8.1} {:>8.1} {:>8.1} {:>7}  {:.1}/{:.1}/{:.1}",
             r.scenario, r.events, r.deliveries, r.seconds, r.events_per_s, r.deliveries_per_s, r.p50_ms, r.p95_ms, r.p99_ms,
             r.ratio_to_ceiling.map(|x| format!("{x:.2}")).unwrap_or_default(), cpu("ingest"), cpu("dispatcher"), cpu("scheduler"));
+    }
+    println!();
+    println!(
+        "CPU µs per delivery, each process (from the start of the load to the last delivery):"
+    );
+    for r in results.iter().filter(|r| r.deliveries > 0) {
+        let per = |k: &str| {
+            r.cpu_seconds
+                .get(k)
+                .map(|s| format!("{:.1}", s * 1e6 / r.deliveries as f64))
+                .unwrap_or_else(|| "—".to_owned())
+        };
+        println!(
+            "  {:<12} ingest {}, dispatcher {}, scheduler {}, RabbitMQ {}, Redis {}, load generator and sink {}",
+            r.scenario,
+            per("ingest"),
+            per("dispatcher"),
+            per("scheduler"),
+            per("rabbitmq"),
+            per("redis"),
+            per("bench")
+        );
     }
     for r in &results {
         let bytes = r
