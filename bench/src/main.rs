@@ -449,34 +449,32 @@ async fn cleanup(args: &Args, prefix: &str) {
 /// overhead included. The growth across a scenario, with nothing else writing, is what its
 /// events cost.
 async fn used_memory(args: &Args) -> Option<u64> {
+    redis_info_field(args, "memory", "used_memory:")
+        .await
+        .map(|v| v as u64)
+}
+
+/// One numeric field of a section of Redis's `INFO`.
+async fn redis_info_field(args: &Args, section: &str, field: &str) -> Option<f64> {
     let client = redis::Client::open(args.redis_url.as_str()).ok()?;
     let mut c = client.get_multiplexed_async_connection().await.ok()?;
     let info: String = redis::cmd("INFO")
-        .arg("memory")
+        .arg(section)
         .query_async(&mut c)
         .await
         .ok()?;
     info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().parse().ok())
 }
 
 /// Redis's own CPU seconds so far (`INFO cpu`: user and system time of the server), so a
 /// scenario's share is the difference around it; `None` when Redis does not say.
 async fn redis_cpu_seconds(args: &Args) -> Option<f64> {
-    let client = redis::Client::open(args.redis_url.as_str()).ok()?;
-    let mut c = client.get_multiplexed_async_connection().await.ok()?;
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(&mut c)
-        .await
-        .ok()?;
-    let field = |name: &str| -> Option<f64> {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    Some(field("used_cpu_user:")? + field("used_cpu_sys:")?)
+    Some(
+        redis_info_field(args, "cpu", "used_cpu_user:").await?
+            + redis_info_field(args, "cpu", "used_cpu_sys:").await?,
+    )
 }
 
 /// The RabbitMQ node on this machine (`beam.smp` running `rabbit`), when there is exactly

@@ -2054,12 +2054,13 @@ impl Store for RedisStore {
         if !unfolded.is_empty() {
             self.run(unfolded, true).await?;
         }
-        let mut replies = replies;
-        replies.truncate(fold_at[0]);
-        let mut streaks = replies.into_iter().filter_map(|v| match v {
-            Value::Array(_) => <(u64, String)>::from_owned_redis_value(v).ok(),
-            _ => None,
-        });
+        let mut streaks = replies
+            .into_iter()
+            .take(fold_at[0])
+            .filter_map(|v| match v {
+                Value::Array(_) => <(u64, String)>::from_owned_redis_value(v).ok(),
+                _ => None,
+            });
         self.count_minutes(results);
         dead_for.sort_unstable();
         dead_for.dedup();
