@@ -58,6 +58,10 @@ struct Args {
     /// Where to write the results as JSON.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
+    /// Print each scenario's deliveries per 250 ms, from the first event sent: where a run
+    /// slowed down, stalled or caught up.
+    #[arg(long)]
+    timeline: bool,
     /// Run the roles with `KIVIHOOK_PREFETCH=1024` and `KIVIHOOK_WEBHOOK_CONCURRENCY=256`
     /// instead of their defaults (every row is then marked tuned).
     #[arg(long)]
@@ -252,6 +256,8 @@ struct Sink {
     /// Per route kind, delivered count.
     by_kind: Mutex<HashMap<String, u64>>,
     latencies_us: Mutex<Vec<u64>>,
+    /// When each delivery arrived (µs since the epoch), for `--timeline`.
+    arrivals_us: Mutex<Vec<u64>>,
     first_attempts: Mutex<std::collections::HashSet<String>>,
     last_us: AtomicU64,
 }
@@ -304,6 +310,7 @@ async fn sink_handler(
             .unwrap()
             .push(now.saturating_sub(sent));
     }
+    sink.arrivals_us.lock().unwrap().push(now);
     sink.ok.fetch_add(1, Ordering::Relaxed);
     sink.last_us.store(now, Ordering::Relaxed);
     *sink.by_kind.lock().unwrap().entry(kind).or_default() += 1;
@@ -321,6 +328,24 @@ async fn start_sink() -> anyhow::Result<(Arc<Sink>, std::net::SocketAddr)> {
         let _ = axum::serve(listener, app).await;
     });
     Ok((sink, addr))
+}
+
+/// Deliveries per 250 ms from `start_us`, ten slots a line.
+fn print_timeline(name: &str, start_us: u64, arrivals_us: &[u64]) {
+    const SLOT_US: u64 = 250_000;
+    let mut slots: Vec<u64> = Vec::new();
+    for at in arrivals_us {
+        let i = (at.saturating_sub(start_us) / SLOT_US) as usize;
+        if slots.len() <= i {
+            slots.resize(i + 1, 0);
+        }
+        slots[i] += 1;
+    }
+    println!("  {name}: deliveries per 250 ms");
+    for (line, chunk) in slots.chunks(10).enumerate() {
+        let counts: Vec<String> = chunk.iter().map(|n| format!("{n:>6}")).collect();
+        println!("    {:>5.1}s {}", line as f64 * 2.5, counts.join(""));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -851,6 +876,9 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
         .get("other")
         .copied()
         .unwrap_or(0);
+    if args.timeline {
+        print_timeline(spec.name, started_us, &sink.arrivals_us.lock().unwrap());
+    }
     let mut lat = sink.latencies_us.lock().unwrap().clone();
     lat.sort_unstable();
     let deliveries = sink.ok.load(Ordering::Relaxed);

@@ -21,8 +21,9 @@ pub struct EventHead {
     pub event_type: String,
     #[serde(default)]
     pub clinic_id: Option<String>,
+    /// Checked by ingest and sent as it came: present, never read here.
     #[allow(dead_code)]
-    pub occurred_at: DateTime<Utc>,
+    occurred_at: serde::de::IgnoredAny,
     pub received_at: DateTime<Utc>,
     #[allow(dead_code)]
     data: serde::de::IgnoredAny,
