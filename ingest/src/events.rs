@@ -15,17 +15,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use kivihook_core::broker::{OutboundMessage, Queue};
-use kivihook_core::event::{generate_event_id, metric_label, valid_event_id, Event, EventType};
+use kivihook_core::event::{generate_event_id, metric_label, valid_event_id, EventType};
 use kivihook_core::store::{Claim, EventInfo};
 use kivihook_core::webhook::clinic_id_of;
 
 use crate::error::ApiError;
+use crate::intake::{self, Fields, Intake, Top};
 use crate::openapi::{errors, inputs};
-use crate::request::{authorize, json_body, Scope};
+use crate::request::{authorize, json_bytes, Scope};
 use crate::AppState;
 
 /// The most events one batch may carry.
@@ -99,7 +101,11 @@ pub async fn post_event(
 ) -> Result<Response, ApiError> {
     let result = async {
         authorize(&state, &headers, Scope::Ingest)?;
-        let value = json_body(&headers, body, state.max_body_bytes).await?;
+        let bytes = json_bytes(&headers, body, state.max_body_bytes).await?;
+        let fields = match intake::top(&bytes)? {
+            Top::Object(fields) => Some(fields),
+            Top::Array(_) | Top::Other => None,
+        };
         let idempotency_key = match headers.get("idempotency-key") {
             Some(v) => {
                 let key = v
@@ -117,7 +123,7 @@ pub async fn post_event(
             }
             None => None,
         };
-        let event = parse_event(value, "", idempotency_key, Utc::now())?;
+        let event = parse_event(&bytes, fields, "", 1, idempotency_key, Utc::now())?;
         let id = event.id.clone();
         let statuses = accept(&state, vec![event]).await?;
         Ok::<_, ApiError>(match statuses[0] {
@@ -168,11 +174,11 @@ pub async fn post_batch(
 ) -> Result<Response, ApiError> {
     let result = async {
         authorize(&state, &headers, Scope::Ingest)?;
-        let value = json_body(&headers, body, state.max_body_bytes).await?;
-        // Owned, so each event's `data` moves into its event instead of being copied.
-        let items = match value {
-            Value::Array(items) => items,
-            Value::Object(mut obj) => {
+        let bytes = json_bytes(&headers, body, state.max_body_bytes).await?;
+        // The containers around each event's `data`: the array, and the object around it.
+        let (items, enclosing) = match intake::top(&bytes)? {
+            Top::Array(items) => (items, 2),
+            Top::Object(obj) => {
                 if let Some(k) = obj.keys().find(|k| k.as_str() != "events") {
                     return Err(ApiError::invalid(
                         "unknown_field",
@@ -180,9 +186,13 @@ pub async fn post_batch(
                         "a batch is {\"events\": [...]} or a JSON array of events",
                     ));
                 }
-                match obj.remove("events") {
-                    Some(Value::Array(items)) => items,
-                    _ => {
+                match obj.get("events").filter(|v| v.get().starts_with('[')) {
+                    Some(events) => (
+                        serde_json::from_str::<Vec<&RawValue>>(events.get())
+                            .map_err(|e| ApiError::InvalidJson(e.to_string()))?,
+                        3,
+                    ),
+                    None => {
                         return Err(ApiError::invalid(
                             "invalid_field",
                             "events",
@@ -191,7 +201,7 @@ pub async fn post_batch(
                     }
                 }
             }
-            _ => {
+            Top::Other => {
                 return Err(ApiError::invalid(
                     "invalid_field",
                     "events",
@@ -221,7 +231,17 @@ pub async fn post_batch(
         let events = items
             .into_iter()
             .enumerate()
-            .map(|(i, item)| parse_event(item, &format!("events[{i}]."), None, now))
+            .map(|(i, item)| {
+                let fields = intake::fields(item)?;
+                parse_event(
+                    &bytes,
+                    fields,
+                    &format!("events[{i}]."),
+                    enclosing,
+                    None,
+                    now,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let statuses = accept(&state, events).await?;
@@ -262,16 +282,19 @@ fn count_rejection(state: &AppState, result: &Result<Response, ApiError>) {
     }
 }
 
-/// Parse one event, received `now` (the request's time, shared by a batch's events); `at`
-/// prefixes field names (`events[3].`) inside a batch.
-fn parse_event(
-    value: Value,
+/// Parse one event (`None`: the value was not an object), received `now` (the request's
+/// time, shared by a batch's events); `at` prefixes field names (`events[3].`) inside a
+/// batch, and `enclosing` counts the containers of `body` around its `data`.
+fn parse_event<'a>(
+    body: &[u8],
+    fields: Option<Fields<'a>>,
     at: &str,
+    enclosing: usize,
     idempotency_key: Option<String>,
     now: DateTime<Utc>,
-) -> Result<Event, ApiError> {
+) -> Result<Intake<'a>, ApiError> {
     let field = |name: &str| format!("{at}{name}");
-    let Value::Object(mut obj) = value else {
+    let Some(obj) = fields else {
         return Err(ApiError::invalid(
             "invalid_field",
             at.trim_end_matches('.'),
@@ -288,9 +311,12 @@ fn parse_event(
             ),
         ));
     }
-    let id = match obj.get("id") {
-        None | Some(Value::Null) => idempotency_key.unwrap_or_else(generate_event_id),
-        Some(Value::String(s)) if valid_event_id(s) => s.clone(),
+    // The small fields as values; one that cannot be read as a value (nested too deep, a
+    // number out of range) is as invalid as one of the wrong type (`Some(None)`).
+    let get = |name: &str| obj.get(name).map(|raw| intake::small(raw));
+    let id = match get("id") {
+        None | Some(Some(Value::Null)) => idempotency_key.unwrap_or_else(generate_event_id),
+        Some(Some(Value::String(s))) if valid_event_id(&s) => s,
         Some(_) => {
             return Err(ApiError::invalid(
                 "invalid_field",
@@ -299,8 +325,8 @@ fn parse_event(
             ))
         }
     };
-    let event_type = match obj.get("type") {
-        Some(Value::String(s)) => EventType::parse(s)
+    let event_type = match get("type") {
+        Some(Some(Value::String(s))) => EventType::parse(&s)
             .map_err(|e| ApiError::invalid("unknown_event_type", field("type"), e.to_string()))?,
         Some(_) => {
             return Err(ApiError::invalid(
@@ -317,9 +343,9 @@ fn parse_event(
             ))
         }
     };
-    let clinic_id = match obj.get("clinic_id") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(clinic_id_of(v).ok_or_else(|| {
+    let clinic_id = match get("clinic_id") {
+        None | Some(Some(Value::Null)) => None,
+        Some(v) => Some(v.as_ref().and_then(clinic_id_of).ok_or_else(|| {
             ApiError::invalid(
                 "invalid_field",
                 field("clinic_id"),
@@ -327,10 +353,11 @@ fn parse_event(
             )
         })?),
     };
-    let occurred_at = match obj.get("occurred_at") {
-        None | Some(Value::Null) => now,
+    let occurred_at = match get("occurred_at") {
+        None | Some(Some(Value::Null)) => now,
         Some(v) => v
-            .as_str()
+            .as_ref()
+            .and_then(Value::as_str)
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.with_timezone(&Utc))
             .ok_or_else(|| {
@@ -341,8 +368,11 @@ fn parse_event(
                 )
             })?,
     };
-    let data = match obj.remove("data") {
-        Some(v @ Value::Object(_)) => v,
+    let data = match obj.get("data") {
+        Some(raw) if raw.get().starts_with('{') => {
+            intake::check_data(body, raw, &field("data"), enclosing)?;
+            *raw
+        }
         Some(_) => {
             return Err(ApiError::invalid(
                 "invalid_field",
@@ -358,7 +388,7 @@ fn parse_event(
             ))
         }
     };
-    Ok(Event {
+    Ok(Intake {
         id,
         event_type: event_type.as_str().to_owned(),
         clinic_id,
@@ -400,7 +430,11 @@ fn release_later(state: &AppState, ids: Vec<String>, token: String, at: DateTime
 /// The messages that carry `to_publish` (indices into it): the events of one type together,
 /// in the order sent, at most `per_message` in one. The routing key is the type, so whatever
 /// is bound to the exchange by type still gets exactly the events of that type.
-fn messages(events: &[Event], to_publish: &[(usize, bool)], per_message: usize) -> Vec<Vec<usize>> {
+fn messages(
+    events: &[Intake],
+    to_publish: &[(usize, bool)],
+    per_message: usize,
+) -> Vec<Vec<usize>> {
     let mut messages: Vec<Vec<usize>> = Vec::new();
     let mut open: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (m, &(i, _)) in to_publish.iter().enumerate() {
@@ -417,7 +451,7 @@ fn messages(events: &[Event], to_publish: &[(usize, bool)], per_message: usize) 
 }
 
 /// Claim, publish with confirms, then settle the claims. Returns one status per event.
-async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, ApiError> {
+async fn accept(state: &AppState, events: Vec<Intake<'_>>) -> Result<Vec<Status>, ApiError> {
     // An id repeated inside one request is published once; later copies are duplicates.
     let mut seen = HashSet::with_capacity(events.len());
     let first: Vec<bool> = events.iter().map(|e| seen.insert(e.id.clone())).collect();
@@ -570,20 +604,20 @@ async fn accept(state: &AppState, events: Vec<Event>) -> Result<Vec<Status>, Api
 mod tests {
     use super::*;
 
-    fn event(id: &str, event_type: &str) -> Event {
-        Event {
+    fn event(id: &str, event_type: &str) -> Intake<'static> {
+        Intake {
             id: id.to_owned(),
             event_type: event_type.to_owned(),
             clinic_id: None,
             occurred_at: Utc::now(),
             received_at: Utc::now(),
-            data: serde_json::json!({}),
+            data: serde_json::from_str("{}").unwrap(),
         }
     }
 
     #[test]
     fn a_message_holds_events_of_one_type_in_the_order_sent_up_to_the_cap() {
-        let events: Vec<Event> = ["a", "b", "a", "a", "b", "a", "c"]
+        let events: Vec<Intake> = ["a", "b", "a", "a", "b", "a", "c"]
             .iter()
             .enumerate()
             .map(|(i, t)| event(&format!("e{i}"), t))

@@ -23,6 +23,7 @@ pub mod deliveries;
 pub mod error;
 pub mod events;
 pub mod import;
+pub mod intake;
 pub mod openapi;
 pub mod query;
 pub mod request;

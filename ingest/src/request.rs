@@ -50,6 +50,16 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<
 
 /// Read a JSON body of at most `limit` bytes.
 pub async fn json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
+    let bytes = json_bytes(headers, body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+/// The bytes of a JSON body of at most `limit` bytes, not parsed yet.
+pub async fn json_bytes(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -71,8 +81,7 @@ pub async fn json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
             return Err(ApiError::PayloadTooLarge(limit));
         }
     }
-    let bytes = axum::body::to_bytes(body, limit)
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))
+        .map_err(|_| ApiError::PayloadTooLarge(limit))
 }
