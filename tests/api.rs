@@ -266,6 +266,45 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
         .await
         .unwrap();
     expect_error(r, 422, "unknown_event_type", Some("events[1].type")).await;
+    // A `data` that no JSON reader could take back (a number out of range, nesting deeper
+    // than the dispatcher reads): the body is not valid JSON for us, and the message names
+    // the event's field.
+    let unreadable = [
+        (
+            r#"{"events": [{"id": "ok2", "type": "patient.created", "data": {}},
+                {"type": "patient.created", "data": {"n": 1e999}}]}"#
+                .to_owned(),
+            "events[1].data: number out of range",
+        ),
+        (
+            format!(
+                r#"[{{"id": "ok3", "type": "patient.created", "data": {{}}}},
+                {{"type": "patient.created", "data": {{"deep": {}1{}}}}}]"#,
+                "[".repeat(130),
+                "]".repeat(130)
+            ),
+            "events[1].data: recursion limit exceeded",
+        ),
+    ];
+    for (body, message) in unreadable {
+        let r = http
+            .post(k2.url("/v1/events/batch"))
+            .bearer_auth(INGEST)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_json", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(message)),
+            "{body}"
+        );
+    }
 
     // None of the refused requests published anything; the bad batch claimed nothing.
     assert_eq!(
@@ -285,6 +324,20 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
         202,
         "the id of an event in a refused batch is still free"
     );
+    for id in ["ok2", "ok3"] {
+        let r = http
+            .post(k2.url("/v1/events"))
+            .bearer_auth(INGEST)
+            .json(&event(id, "patient.created", None))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            202,
+            "{id}: refused for its neighbour's data, still free"
+        );
+    }
 
     // Unknown routes and methods are JSON errors too.
     let r = http.get(k2.url("/v1/nothing")).send().await.unwrap();
