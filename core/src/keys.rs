@@ -58,7 +58,30 @@ impl Keys {
     /// expires as a whole one dedup window after its slot ends. Every bucket of one tag is
     /// one hash slot on a cluster, so a claim checks all of the window's at once.
     pub fn dedup_bucket(&self, tag: u16, slot: i64) -> String {
-        format!("{{{}:d:{}}}:{}", self.prefix, tag, slot)
+        Self::in_slot(&self.dedup_buckets_of(tag), slot)
+    }
+
+    /// What every dedup bucket of `tag` starts with (`{<prefix>:d:<tag>}:`), for
+    /// `in_slot`: a claim names several buckets of one tag per event, and building each
+    /// with `format!` was about a tenth of ingest's CPU.
+    pub fn dedup_buckets_of(&self, tag: u16) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + 10);
+        k.push('{');
+        k.push_str(&self.prefix);
+        k.push_str(":d:");
+        k.push_str(itoa::Buffer::new().format(tag));
+        k.push_str("}:");
+        k
+    }
+
+    /// The bucket of `slot` among those `dedup_buckets_of` starts.
+    pub fn in_slot(buckets_of: &str, slot: i64) -> String {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(slot);
+        let mut k = String::with_capacity(buckets_of.len() + digits.len());
+        k.push_str(buckets_of);
+        k.push_str(digits);
+        k
     }
 
     /// The bucket an event received at `at` is claimed in.
@@ -389,6 +412,19 @@ mod tests {
         assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
         assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
         assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
+    }
+
+    #[test]
+    fn dedup_bucket_names_are_what_they_always_were() {
+        let k = Keys::new("kivihook:prod");
+        for tag in [0, 7, 2047] {
+            for slot in [0, 1, 82_000, i64::MAX, -3] {
+                assert_eq!(
+                    k.dedup_bucket(tag, slot),
+                    format!("{{kivihook:prod:d:{tag}}}:{slot}")
+                );
+            }
+        }
     }
 
     #[test]

@@ -619,10 +619,11 @@ impl RedisStore {
             .checked_sub_signed(window)
             .map_or(slot - 1, dedup_slot)
             .max(slot - MAX_DEDUP_SLOTS);
+        let of_tag = self.keys.dedup_buckets_of(tag);
         let mut out = Vec::with_capacity((slot - oldest + 2) as usize);
-        out.push(self.keys.dedup_bucket(tag, slot));
-        out.extend((oldest..slot).rev().map(|s| self.keys.dedup_bucket(tag, s)));
-        out.push(self.keys.dedup_bucket(tag, slot + 1));
+        out.push(Keys::in_slot(&of_tag, slot));
+        out.extend((oldest..slot).rev().map(|s| Keys::in_slot(&of_tag, s)));
+        out.push(Keys::in_slot(&of_tag, slot + 1));
         out
     }
 
