@@ -298,6 +298,7 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
         assert_eq!(r.status(), 400);
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "invalid_json", "{body}");
+        assert_eq!(body["error"]["field"], "events[1].data", "{body}");
         assert!(
             body["error"]["message"]
                 .as_str()

@@ -43,6 +43,9 @@ pub enum ApiError {
     Forbidden,
     #[error("the body is not valid JSON: {0}")]
     InvalidJson(String),
+    /// Not valid JSON inside one field (an event's `data`): the body reads, the field does not.
+    #[error("the body is not valid JSON: {field}: {message}")]
+    InvalidJsonIn { field: String, message: String },
     #[error("content-type must be application/json")]
     UnsupportedMediaType,
     #[error("the body is larger than {0} bytes")]
@@ -92,7 +95,7 @@ impl ApiError {
         match self {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
-            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidJson(_) | Self::InvalidJsonIn { .. } => "invalid_json",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Invalid { code, .. } => code,
@@ -110,7 +113,7 @@ impl ApiError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidJson(_) | Self::InvalidJsonIn { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid { .. } | Self::NotResendable => StatusCode::UNPROCESSABLE_ENTITY,
@@ -125,7 +128,7 @@ impl ApiError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            Self::Invalid { field, .. } => Some(field),
+            Self::Invalid { field, .. } | Self::InvalidJsonIn { field, .. } => Some(field),
             Self::InvalidJson(_) | Self::PayloadTooLarge(_) => Some(""),
             Self::NotResendable => Some("id"),
             Self::NameTaken(_) => Some("name"),

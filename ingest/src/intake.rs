@@ -74,7 +74,7 @@ const MAX_NESTING: usize = 127;
 /// Check `data` (sent at `field`, inside `enclosing` containers of `body`) the way reading it
 /// into a `Value` would: every string and number readable, and nested no deeper than the
 /// dispatcher can read it back inside its envelope. Errors are `invalid_json` naming the
-/// field, at their line and column in the body.
+/// field (in `field` and the message), at their line and column in the body.
 pub fn check_data(
     body: &[u8],
     raw: &RawValue,
@@ -88,11 +88,14 @@ pub fn check_data(
     check
         .deserialize(&mut de)
         .and_then(|()| de.end())
-        .map_err(|e| ApiError::InvalidJson(at_body(body, raw, field, &e)))
+        .map_err(|e| ApiError::InvalidJsonIn {
+            field: field.to_owned(),
+            message: at_body(body, raw, &e),
+        })
 }
 
 /// The error's message, at its place in the whole body rather than in the field.
-fn at_body(body: &[u8], raw: &RawValue, field: &str, e: &serde_json::Error) -> String {
+fn at_body(body: &[u8], raw: &RawValue, e: &serde_json::Error) -> String {
     let text = e.to_string();
     let message = text
         .rsplit_once(" at line ")
@@ -114,7 +117,7 @@ fn at_body(body: &[u8], raw: &RawValue, field: &str, e: &serde_json::Error) -> S
     } else {
         (line + e.line() - 1, e.column())
     };
-    format!("{field}: {message} at line {line} column {column}")
+    format!("{message} at line {line} column {column}")
 }
 
 /// Reads any value without keeping it, as deep as `depth_left` containers.
