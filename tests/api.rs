@@ -313,19 +313,7 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
         200
     );
     assert_eq!(queue_depth(&format!("{prefix}.deliveries")).await, 0);
-    let r = http
-        .post(k2.url("/v1/events"))
-        .bearer_auth(INGEST)
-        .json(&event("ok1", "patient.created", None))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        202,
-        "the id of an event in a refused batch is still free"
-    );
-    for id in ["ok2", "ok3"] {
+    for id in ["ok1", "ok2", "ok3"] {
         let r = http
             .post(k2.url("/v1/events"))
             .bearer_auth(INGEST)
@@ -336,7 +324,7 @@ async fn bad_event_input_is_a_4xx_naming_the_field() {
         assert_eq!(
             r.status(),
             202,
-            "{id}: refused for its neighbour's data, still free"
+            "{id}: the id of an event in a refused batch is still free"
         );
     }
 

@@ -256,8 +256,8 @@ struct Sink {
     /// Per route kind, delivered count.
     by_kind: Mutex<HashMap<String, u64>>,
     latencies_us: Mutex<Vec<u64>>,
-    /// When each delivery arrived (µs since the epoch), for `--timeline`.
-    arrivals_us: Mutex<Vec<u64>>,
+    /// When each delivery arrived (µs since the epoch), kept only for `--timeline`.
+    arrivals_us: Option<Mutex<Vec<u64>>>,
     first_attempts: Mutex<std::collections::HashSet<String>>,
     last_us: AtomicU64,
 }
@@ -310,15 +310,21 @@ async fn sink_handler(
             .unwrap()
             .push(now.saturating_sub(sent));
     }
-    sink.arrivals_us.lock().unwrap().push(now);
+    if let Some(arrivals) = &sink.arrivals_us {
+        arrivals.lock().unwrap().push(now);
+    }
     sink.ok.fetch_add(1, Ordering::Relaxed);
     sink.last_us.store(now, Ordering::Relaxed);
     *sink.by_kind.lock().unwrap().entry(kind).or_default() += 1;
     StatusCode::NO_CONTENT
 }
 
-async fn start_sink() -> anyhow::Result<(Arc<Sink>, std::net::SocketAddr)> {
-    let sink = Arc::new(Sink::default());
+/// The sink; `timeline` keeps each delivery's arrival for `--timeline`.
+async fn start_sink(timeline: bool) -> anyhow::Result<(Arc<Sink>, std::net::SocketAddr)> {
+    let sink = Arc::new(Sink {
+        arrivals_us: timeline.then(Mutex::default),
+        ..Sink::default()
+    });
     let app = axum::Router::new()
         .route("/{kind}", axum::routing::post(sink_handler))
         .with_state(sink.clone());
@@ -763,7 +769,7 @@ fn counter_sum(text: &str, name: &str, label: &str) -> u64 {
 
 async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
     let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let (sink, sink_addr) = start_sink().await?;
+    let (sink, sink_addr) = start_sink(args.timeline).await?;
     let roles = vec![
         start_role(args, "ingest", &prefix, &spec.env)?,
         start_role(args, "dispatcher", &prefix, &spec.env)?,
@@ -876,8 +882,8 @@ async fn scenario(args: &Args, spec: Spec) -> anyhow::Result<Outcome> {
         .get("other")
         .copied()
         .unwrap_or(0);
-    if args.timeline {
-        print_timeline(spec.name, started_us, &sink.arrivals_us.lock().unwrap());
+    if let Some(arrivals) = &sink.arrivals_us {
+        print_timeline(spec.name, started_us, &arrivals.lock().unwrap());
     }
     let mut lat = sink.latencies_us.lock().unwrap().clone();
     lat.sort_unstable();

@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -186,13 +185,9 @@ pub async fn post_batch(
                         "a batch is {\"events\": [...]} or a JSON array of events",
                     ));
                 }
-                match obj.get("events").filter(|v| v.get().starts_with('[')) {
-                    Some(events) => (
-                        serde_json::from_str::<Vec<&RawValue>>(events.get())
-                            .map_err(|e| ApiError::InvalidJson(e.to_string()))?,
-                        3,
-                    ),
-                    None => {
+                match obj.get("events").map(|v| intake::events(v)).transpose()? {
+                    Some(Some(events)) => (events, 3),
+                    _ => {
                         return Err(ApiError::invalid(
                             "invalid_field",
                             "events",
@@ -370,7 +365,7 @@ fn parse_event<'a>(
     };
     let data = match obj.get("data") {
         Some(raw) if raw.get().starts_with('{') => {
-            intake::check_data(body, raw, &field("data"), enclosing)?;
+            intake::check_data(body, raw, || field("data"), enclosing)?;
             *raw
         }
         Some(_) => {

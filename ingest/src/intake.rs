@@ -39,26 +39,44 @@ pub enum Top<'a> {
     Other,
 }
 
-/// Read a body's top level; its syntax errors are `invalid_json`, as they always were.
+/// A body that does not read: `invalid_json`, as it always was.
+fn invalid_json(e: serde_json::Error) -> ApiError {
+    ApiError::InvalidJson(e.to_string())
+}
+
+/// Read a body's top level.
 pub fn top(body: &[u8]) -> Result<Top<'_>, ApiError> {
-    let json = |e: serde_json::Error| ApiError::InvalidJson(e.to_string());
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => serde_json::from_slice(body).map(Top::Object).map_err(json),
-        Some(b'[') => serde_json::from_slice(body).map(Top::Array).map_err(json),
+        Some(b'{') => serde_json::from_slice(body)
+            .map(Top::Object)
+            .map_err(invalid_json),
+        Some(b'[') => serde_json::from_slice(body)
+            .map(Top::Array)
+            .map_err(invalid_json),
         _ => serde_json::from_slice::<&RawValue>(body)
             .map(|_| Top::Other)
-            .map_err(json),
+            .map_err(invalid_json),
     }
 }
 
+/// A batch's `events`, or `None` when the value is not an array.
+pub fn events(raw: &RawValue) -> Result<Option<Vec<&RawValue>>, ApiError> {
+    if !raw.get().starts_with('[') {
+        return Ok(None);
+    }
+    serde_json::from_str(raw.get())
+        .map(Some)
+        .map_err(invalid_json)
+}
+
 /// An event's fields, or `None` when the value is not an object.
-pub fn fields<'a>(raw: &'a RawValue) -> Result<Option<Fields<'a>>, ApiError> {
+pub fn fields(raw: &RawValue) -> Result<Option<Fields<'_>>, ApiError> {
     if !raw.get().starts_with('{') {
         return Ok(None);
     }
     serde_json::from_str(raw.get())
         .map(Some)
-        .map_err(|e| ApiError::InvalidJson(e.to_string()))
+        .map_err(invalid_json)
 }
 
 /// A small field (an id, a type, a time) as a value; `None` when it cannot be read as one
@@ -71,14 +89,14 @@ pub fn small(raw: &RawValue) -> Option<serde_json::Value> {
 /// what `serde_json` reads into a `Value`, and so what the dispatcher can read back.
 const MAX_NESTING: usize = 127;
 
-/// Check `data` (sent at `field`, inside `enclosing` containers of `body`) the way reading it
-/// into a `Value` would: every string and number readable, and nested no deeper than the
-/// dispatcher can read it back inside its envelope. Errors are `invalid_json` naming the
-/// field (in `field` and the message), at their line and column in the body.
+/// Check `data` (inside `enclosing` containers of `body`) the way reading it into a `Value`
+/// would: every string and number readable, and nested no deeper than the dispatcher can
+/// read it back inside its envelope. Errors are `invalid_json` naming the field (`field`
+/// names it, called only then: most events are fine), at their line and column in the body.
 pub fn check_data(
     body: &[u8],
     raw: &RawValue,
-    field: &str,
+    field: impl FnOnce() -> String,
     enclosing: usize,
 ) -> Result<(), ApiError> {
     let check = Check {
@@ -89,7 +107,7 @@ pub fn check_data(
         .deserialize(&mut de)
         .and_then(|()| de.end())
         .map_err(|e| ApiError::InvalidJsonIn {
-            field: field.to_owned(),
+            field: field(),
             message: at_body(body, raw, &e),
         })
 }
@@ -202,14 +220,12 @@ mod tests {
         format!("{}1{}", "[".repeat(levels), "]".repeat(levels))
     }
 
-    /// What `data` may hold is exactly what a `Value` can: checked as accepted here, the
-    /// dispatcher reads it back inside its envelope; refused here, a `Value` refused it too.
     /// The first event's fields in a body of any of the three shapes, and the containers
     /// around its `data`.
     fn first_event(body: &str) -> (Fields<'_>, usize) {
         match top(body.as_bytes()).unwrap() {
             Top::Object(f) if f.contains_key("events") => {
-                let events: Vec<&RawValue> = serde_json::from_str(f["events"].get()).unwrap();
+                let events = events(f["events"]).unwrap().unwrap();
                 (fields(events[0]).unwrap().unwrap(), 3)
             }
             Top::Object(f) => (f, 1),
@@ -231,7 +247,8 @@ mod tests {
                 format!("{{\"events\":[{event}]}}"),
             ] {
                 let (f, enclosing) = first_event(&body);
-                let checked = check_data(body.as_bytes(), f["data"], "data", enclosing).is_ok();
+                let checked =
+                    check_data(body.as_bytes(), f["data"], || "data".into(), enclosing).is_ok();
                 let whole_body_reads = serde_json::from_str::<serde_json::Value>(&body).is_ok();
                 assert_eq!(checked, whole_body_reads, "{levels} levels in {enclosing}");
                 if checked {
@@ -262,7 +279,7 @@ mod tests {
                 continue;
             };
             assert!(whole.is_err(), "{bad}");
-            let err = check_data(body.as_bytes(), f["data"], "data", 1).unwrap_err();
+            let err = check_data(body.as_bytes(), f["data"], || "data".into(), 1).unwrap_err();
             assert_eq!(err.code(), "invalid_json", "{bad}");
         }
     }
@@ -270,12 +287,14 @@ mod tests {
     #[test]
     fn an_error_in_data_names_the_field_at_its_place_in_the_body() {
         let body = "{\"events\": [\n  {\"type\": \"x\",\n   \"data\": {\"n\": 1e999}}]}";
-        let Top::Object(top) = top(body.as_bytes()).unwrap() else {
-            panic!("an object")
-        };
-        let events: Vec<&RawValue> = serde_json::from_str(top["events"].get()).unwrap();
-        let f = fields(events[0]).unwrap().unwrap();
-        let err = check_data(body.as_bytes(), f["data"], "events[0].data", 3).unwrap_err();
+        let (f, enclosing) = first_event(body);
+        let err = check_data(
+            body.as_bytes(),
+            f["data"],
+            || "events[0].data".into(),
+            enclosing,
+        )
+        .unwrap_err();
         let whole = serde_json::from_str::<serde_json::Value>(body).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -291,9 +310,7 @@ mod tests {
     #[test]
     fn an_intake_is_an_event_envelope_with_data_as_sent() {
         let body = r#"{"data": {"z": 1, "a": {"b": [true, null, "é\n"]}}}"#;
-        let Top::Object(f) = top(body.as_bytes()).unwrap() else {
-            panic!("an object")
-        };
+        let (f, _) = first_event(body);
         let at = Utc::now();
         let intake = Intake {
             id: "evt_1".into(),
