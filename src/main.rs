@@ -148,6 +148,10 @@ struct Settings {
     /// [env: KIVIHOOK_EVENTS_PER_MESSAGE].
     #[arg(long, global = true)]
     events_per_message: Option<String>,
+    /// Due retry jobs of one webhook one AMQP message may carry, 1 to 500 (scheduler)
+    /// [env: KIVIHOOK_JOBS_PER_MESSAGE].
+    #[arg(long, global = true)]
+    jobs_per_message: Option<String>,
     /// Seconds before a delivery attempt times out [env: KIVIHOOK_DELIVERY_TIMEOUT].
     #[arg(long, global = true)]
     delivery_timeout: Option<String>,
@@ -221,6 +225,7 @@ impl Settings {
             ("ingest_token", &self.ingest_token),
             ("prefetch", &self.prefetch),
             ("events_per_message", &self.events_per_message),
+            ("jobs_per_message", &self.jobs_per_message),
             ("delivery_timeout", &self.delivery_timeout),
             ("max_body_bytes", &self.max_body_bytes),
             ("max_body", &self.max_body),

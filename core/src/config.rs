@@ -54,6 +54,9 @@ pub struct Config {
     /// Events of one type that one AMQP message may carry (ingest): a batch request's events
     /// travel together, so the broker's cost is paid per message, not per event.
     pub events_per_message: usize,
+    /// Due retry jobs of one webhook that one AMQP message may carry (scheduler): the
+    /// broker's cost is paid per message, not per retry.
+    pub jobs_per_message: usize,
     pub delivery_timeout: Duration,
     pub max_body_bytes: usize,
     /// The largest request body a webhook's templates may render (`KIVIHOOK_MAX_BODY`);
@@ -154,6 +157,11 @@ const SETTINGS: &[Setting] = &[
         key: "events_per_message",
         env: "KIVIHOOK_EVENTS_PER_MESSAGE",
         flag: "--events-per-message",
+    },
+    Setting {
+        key: "jobs_per_message",
+        env: "KIVIHOOK_JOBS_PER_MESSAGE",
+        flag: "--jobs-per-message",
     },
     Setting {
         key: "delivery_timeout",
@@ -485,6 +493,7 @@ impl Config {
         let prefetch = int("prefetch", 256, 1, 65535)? as u16;
         let retry_prefetch = int("retry_prefetch", 128, 1, 65535)? as u16;
         let events_per_message = int("events_per_message", 50, 1, 500)? as usize;
+        let jobs_per_message = int("jobs_per_message", 50, 1, 500)? as usize;
         let circuit_threshold = int("circuit_threshold", 10, 0, 1_000_000)?;
         let webhook_concurrency = int("webhook_concurrency", 32, 1, 100_000)? as u32;
         let secret_key = match raw("secret_key") {
@@ -610,6 +619,7 @@ impl Config {
             generated_tokens,
             prefetch,
             events_per_message,
+            jobs_per_message,
             delivery_timeout,
             max_body_bytes,
             max_body,

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub registry_invalid_webhooks: IntGauge,
     pub webhooks_auto_disabled: IntCounterVec,
     pub retry_jobs_published: IntCounter,
+    /// The messages those jobs travelled in (several of one webhook's to a message).
+    pub retry_messages_published: IntCounter,
     /// Retry jobs a scheduler could not publish (they stay scheduled and are tried again).
     pub scheduler_publish_failures: IntCounter,
     pub leases_expired: IntCounter,
@@ -225,6 +227,10 @@ impl Metrics {
             retry_jobs_published: reg!(must(IntCounter::new(
                 "kivihook_retry_jobs_published_total",
                 "Due retry jobs moved from the schedule to the retries queue.",
+            ))),
+            retry_messages_published: reg!(must(IntCounter::new(
+                "kivihook_retry_messages_published_total",
+                "Messages that carried the published retry jobs to the retries queue (KIVIHOOK_JOBS_PER_MESSAGE of one webhook's at most).",
             ))),
             leases_expired: reg!(must(IntCounter::new(
                 "kivihook_retry_leases_expired_total",

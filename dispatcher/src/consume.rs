@@ -227,22 +227,11 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
     // target settled: nothing to read. Any other (a redelivery, a republished id, a message
     // from an ingest that does not say) is checked.
     let check_settled = redelivered || !first_publish;
-    // Events in flight are bounded, not messages: a message of fifty takes fifty turns, and
-    // gives each back as soon as that event's attempts are over (a hung request holds one
-    // event's turn, never its whole message's).
-    let wanted = events.len().min(usize::from(d.prefetch)) as u32;
-    let budget = tokio::select! {
-        permit = d.events_in_flight.clone().acquire_many_owned(wanted) => permit.ok(),
-        _ = shutdown.wait() => None,
-    };
-    let Some(mut budget) = budget else {
+    let Some(turns) = turns(&d.events_in_flight, d.prefetch, events.len(), &mut shutdown).await
+    else {
         let _ = acker.requeue().await;
         return;
     };
-    let turns: Vec<gate::Turn> = (0..events.len())
-        .map(|_| gate::Turn::new(budget.split(1)))
-        .collect();
-    drop(budget);
     let ready = record::persist(&d, &mut shutdown, "load the webhook registry", || {
         d.registry.ensure(registry_version)
     })
@@ -270,8 +259,34 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
         .enumerate()
         .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
         .collect();
-    let recorded = attempt_and_record(&d, &targets, turns, &shutdown).await;
+    let recorded = attempt_and_record(
+        &d,
+        &targets,
+        turns,
+        Vec::new(),
+        gate::Origin::Event,
+        &shutdown,
+    )
+    .await;
     record::ack_if(recorded, acker).await;
+}
+
+/// One turn in `budget` (of `size` in all) for each of a message's `n` events (or jobs); `None` if shutdown came
+/// first. What is in flight is bounded, not messages: a message of fifty takes fifty turns
+/// and gives each back as soon as that one's attempts are over, so a hung request holds one
+/// turn, never its whole message's. A message larger than the whole budget takes all of it.
+async fn turns(
+    budget: &Arc<tokio::sync::Semaphore>,
+    size: u16,
+    n: usize,
+    shutdown: &mut Shutdown,
+) -> Option<Vec<gate::Turn>> {
+    let wanted = n.min(usize::from(size)) as u32;
+    let mut all = tokio::select! {
+        permit = budget.clone().acquire_many_owned(wanted) => permit.ok()?,
+        _ = shutdown.wait() => return None,
+    };
+    Some((0..n).map(|_| gate::Turn::new(all.split(1))).collect())
 }
 
 /// Results recorded together at most: a message's targets are recorded in groups while the
@@ -285,12 +300,15 @@ const RECORD_WAIT: Duration = Duration::from_millis(50);
 /// before it is recorded and `RECORD_GROUP` results are in or the oldest has waited
 /// `RECORD_WAIT`. A message of many events thus never holds finished deliveries unrecorded
 /// behind its slowest one. False when shutdown interrupted a recording.
-/// `turns[i]` is event `i`'s turn in the dispatcher's budget, given back once its last
-/// attempt is over (at once for an event without targets).
+/// `turns[i]` is event (or job) `i`'s turn in the dispatcher's budget, given back once its
+/// last attempt is over (at once for one without targets). `done` are results that needed
+/// no attempt, recorded with the first group.
 async fn attempt_and_record(
     d: &Dispatcher,
     targets: &[(usize, Target)],
     turns: Vec<gate::Turn>,
+    done: Vec<Processed>,
+    from: gate::Origin,
     shutdown: &Shutdown,
 ) -> bool {
     let mut left = vec![0usize; turns.len()];
@@ -302,9 +320,9 @@ async fn attempt_and_record(
     }
     let mut attempts: futures::stream::FuturesUnordered<_> = targets
         .iter()
-        .map(|(i, t)| attempt(d, t, gate::Origin::Event, &turns[*i]).map(move |p| (*i, p)))
+        .map(|(i, t)| attempt(d, t, from, &turns[*i]).map(move |p| (*i, p)))
         .collect();
-    let mut ready: Vec<Processed> = Vec::new();
+    let mut ready: Vec<Processed> = done;
     let mut oldest = tokio::time::Instant::now();
     let mut recording: Option<futures::future::BoxFuture<'_, bool>> = None;
     loop {
@@ -359,51 +377,83 @@ fn parse_events(body: &Bytes) -> Result<Vec<(fanout::EventHead, Bytes)>, serde_j
 /// fails instead is retried, and its retry writes the job again, so that copy comes back.
 const JOB_STATE_WAIT: Duration = Duration::from_secs(30);
 
-/// A retry or manual job: check it is still current, attempt, record, ack.
+/// A message of retry or manual jobs (one, or several of one webhook): check that each is
+/// still current, send each that is, record the results as they come, and ack once every
+/// job in it is settled.
 async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) {
-    let job: Job = match serde_json::from_slice(&delivery.body) {
+    let body = Bytes::from(delivery.body);
+    let jobs = match kivihook_core::broker::jobs::decode(&body) {
         Ok(j) => j,
-        Err(e) => return poison(&d, delivery.acker, delivery.body.len(), &e).await,
+        Err(e) => return poison(&d, delivery.acker, body.len(), &e).await,
     };
+    drop(body);
     let acker = delivery.acker;
-    let job_id = job.id.clone();
+    let Some(turns) = turns(
+        &d.jobs_in_flight,
+        d.retry_prefetch,
+        jobs.len(),
+        &mut shutdown,
+    )
+    .await
+    else {
+        let _ = acker.requeue().await;
+        return;
+    };
+    let found = futures::future::join_all(
+        jobs.into_iter()
+            .map(|job| job_target(&d, job, shutdown.clone())),
+    )
+    .await;
+    let mut refused = Vec::new();
+    let mut targets = Vec::with_capacity(found.len());
+    for (i, target) in found.into_iter().enumerate() {
+        match target {
+            // Shutdown came first (`NotYet` is read again until it is something else). The
+            // results of the jobs before are not recorded yet: none of them was attempted.
+            None | Some(JobTarget::NotYet) => {
+                let _ = acker.requeue().await;
+                return;
+            }
+            Some(JobTarget::Skip(_)) => d.metrics.stale_jobs.inc(),
+            Some(JobTarget::Disabled(t)) => {
+                refused.push(record::refused(&t, "the webhook is disabled"))
+            }
+            Some(JobTarget::Run(t)) => targets.push((i, t)),
+        }
+    }
+    let recorded =
+        attempt_and_record(&d, &targets, turns, refused, gate::Origin::Job, &shutdown).await;
+    record::ack_if(recorded, acker).await;
+}
+
+/// What a job is to do: read its target until its state is there (see `JOB_STATE_WAIT`);
+/// `None` if shutdown came first.
+async fn job_target(d: &Dispatcher, job: Job, mut shutdown: Shutdown) -> Option<JobTarget> {
     let arrived = Instant::now();
     let mut pause = Duration::from_millis(100);
-    let target = loop {
-        let target = record::persist(&d, &mut shutdown, "read the job's target", || {
-            fanout::job_target(&d, job.clone())
+    loop {
+        let target = record::persist(d, &mut shutdown, "read the job's target", || {
+            fanout::job_target(d, job.clone())
         })
         .await;
-        if !matches!(target, Some(JobTarget::NotYet)) {
-            break target;
-        }
-        if arrived.elapsed() >= JOB_STATE_WAIT {
-            break Some(JobTarget::Skip("target moved on"));
+        let target = match target {
+            Some(JobTarget::NotYet) if arrived.elapsed() < JOB_STATE_WAIT => None,
+            Some(JobTarget::NotYet) => Some(Some(JobTarget::Skip("target moved on"))),
+            // Shutdown (`None`), or what the job is to do.
+            other => Some(other),
+        };
+        if let Some(target) = target {
+            if let Some(JobTarget::Skip(why)) = &target {
+                tracing::debug!(job_id = %job.id, why, "skipping a job");
+            }
+            return target;
         }
         tokio::select! {
-            _ = shutdown.wait() => break None,
+            _ = shutdown.wait() => return None,
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(1));
-    };
-    let processed = match target {
-        // Shutdown came first (`NotYet` itself is read again until it is something else).
-        None | Some(JobTarget::NotYet) => {
-            let _ = acker.requeue().await;
-            return;
-        }
-        Some(JobTarget::Skip(why)) => {
-            d.metrics.stale_jobs.inc();
-            tracing::debug!(job_id = %job_id, why, "skipping a job");
-            if let Err(e) = acker.ack().await {
-                tracing::warn!(error = %e, "could not ack a skipped job");
-            }
-            return;
-        }
-        Some(JobTarget::Disabled(t)) => record::refused(&t, "the webhook is disabled"),
-        Some(JobTarget::Run(t)) => attempt(&d, &t, gate::Origin::Job, &gate::Turn::default()).await,
-    };
-    record::settle(&d, &mut shutdown, vec![processed], acker).await;
+    }
 }
 
 /// One target through the gate and, if it may go, out over HTTP.

@@ -294,7 +294,8 @@ pub enum Origin {
     /// must not send to a stalled webhook (the request would hold the message, and every
     /// acknowledgement behind it, until it times out).
     Event,
-    /// A job from the retries queue: one target per message, free to probe a stalled webhook.
+    /// A job from the retries queue, free to probe a stalled webhook: a message of jobs holds
+    /// one webhook's only, so a probe that hangs holds back no other webhook's acks.
     Job,
 }
 

@@ -36,6 +36,9 @@ pub struct Dispatcher {
     /// they came one a message or many (see `kivihook_core::broker::events`).
     pub events_in_flight: Arc<tokio::sync::Semaphore>,
     pub retry_prefetch: u16,
+    /// Jobs being handled at once from the retries queue: `retry_prefetch` of them, whether
+    /// they came one a message or many (see `kivihook_core::broker::jobs`).
+    pub jobs_in_flight: Arc<tokio::sync::Semaphore>,
     pub delivery_timeout: Duration,
     pub retry_schedule: RetrySchedule,
     pub circuit_threshold: u64,
@@ -69,6 +72,9 @@ impl Dispatcher {
             prefetch: config.prefetch,
             events_in_flight: Arc::new(tokio::sync::Semaphore::new(usize::from(config.prefetch))),
             retry_prefetch: config.retry_prefetch,
+            jobs_in_flight: Arc::new(tokio::sync::Semaphore::new(usize::from(
+                config.retry_prefetch,
+            ))),
             delivery_timeout: config.delivery_timeout,
             retry_schedule: config.retry_schedule.clone(),
             circuit_threshold: config.circuit_threshold,

@@ -8,12 +8,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kivihook_core::broker::{OutboundMessage, Queue};
+use kivihook_core::broker::{jobs, OutboundMessage, Queue};
 use kivihook_core::{Broker, Config, Metrics, Shutdown, Store};
 
 /// Jobs claimed per round from each shard of the schedule; a round that brings this many or
 /// more is followed at once by another.
 const BATCH: usize = 500;
+/// The most bytes of job bodies one retries message carries; a single larger job travels
+/// alone. Well under RabbitMQ's smallest default limit on a message (16 MiB).
+const MESSAGE_BYTES: usize = 4 << 20;
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// While publishing fails, how often the running count is logged.
 const OUTAGE_REPORT: Duration = Duration::from_secs(60);
@@ -34,6 +37,7 @@ pub struct Scheduler {
     lease: Duration,
     interval: Duration,
     stranded_scan: Duration,
+    jobs_per_message: usize,
     outage: Mutex<Outage>,
 }
 
@@ -51,6 +55,7 @@ impl Scheduler {
             lease: config.retry_lease,
             interval: config.scheduler_interval,
             stranded_scan: config.stranded_scan_interval,
+            jobs_per_message: config.jobs_per_message,
             outage: Mutex::default(),
         }
     }
@@ -137,8 +142,10 @@ impl Scheduler {
         if jobs.is_empty() {
             return Ok(0);
         }
-        let publishes = jobs.iter().map(|job| async move {
-            let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+        let messages = jobs::messages(&jobs, self.jobs_per_message, MESSAGE_BYTES);
+        let publishes = messages.iter().map(|group| async move {
+            let owned: Vec<_> = group.iter().map(|j| (*j).clone()).collect();
+            let body = jobs::encode(&owned).map_err(|e| e.to_string())?;
             let msg = OutboundMessage {
                 queue: Queue::Retries,
                 routing_key: String::new(),
@@ -152,15 +159,21 @@ impl Scheduler {
         let mut done = Vec::with_capacity(jobs.len());
         let mut failed = Vec::new();
         let mut first_error = None;
-        for (job, r) in jobs.iter().zip(results) {
+        let mut sent = 0u64;
+        for (group, r) in messages.iter().zip(results) {
+            let ids = group.iter().map(|j| j.id.clone());
             match r {
-                Ok(()) => done.push(job.id.clone()),
+                Ok(()) => {
+                    sent += 1;
+                    done.extend(ids);
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
-                    failed.push(job.id.clone());
+                    failed.extend(ids);
                 }
             }
         }
+        self.metrics.retry_messages_published.inc_by(sent);
         self.outage_news(done.len(), failed.len(), first_error.as_deref());
         // Only confirmed jobs are forgotten; if this fails, their leases expire and they are
         // published again, which the dispatcher's job check turns into a no-op.

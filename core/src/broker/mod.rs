@@ -8,6 +8,7 @@ use futures::stream::BoxStream;
 
 pub mod ack_group;
 pub mod events;
+pub mod jobs;
 pub mod memory;
 pub mod rabbitmq;
 
