@@ -195,9 +195,12 @@ function request(array $calls, array $meta = []): void
     $t1 = hrtime(true);
     KiviHook_Bridge_Outbox::flush();
     $end = (hrtime(true) - $t1) / 1e6;
-    // The next request starts afresh, as a PHP request does: no connection, no cached rows.
+    // The next request starts afresh, as a PHP request does: no connection, no cached rows,
+    // only the autoloaded options, which WordPress loads at every request's start before any
+    // plugin runs.
     KiviHook_Bridge_Outbox::close();
     wp_cache_flush();
+    wp_load_alloptions();
     $requests[] = ['actions' => array_map(static fn($c) => $c[0], $calls), 'timing_ms' => $ms, 'end_ms' => $end] + $meta;
 }
 

@@ -74,16 +74,22 @@ final class KiviHook_Bridge_Outbox
     public static function insert(string $action, string $type, string $record_id, ?string $clinic_id, string $payload): bool
     {
         global $wpdb;
-        $sql = $wpdb->prepare(
-            'INSERT INTO ' . self::table() . ' (action, event_type, record_id, clinic_id, payload, status, created_at) VALUES (%s, %s, %s, '
-            . ($clinic_id === null ? 'NULL' : '%s') . ', %s, %d, %s)',
-            ...array_merge(
-                [substr($action, 0, 100), substr($type, 0, 100), substr($record_id, 0, 64)],
-                $clinic_id === null ? [] : [substr($clinic_id, 0, 64)],
-                [$payload, self::PENDING, gmdate('Y-m-d H:i:s')]
-            )
-        );
+        $values = [substr($action, 0, 100), substr($type, 0, 100), substr($record_id, 0, 64),
+            $clinic_id === null ? null : substr($clinic_id, 0, 64), $payload];
+        $columns = 'INSERT INTO ' . self::table() . ' (action, event_type, record_id, clinic_id, payload, status, created_at) VALUES (';
         $link = self::link();
+        if ($link !== null) {
+            // Escaped by the connection that runs it, in its character set: the payload is
+            // the largest part of a clinic request's write, and $wpdb->prepare() would pass it
+            // through several regular expressions first.
+            $quoted = array_map(static fn(?string $v): string => $v === null ? 'NULL' : "'" . $link->real_escape_string($v) . "'", $values);
+            $sql = $columns . implode(', ', $quoted) . ', ' . self::PENDING . ", '" . gmdate('Y-m-d H:i:s') . "')";
+        } else {
+            $sql = $wpdb->prepare(
+                $columns . '%s, %s, %s, ' . ($clinic_id === null ? 'NULL' : '%s') . ', %s, %d, %s)',
+                ...array_merge(array_values(array_filter($values, static fn($v) => $v !== null)), [self::PENDING, gmdate('Y-m-d H:i:s')])
+            );
+        }
         if ($link !== null) {
             self::flush();
             try {
