@@ -337,7 +337,7 @@ async fn three_schedulers_publish_each_of_1000_due_jobs_exactly_once_one_webhook
     let bodies = drain(&queue).await;
     let mut ids = Vec::new();
     for body in &bodies {
-        let jobs = kivihook_core::broker::jobs::decode(&body.clone().into()).unwrap();
+        let jobs = kivihook_core::broker::jobs::decode(body).unwrap();
         assert!(
             jobs.len() <= 50,
             "at most KIVIHOOK_JOBS_PER_MESSAGE (50) a message"

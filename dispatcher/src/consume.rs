@@ -271,10 +271,11 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
     record::ack_if(recorded, acker).await;
 }
 
-/// One turn in `budget` (of `size` in all) for each of a message's `n` events (or jobs); `None` if shutdown came
-/// first. What is in flight is bounded, not messages: a message of fifty takes fifty turns
-/// and gives each back as soon as that one's attempts are over, so a hung request holds one
-/// turn, never its whole message's. A message larger than the whole budget takes all of it.
+/// One turn in `budget` (of `size` in all) for each of a message's `n` events (or jobs);
+/// `None` if shutdown came first. What is in flight is bounded, not messages: a message of
+/// fifty takes fifty turns and gives each back as soon as that one's attempts are over, so a
+/// hung request holds one turn, never its whole message's. A message larger than the whole
+/// budget takes all of it.
 async fn turns(
     budget: &Arc<tokio::sync::Semaphore>,
     size: u16,
@@ -381,12 +382,10 @@ const JOB_STATE_WAIT: Duration = Duration::from_secs(30);
 /// still current, send each that is, record the results as they come, and ack once every
 /// job in it is settled.
 async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdown) {
-    let body = Bytes::from(delivery.body);
-    let jobs = match kivihook_core::broker::jobs::decode(&body) {
+    let jobs = match kivihook_core::broker::jobs::decode(&delivery.body) {
         Ok(j) => j,
-        Err(e) => return poison(&d, delivery.acker, body.len(), &e).await,
+        Err(e) => return poison(&d, delivery.acker, delivery.body.len(), &e).await,
     };
-    drop(body);
     let acker = delivery.acker;
     let Some(turns) = turns(
         &d.jobs_in_flight,
@@ -408,8 +407,8 @@ async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdo
     let mut targets = Vec::with_capacity(found.len());
     for (i, target) in found.into_iter().enumerate() {
         match target {
-            // Shutdown came first (`NotYet` is read again until it is something else). The
-            // results of the jobs before are not recorded yet: none of them was attempted.
+            // Shutdown came first (`job_target` reads `NotYet` again until it is something
+            // else). None of the message's jobs was attempted yet.
             None | Some(JobTarget::NotYet) => {
                 let _ = acker.requeue().await;
                 return;
@@ -436,17 +435,12 @@ async fn job_target(d: &Dispatcher, job: Job, mut shutdown: Shutdown) -> Option<
             fanout::job_target(d, job.clone())
         })
         .await;
-        let target = match target {
-            Some(JobTarget::NotYet) if arrived.elapsed() < JOB_STATE_WAIT => None,
-            Some(JobTarget::NotYet) => Some(Some(JobTarget::Skip("target moved on"))),
+        match target {
+            Some(JobTarget::NotYet) if arrived.elapsed() < JOB_STATE_WAIT => {}
+            Some(JobTarget::NotYet) => return skip(&job, "target moved on"),
+            Some(JobTarget::Skip(why)) => return skip(&job, why),
             // Shutdown (`None`), or what the job is to do.
-            other => Some(other),
-        };
-        if let Some(target) = target {
-            if let Some(JobTarget::Skip(why)) = &target {
-                tracing::debug!(job_id = %job.id, why, "skipping a job");
-            }
-            return target;
+            other => return other,
         }
         tokio::select! {
             _ = shutdown.wait() => return None,
@@ -454,6 +448,11 @@ async fn job_target(d: &Dispatcher, job: Job, mut shutdown: Shutdown) -> Option<
         }
         pause = (pause * 2).min(Duration::from_secs(1));
     }
+}
+
+fn skip(job: &Job, why: &'static str) -> Option<JobTarget> {
+    tracing::debug!(job_id = %job.id, why, "skipping a job");
+    Some(JobTarget::Skip(why))
 }
 
 /// One target through the gate and, if it may go, out over HTTP.

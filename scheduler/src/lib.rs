@@ -144,8 +144,7 @@ impl Scheduler {
         }
         let messages = jobs::messages(&jobs, self.jobs_per_message, MESSAGE_BYTES);
         let publishes = messages.iter().map(|group| async move {
-            let owned: Vec<_> = group.iter().map(|j| (*j).clone()).collect();
-            let body = jobs::encode(&owned).map_err(|e| e.to_string())?;
+            let body = jobs::encode(group).map_err(|e| e.to_string())?;
             let msg = OutboundMessage {
                 queue: Queue::Retries,
                 routing_key: String::new(),

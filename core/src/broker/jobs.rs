@@ -7,15 +7,11 @@
 //! message once every job in it is settled. Only one webhook's jobs share a message, so a
 //! hung receiver holds back the acks of its own retries and no other webhook's.
 
-use std::collections::HashMap;
-
-use bytes::Bytes;
-
 use crate::delivery::Job;
 
 /// The body of one message carrying `jobs`: the job itself when there is one, else an
 /// array of them.
-pub fn encode(jobs: &[Job]) -> Result<Vec<u8>, serde_json::Error> {
+pub fn encode(jobs: &[&Job]) -> Result<Vec<u8>, serde_json::Error> {
     match jobs {
         [one] => serde_json::to_vec(one),
         several => serde_json::to_vec(several),
@@ -23,7 +19,7 @@ pub fn encode(jobs: &[Job]) -> Result<Vec<u8>, serde_json::Error> {
 }
 
 /// The jobs a message carries: one for a job's object, every element of an array.
-pub fn decode(body: &Bytes) -> Result<Vec<Job>, serde_json::Error> {
+pub fn decode(body: &[u8]) -> Result<Vec<Job>, serde_json::Error> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace());
     if start.map(|i| body[i]) != Some(b'[') {
         return Ok(vec![serde_json::from_slice(body)?]);
@@ -41,32 +37,23 @@ pub fn decode(body: &Bytes) -> Result<Vec<Job>, serde_json::Error> {
 /// most `per_message` to a message, and a message no larger than `max_bytes` unless a
 /// single job is (it then travels alone, as it always could).
 pub fn messages(jobs: &[Job], per_message: usize, max_bytes: usize) -> Vec<Vec<&Job>> {
-    let mut at: HashMap<&str, usize> = HashMap::new();
-    let mut by_webhook: Vec<Vec<&Job>> = Vec::new();
-    for job in jobs {
-        let i = *at.entry(&job.webhook_id).or_insert_with(|| {
-            by_webhook.push(Vec::new());
-            by_webhook.len() - 1
+    // A stable sort: each webhook's jobs stay in claim order.
+    let mut sorted: Vec<&Job> = jobs.iter().collect();
+    sorted.sort_by(|a, b| a.webhook_id.cmp(&b.webhook_id));
+    let mut out: Vec<Vec<&Job>> = Vec::new();
+    let mut bytes = 0;
+    for job in sorted {
+        // The envelope dominates a job's size; the rest is well under a kilobyte.
+        let size = job.body.len() + 512;
+        let open = out.last().filter(|m| {
+            m[0].webhook_id == job.webhook_id && m.len() < per_message && bytes + size <= max_bytes
         });
-        by_webhook[i].push(job);
-    }
-    let mut out = Vec::new();
-    for group in by_webhook {
-        let mut message: Vec<&Job> = Vec::new();
-        let mut bytes = 0;
-        for job in group {
-            // The envelope dominates a job's size; the rest is well under a kilobyte.
-            let size = job.body.len() + 512;
-            if !message.is_empty() && (message.len() >= per_message || bytes + size > max_bytes) {
-                out.push(std::mem::take(&mut message));
-                bytes = 0;
-            }
-            bytes += size;
-            message.push(job);
+        if open.is_none() {
+            out.push(Vec::new());
+            bytes = 0;
         }
-        if !message.is_empty() {
-            out.push(message);
-        }
+        bytes += size;
+        out.last_mut().expect("pushed").push(job);
     }
     out
 }
@@ -96,19 +83,19 @@ mod tests {
     fn one_job_is_its_object_and_several_are_an_array() {
         let a = job(1, "wh_a", 10);
         let b = job(2, "wh_a", 10);
-        let one = encode(std::slice::from_ref(&a)).unwrap();
+        let one = encode(&[&a]).unwrap();
         assert_eq!(one, serde_json::to_vec(&a).unwrap());
-        assert_eq!(decode(&Bytes::from(one)).unwrap(), vec![a.clone()]);
-        let two = encode(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(decode(&one).unwrap(), vec![a.clone()]);
+        let two = encode(&[&a, &b]).unwrap();
         assert_eq!(two.first(), Some(&b'['));
-        assert_eq!(decode(&Bytes::from(two)).unwrap(), vec![a, b]);
+        assert_eq!(decode(&two).unwrap(), vec![a, b]);
     }
 
     #[test]
     fn a_broken_or_empty_array_is_an_error() {
-        assert!(decode(&Bytes::from_static(b" [ ]")).is_err());
-        assert!(decode(&Bytes::from_static(b"[{\"id\":1},")).is_err());
-        assert!(decode(&Bytes::from_static(b"{oops")).is_err());
+        assert!(decode(b" [ ]").is_err());
+        assert!(decode(b"[{\"id\":1},").is_err());
+        assert!(decode(b"{oops").is_err());
     }
 
     #[test]
