@@ -199,3 +199,107 @@ async fn killed_dispatchers_and_a_killed_scheduler_lose_no_retry_of_a_shared_mes
     drop((dispatcher, scheduler, ingest));
     cleanup(&prefix).await;
 }
+
+/// Messages of `queue` delivered to a consumer and not acked yet, from `rabbitmqctl`.
+fn unacked(queue: &str) -> Option<u64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages_unacknowledged"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut cols = l.split_whitespace();
+        (cols.next() == Some(queue)).then(|| cols.next()?.parse().ok())?
+    })
+}
+
+/// A job whose target's state does not point at it (yet) is read again for up to 30 s
+/// before it counts as stale; the other jobs of its message go meanwhile, and the message
+/// is acked once it is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_slow_to_find_its_target_holds_back_none_of_its_messages_others() {
+    const N: usize = 20;
+    let prefix = unique_prefix();
+    let fast = [("KIVIHOOK_RETRY_SCHEDULE", "0.2")];
+    let ingest = Kivihook::start("ingest", &prefix, &fast);
+    let dispatcher = Kivihook::start("dispatcher", &prefix, &fast);
+    let api = Api::new(&ingest);
+    let receiver = Receiver::start().await;
+    receiver.fail_first_attempts();
+    let hook = api
+        .create_webhook(json!({"name": "crm", "url": receiver.url(), "events": ["*"]}))
+        .await;
+    let webhook_id = hook["id"].as_str().unwrap().to_owned();
+    post(&api, "slow", N).await;
+    // No scheduler yet: every first attempt fails, and its retry waits in the schedule.
+    wait_until(Duration::from_secs(60), "every first attempt", || {
+        receiver.count() == N
+    })
+    .await;
+    // Beside them, due as they are, a retry of an event this webhook has no state for: read
+    // again and again, it is skipped only after 30 s.
+    let store = RedisStore::connect("redis://127.0.0.1:6379", &prefix)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let orphan = kivihook_core::delivery::Job {
+        id: format!("job_orphan_{}", uuid::Uuid::new_v4().simple()),
+        kind: kivihook_core::delivery::JobKind::Retry,
+        event_id: "evt_orphan".into(),
+        event_type: "appointment.booked".into(),
+        webhook_id,
+        message_id: "msg_orphan".into(),
+        attempt: 2,
+        body: event("evt_orphan", "appointment.booked", Some("3")).to_string(),
+        created_at: now,
+        replay_of: None,
+        rate_reserved: false,
+    };
+    store.schedule_job(&orphan, now).await.unwrap();
+
+    let scheduler = Kivihook::start("scheduler", &prefix, &fast);
+    let started = std::time::Instant::now();
+    wait_until(Duration::from_secs(60), "every retry", || {
+        receiver.count() == 2 * N
+    })
+    .await;
+    let took = started.elapsed();
+    let messages = metric_sum(&scheduler, "kivihook_retry_messages_published_total").await;
+    let jobs = metric_sum(&scheduler, "kivihook_retry_jobs_published_total").await;
+    println!("{jobs} jobs in {messages} messages; the {N} retries arrived in {took:?}");
+    assert_eq!(
+        jobs,
+        (N + 1) as f64,
+        "the retries and the orphan were published"
+    );
+    assert_eq!(messages, 1.0, "all in one message, the orphan with them");
+    assert!(
+        took < Duration::from_secs(20),
+        "the retries waited {took:?} for the orphan beside them (it waits 30 s)"
+    );
+    // The orphan is skipped after its wait, then the message is acked; it is never sent.
+    eventually(
+        Duration::from_secs(60),
+        "the orphan to be skipped",
+        || async { metric_sum(&dispatcher, "kivihook_stale_jobs_total").await == 1.0 },
+    )
+    .await;
+    // Then the message is acked: neither waiting in the queue nor held by the dispatcher.
+    let retries = format!("{prefix}.retries");
+    eventually(
+        Duration::from_secs(20),
+        "the message to be acked",
+        || async { queue_depth(&retries).await == 0 && unacked(&retries) == Some(0) },
+    )
+    .await;
+    assert_eq!(
+        metric_sum(&dispatcher, "kivihook_stale_jobs_total").await,
+        1.0
+    );
+    assert_eq!(receiver.count(), 2 * N);
+    assert!(receiver
+        .received()
+        .iter()
+        .all(|g| g.json()["id"] != "evt_orphan"));
+    drop((dispatcher, scheduler, ingest));
+    cleanup(&prefix).await;
+}

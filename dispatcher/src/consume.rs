@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use bytes::Bytes;
+use futures::stream::FusedStream;
 use futures::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 
@@ -253,17 +254,17 @@ async fn handle_event(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shut
         let _ = acker.requeue().await;
         return;
     };
-    // Each target with the index of its event.
-    let targets: Vec<(usize, Target)> = targets
+    // Each event's count of targets, then each target with the index of its event.
+    let left = targets.iter().map(Vec::len).collect();
+    let found = targets
         .into_iter()
         .enumerate()
-        .flat_map(|(i, ts)| ts.into_iter().map(move |t| (i, t)))
-        .collect();
+        .flat_map(|(i, ts)| ts.into_iter().map(move |t| Found::Attempt(i, t)));
     let recorded = attempt_and_record(
         &d,
-        &targets,
+        futures::stream::iter(found),
+        left,
         turns,
-        Vec::new(),
         gate::Origin::Event,
         &shutdown,
     )
@@ -296,70 +297,132 @@ const RECORD_GROUP: usize = 64;
 /// How long a finished target's result waits for others to be recorded with it.
 const RECORD_WAIT: Duration = Duration::from_millis(50);
 
-/// Send to every target at once and record the results as they come: all together when they
-/// finish close together (one event's fan-out), else in groups, each as soon as the one
-/// before it is recorded and `RECORD_GROUP` results are in or the oldest has waited
-/// `RECORD_WAIT`. A message of many events thus never holds finished deliveries unrecorded
-/// behind its slowest one. False when shutdown interrupted a recording.
-/// `turns[i]` is event (or job) `i`'s turn in the dispatcher's budget, given back once its
-/// last attempt is over (at once for one without targets). `done` are results that needed
-/// no attempt, recorded with the first group.
+/// What `attempt_and_record` is handed for event (or job) `i`, as it becomes known.
+enum Found {
+    /// A target to attempt.
+    Attempt(usize, Target),
+    /// One of `i`'s targets needs no attempt: a result to record (a disabled webhook's dead
+    /// letter), or nothing (a stale job).
+    Settled(usize, Option<Box<Processed>>),
+    /// Shutdown came before `i`'s target was known: the message is handed back once what is
+    /// in flight is recorded.
+    Interrupted(usize),
+}
+
+/// Send to every target as soon as it is found and record the results as they come: all
+/// together when they finish close together (one event's fan-out), else in groups, each as
+/// soon as the one before it is recorded and `RECORD_GROUP` results are in or the oldest has
+/// waited `RECORD_WAIT`. A message of many events (or jobs) thus never holds finished
+/// deliveries unrecorded behind its slowest one, nor unsent behind one whose target is slow
+/// to read. False when shutdown interrupted a recording or a read: the message is then handed
+/// back, and what was recorded is skipped when it comes again.
+/// `left[i]` is how many targets event (or job) `i` has, and `turns[i]` its turn in the
+/// dispatcher's budget, given back once its last target is settled (at once for one without
+/// targets).
 async fn attempt_and_record(
     d: &Dispatcher,
-    targets: &[(usize, Target)],
+    found: impl futures::Stream<Item = Found>,
+    left: Vec<usize>,
     turns: Vec<gate::Turn>,
-    done: Vec<Processed>,
     from: gate::Origin,
     shutdown: &Shutdown,
 ) -> bool {
-    let mut left = vec![0usize; turns.len()];
-    for (i, _) in targets {
-        left[*i] += 1;
-    }
     for (turn, _) in turns.iter().zip(&left).filter(|(_, n)| **n == 0) {
         turn.give_back();
     }
-    let mut attempts: futures::stream::FuturesUnordered<_> = targets
-        .iter()
-        .map(|(i, t)| attempt(d, t, from, &turns[*i]).map(move |p| (*i, p)))
-        .collect();
-    let mut ready: Vec<Processed> = done;
-    let mut oldest = tokio::time::Instant::now();
+    let mut found = std::pin::pin!(found.fuse());
+    let send = |i: usize, t: Target| {
+        let turn = &turns[i];
+        async move { (i, attempt(d, &t, from, turn).await) }
+    };
+    let mut attempts = futures::stream::FuturesUnordered::new();
+    let mut settling = Settling {
+        left,
+        turns: &turns,
+        ready: Vec::new(),
+        oldest: tokio::time::Instant::now(),
+        interrupted: false,
+    };
     let mut recording: Option<futures::future::BoxFuture<'_, bool>> = None;
     loop {
-        let all_in = attempts.is_empty();
+        // Whatever is found already goes at once (every target of a message of events).
+        while !found.is_terminated() {
+            match found.next().now_or_never() {
+                Some(Some(Found::Attempt(i, t))) => attempts.push(send(i, t)),
+                Some(Some(f)) => settling.take(f),
+                _ => break,
+            }
+        }
+        let all_in = found.is_terminated() && attempts.is_empty();
+        let ready = &mut settling.ready;
         if recording.is_none()
             && !ready.is_empty()
-            && (all_in || ready.len() >= RECORD_GROUP || oldest.elapsed() >= RECORD_WAIT)
+            && (all_in || ready.len() >= RECORD_GROUP || settling.oldest.elapsed() >= RECORD_WAIT)
         {
-            let group = std::mem::take(&mut ready);
+            let group = std::mem::take(ready);
             let mut shutdown = shutdown.clone();
             recording = Some(Box::pin(async move {
                 record::record(d, &mut shutdown, group).await
             }));
         }
-        if all_in && recording.is_none() && ready.is_empty() {
-            return true;
+        if all_in && recording.is_none() && settling.ready.is_empty() {
+            return !settling.interrupted;
         }
-        let waiting = recording.is_none() && !ready.is_empty();
+        let waiting = recording.is_none() && !settling.ready.is_empty();
         tokio::select! {
-            Some((i, p)) = attempts.next(), if !all_in => {
-                left[i] -= 1;
-                if left[i] == 0 {
-                    turns[i].give_back();
-                }
-                if ready.is_empty() {
-                    oldest = tokio::time::Instant::now();
-                }
-                ready.push(p);
-            }
+            Some(f) = found.next(), if !found.is_terminated() => match f {
+                Found::Attempt(i, t) => attempts.push(send(i, t)),
+                f => settling.take(f),
+            },
+            Some((i, p)) = attempts.next(), if !attempts.is_empty() => settling.settled(i, Some(p)),
             recorded = async { recording.as_mut().expect("guarded").await }, if recording.is_some() => {
                 recording = None;
                 if !recorded {
                     return false;
                 }
             }
-            _ = tokio::time::sleep_until(oldest + RECORD_WAIT), if waiting => {}
+            _ = tokio::time::sleep_until(settling.oldest + RECORD_WAIT), if waiting => {}
+            // The stream of what is found ended with nothing else to wait for.
+            else => {}
+        }
+    }
+}
+
+/// What `attempt_and_record` keeps of a message's targets as they settle.
+struct Settling<'t> {
+    /// Targets not settled yet, per event (or job).
+    left: Vec<usize>,
+    turns: &'t [gate::Turn],
+    /// Results waiting to be recorded, the oldest since `oldest`.
+    ready: Vec<Processed>,
+    oldest: tokio::time::Instant,
+    interrupted: bool,
+}
+
+impl Settling<'_> {
+    /// One target of `i` settled, with its result if it has one.
+    fn settled(&mut self, i: usize, p: Option<Processed>) {
+        self.left[i] -= 1;
+        if self.left[i] == 0 {
+            self.turns[i].give_back();
+        }
+        if let Some(p) = p {
+            if self.ready.is_empty() {
+                self.oldest = tokio::time::Instant::now();
+            }
+            self.ready.push(p);
+        }
+    }
+
+    /// What was found for a target that needs no attempt.
+    fn take(&mut self, found: Found) {
+        match found {
+            Found::Attempt(..) => unreachable!("attempts are sent, not taken"),
+            Found::Settled(i, p) => self.settled(i, p.map(|p| *p)),
+            Found::Interrupted(i) => {
+                self.interrupted = true;
+                self.settled(i, None);
+            }
         }
     }
 }
@@ -398,30 +461,34 @@ async fn handle_job(d: Arc<Dispatcher>, delivery: Delivery, mut shutdown: Shutdo
         let _ = acker.requeue().await;
         return;
     };
-    let found = futures::future::join_all(
-        jobs.into_iter()
-            .map(|job| job_target(&d, job, shutdown.clone())),
-    )
-    .await;
-    let mut refused = Vec::new();
-    let mut targets = Vec::with_capacity(found.len());
-    for (i, target) in found.into_iter().enumerate() {
-        match target {
-            // Shutdown came first (`job_target` reads `NotYet` again until it is something
-            // else). None of the message's jobs was attempted yet.
-            None | Some(JobTarget::NotYet) => {
-                let _ = acker.requeue().await;
-                return;
+    // Each job goes as soon as its target is read: one whose state is slow to come (see
+    // `JOB_STATE_WAIT`) holds back only itself, not the rest of its message.
+    let left = vec![1; jobs.len()];
+    let found: futures::stream::FuturesUnordered<_> = jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let d = &d;
+            let shutdown = shutdown.clone();
+            async move {
+                match job_target(d, job, shutdown).await {
+                    // Shutdown came first (`job_target` reads `NotYet` again until it is
+                    // something else).
+                    None | Some(JobTarget::NotYet) => Found::Interrupted(i),
+                    Some(JobTarget::Skip(_)) => {
+                        d.metrics.stale_jobs.inc();
+                        Found::Settled(i, None)
+                    }
+                    Some(JobTarget::Disabled(t)) => {
+                        let dead = record::refused(&t, "the webhook is disabled");
+                        Found::Settled(i, Some(Box::new(dead)))
+                    }
+                    Some(JobTarget::Run(t)) => Found::Attempt(i, t),
+                }
             }
-            Some(JobTarget::Skip(_)) => d.metrics.stale_jobs.inc(),
-            Some(JobTarget::Disabled(t)) => {
-                refused.push(record::refused(&t, "the webhook is disabled"))
-            }
-            Some(JobTarget::Run(t)) => targets.push((i, t)),
-        }
-    }
-    let recorded =
-        attempt_and_record(&d, &targets, turns, refused, gate::Origin::Job, &shutdown).await;
+        })
+        .collect();
+    let recorded = attempt_and_record(&d, found, left, turns, gate::Origin::Job, &shutdown).await;
     record::ack_if(recorded, acker).await;
 }
 
