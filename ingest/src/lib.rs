@@ -32,9 +32,22 @@ pub mod webhooks;
 
 use error::ApiError;
 
-/// What every handler shares.
+/// What every handler shares, behind one `Arc`: axum clones the state for every extractor
+/// of every request, and a clone is then one count, not one per metric and a copy of each
+/// token.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state itself (see `AppState`).
+pub struct Shared {
     pub broker: Arc<dyn Broker>,
     pub store: Arc<dyn Store>,
     /// The registry, cached: listings page and search it in memory after reading only what
@@ -78,7 +91,7 @@ impl AppState {
         store: Arc<dyn Store>,
         metrics: Metrics,
     ) -> Result<Self, kivihook_core::http_client::ClientError> {
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             registry: Arc::new(Registry::new(store.clone(), metrics.clone(), "ingest")),
             broker,
             store,
@@ -96,7 +109,7 @@ impl AppState {
             edit_turns: (0..EDIT_TURNS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-        })
+        })))
     }
 }
 
