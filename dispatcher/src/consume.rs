@@ -348,8 +348,11 @@ async fn attempt_and_record(
         // Whatever is found already goes at once (every target of a message of events).
         while !found.is_terminated() {
             match found.next().now_or_never() {
-                Some(Some(Found::Attempt(i, t))) => attempts.push(send(i, t)),
-                Some(Some(f)) => settling.take(f),
+                Some(Some(f)) => {
+                    if let Some((i, t)) = settling.take(f) {
+                        attempts.push(send(i, t));
+                    }
+                }
                 _ => break,
             }
         }
@@ -370,10 +373,11 @@ async fn attempt_and_record(
         }
         let waiting = recording.is_none() && !settling.ready.is_empty();
         tokio::select! {
-            Some(f) = found.next(), if !found.is_terminated() => match f {
-                Found::Attempt(i, t) => attempts.push(send(i, t)),
-                f => settling.take(f),
-            },
+            Some(f) = found.next(), if !found.is_terminated() => {
+                if let Some((i, t)) = settling.take(f) {
+                    attempts.push(send(i, t));
+                }
+            }
             Some((i, p)) = attempts.next(), if !attempts.is_empty() => settling.settled(i, Some(p)),
             recorded = async { recording.as_mut().expect("guarded").await }, if recording.is_some() => {
                 recording = None;
@@ -414,16 +418,17 @@ impl Settling<'_> {
         }
     }
 
-    /// What was found for a target that needs no attempt.
-    fn take(&mut self, found: Found) {
+    /// What was found: a target to attempt is handed back to be sent, the rest is settled.
+    fn take(&mut self, found: Found) -> Option<(usize, Target)> {
         match found {
-            Found::Attempt(..) => unreachable!("attempts are sent, not taken"),
+            Found::Attempt(i, t) => return Some((i, t)),
             Found::Settled(i, p) => self.settled(i, p.map(|p| *p)),
             Found::Interrupted(i) => {
                 self.interrupted = true;
                 self.settled(i, None);
             }
         }
+        None
     }
 }
 

@@ -64,7 +64,7 @@ pub struct Shared {
     pub clients: kivihook_core::http_client::Clients,
     /// Edits of one webhook through this process take turns (`edit_turn`); the
     /// compare-and-set in Redis still guards against edits made through other processes.
-    pub edit_turns: Arc<[tokio::sync::Mutex<()>]>,
+    pub edit_turns: Box<[tokio::sync::Mutex<()>]>,
 }
 
 /// Locks the webhook edits of one process are spread over, by webhook id.
