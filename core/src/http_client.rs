@@ -96,8 +96,10 @@ pub struct Attempt {
     /// What a 429 or 503 asked for.
     pub retry_after: Option<Duration>,
     pub duration: Duration,
-    /// The URL and body as sent (the URL without a query credential), for the attempt log.
+    /// The URL as sent (without a query credential), for the attempt log.
     pub url: String,
+    /// The body as sent where the webhook's templates rendered it; empty where the envelope
+    /// went as it is (the attempt log keeps the envelope itself).
     pub request_body: Bytes,
     /// Placeholders that rendered empty.
     pub warnings: Vec<String>,
@@ -136,7 +138,9 @@ impl Attempt {
 
     fn with_request(mut self, p: &Prepared) -> Self {
         self.url = p.url.to_string();
-        self.request_body = p.body.clone();
+        if p.body_rendered {
+            self.request_body = p.body.clone();
+        }
         self.warnings = p.warnings.clone();
         self
     }
@@ -177,10 +181,16 @@ impl Attempt {
         outcome: &str,
         test: bool,
     ) -> AttemptRecord {
-        let mut request_body = String::from_utf8_lossy(of.envelope).into_owned();
-        if request_body.len() > KEPT_REQUEST_BODY {
-            request_body = String::new();
-        }
+        let request_body = if of.envelope.len() > KEPT_REQUEST_BODY {
+            String::new()
+        } else {
+            // The envelope is JSON, so UTF-8: checked whole, then copied (a lossy read walks
+            // it in chunks).
+            match std::str::from_utf8(of.envelope) {
+                Ok(s) => s.to_owned(),
+                Err(_) => String::from_utf8_lossy(of.envelope).into_owned(),
+            }
+        };
         let rendered_body = (!self.request_body.is_empty() && self.request_body != *of.envelope)
             .then(|| excerpt(&self.request_body, RESPONSE_EXCERPT));
         AttemptRecord {
@@ -508,8 +518,14 @@ pub async fn send(
             .client
             .request(method.clone(), current.clone())
             .headers(sent);
-        if let Some(b) = &body {
-            request = request.body(b.clone());
+        // Only a webhook that follows redirects may need the body again.
+        let sent_body = if webhook.follow_redirects {
+            body.clone()
+        } else {
+            body.take()
+        };
+        if let Some(b) = sent_body {
+            request = request.body(b);
         }
         let response = match request.send().await {
             Ok(r) => r,
@@ -620,6 +636,8 @@ pub struct Prepared<'a> {
     pub headers: Cow<'a, BTreeMap<String, String>>,
     pub body: Bytes,
     pub has_body: bool,
+    /// The body is the webhook's own (its JSON template or form fields), not the envelope.
+    pub body_rendered: bool,
     pub content_type: &'static str,
     /// Placeholders that rendered empty (the event did not have them), for the attempt log.
     pub warnings: Vec<String>,
@@ -662,6 +680,7 @@ pub fn prepare<'a>(
             headers: Cow::Borrowed(&webhook.headers),
             body: envelope.clone(),
             has_body: sends_body,
+            body_rendered: false,
             content_type: "application/json",
             warnings: Vec::new(),
         });
@@ -744,6 +763,7 @@ pub fn prepare<'a>(
         headers: Cow::Owned(headers),
         body,
         has_body: sends_body || explicit,
+        body_rendered: explicit,
         content_type,
         warnings,
     })
@@ -772,6 +792,7 @@ impl Prepared<'_> {
             headers: Cow::Owned(self.headers.into_owned()),
             body: self.body,
             has_body: self.has_body,
+            body_rendered: self.body_rendered,
             content_type: self.content_type,
             warnings: self.warnings,
         }

@@ -499,6 +499,22 @@ impl<'a> AttemptCalls<'a> {
     }
 }
 
+/// An attempt as it is kept in its webhook's log. The buffer starts at about the record's
+/// size (its fields, the envelope with room for escaping, the response excerpt), so writing
+/// it does not grow it again and again.
+fn attempt_json(a: &AttemptRecord) -> String {
+    let size = 512
+        + a.request_body.len() * 9 / 8
+        + a.response_body.len()
+        + a.rendered_body.as_ref().map_or(0, String::len);
+    let mut out = Vec::with_capacity(size);
+    match serde_json::to_writer(&mut out, a) {
+        // serde_json writes UTF-8 only.
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 /// Ids grouped by the shard that holds them (`shard`: `Keys::retry_shard`,
 /// `Keys::dead_letter_shard`).
 fn by_shard(ids: &[String], shard: impl Fn(&str) -> u16) -> HashMap<u16, Vec<&String>> {
@@ -1065,12 +1081,12 @@ impl RedisStore {
             .arg(attempts.iter().filter(|a| a.attempt > 1).count())
             .arg(HOUR_BUCKET_TTL_SECS);
         for a in attempts {
-            call.arg(serde_json::to_string(a).unwrap_or_default());
+            call.arg(attempt_json(a));
         }
     }
 
     fn add_attempt(&self, b: &mut Batch, a: &AttemptRecord, ok: bool) {
-        let json = serde_json::to_string(a).unwrap_or_default();
+        let json = attempt_json(a);
         let status = a.status.map(|s| s.to_string()).unwrap_or_default();
         let [stats, bucket, log] = self.attempt_keys(a);
         b.script(&self.attempt, &[&stats, &bucket, &log])
