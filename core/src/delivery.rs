@@ -48,7 +48,17 @@ pub struct Job {
 }
 
 pub fn new_job_id() -> String {
-    format!("job_{}", uuid::Uuid::new_v4().simple())
+    prefixed_uuid("job_", uuid::Uuid::new_v4())
+}
+
+/// `prefix` and `id` in its simple form (32 lowercase hex digits), written straight into
+/// one string of the right size.
+pub fn prefixed_uuid(prefix: &str, id: uuid::Uuid) -> String {
+    let mut hex = uuid::Uuid::encode_buffer();
+    let mut out = String::with_capacity(prefix.len() + uuid::fmt::Simple::LENGTH);
+    out.push_str(prefix);
+    out.push_str(id.simple().encode_lower(&mut hex));
+    out
 }
 
 /// The state of one (event, webhook) target, kept in the event's targets hash.
@@ -195,7 +205,13 @@ pub struct AttemptRecord {
 
 /// An attempt id names its webhook, so `POST /v1/attempts/{id}/resend` finds its log.
 pub fn new_attempt_id(webhook_id: &str) -> String {
-    format!("att_{}_{}", webhook_id, uuid::Uuid::new_v4().simple())
+    let mut hex = uuid::Uuid::encode_buffer();
+    let mut out = String::with_capacity(5 + webhook_id.len() + uuid::fmt::Simple::LENGTH);
+    out.push_str("att_");
+    out.push_str(webhook_id);
+    out.push('_');
+    out.push_str(uuid::Uuid::new_v4().simple().encode_lower(&mut hex));
+    out
 }
 
 /// The webhook id inside an attempt id.
@@ -225,7 +241,7 @@ pub struct DeadLetter {
 }
 
 pub fn new_dead_letter_id() -> String {
-    format!("dl_{}", uuid::Uuid::new_v4().simple())
+    prefixed_uuid("dl_", uuid::Uuid::new_v4())
 }
 
 /// Where a bulk replay stands.
@@ -407,5 +423,22 @@ mod tests {
         assert_eq!(webhook_of_attempt(&id), Some("wh_0123abcd"));
         assert_eq!(webhook_of_attempt("att_"), None);
         assert_eq!(webhook_of_attempt("nope"), None);
+    }
+
+    #[test]
+    fn ids_are_a_prefix_and_32_lowercase_hex_digits() {
+        let hex = |s: &str| {
+            s.len() == 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let att = new_attempt_id("wh_0123abcd");
+        assert!(hex(att.strip_prefix("att_wh_0123abcd_").unwrap()), "{att}");
+        for (id, prefix) in [(new_job_id(), "job_"), (new_dead_letter_id(), "dl_")] {
+            assert!(hex(id.strip_prefix(prefix).unwrap()), "{id}");
+        }
+        let id = uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(prefixed_uuid("x_", id), format!("x_{}", id.simple()),);
+        assert_ne!(new_job_id(), new_job_id());
     }
 }

@@ -329,11 +329,11 @@ impl Clients {
 /// redelivery, so receivers can de-duplicate on it.
 pub fn message_id(event_id: &str, webhook_id: &str) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b1f_1c0e_9d3a_4f6e_8a1b_2c3d_4e5f_6a7b);
-    let name = format!("{event_id}\u{0}{webhook_id}");
-    format!(
-        "msg_{}",
-        uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).simple()
-    )
+    let mut name = Vec::with_capacity(event_id.len() + 1 + webhook_id.len());
+    name.extend_from_slice(event_id.as_bytes());
+    name.push(0);
+    name.extend_from_slice(webhook_id.as_bytes());
+    crate::delivery::prefixed_uuid("msg_", uuid::Uuid::new_v5(&NAMESPACE, &name))
 }
 
 fn method(m: Method) -> reqwest::Method {
@@ -850,5 +850,17 @@ mod tests {
         assert_ne!(a, message_id("evt_1", "wh_2"));
         assert_ne!(a, message_id("evt_2", "wh_1"));
         assert!(a.starts_with("msg_"));
+        // Receivers de-duplicate on it across versions: it is what it always was.
+        for (event, webhook) in [("evt_1", "wh_1"), ("evt_x9", "wh_0123abcd"), ("", "")] {
+            const NAMESPACE: uuid::Uuid =
+                uuid::Uuid::from_u128(0x6b1f_1c0e_9d3a_4f6e_8a1b_2c3d_4e5f_6a7b);
+            let name = format!("{event}\u{0}{webhook}");
+            let was = format!(
+                "msg_{}",
+                uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).simple()
+            );
+            assert_eq!(message_id(event, webhook), was);
+        }
+        assert_eq!(message_id("evt_1", "wh_1").len(), 36);
     }
 }
