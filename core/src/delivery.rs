@@ -48,15 +48,16 @@ pub struct Job {
 }
 
 pub fn new_job_id() -> String {
-    prefixed_uuid("job_", uuid::Uuid::new_v4())
+    prefixed_uuid(&["job_"], uuid::Uuid::new_v4())
 }
 
-/// `prefix` and `id` in its simple form (32 lowercase hex digits), written straight into
-/// one string of the right size.
-pub fn prefixed_uuid(prefix: &str, id: uuid::Uuid) -> String {
+/// The parts of `prefix`, then `id` in its simple form (32 lowercase hex digits), written
+/// straight into one string of the right size.
+pub fn prefixed_uuid(prefix: &[&str], id: uuid::Uuid) -> String {
     let mut hex = uuid::Uuid::encode_buffer();
-    let mut out = String::with_capacity(prefix.len() + uuid::fmt::Simple::LENGTH);
-    out.push_str(prefix);
+    let len = prefix.iter().map(|p| p.len()).sum::<usize>();
+    let mut out = String::with_capacity(len + uuid::fmt::Simple::LENGTH);
+    prefix.iter().for_each(|p| out.push_str(p));
     out.push_str(id.simple().encode_lower(&mut hex));
     out
 }
@@ -205,13 +206,7 @@ pub struct AttemptRecord {
 
 /// An attempt id names its webhook, so `POST /v1/attempts/{id}/resend` finds its log.
 pub fn new_attempt_id(webhook_id: &str) -> String {
-    let mut hex = uuid::Uuid::encode_buffer();
-    let mut out = String::with_capacity(5 + webhook_id.len() + uuid::fmt::Simple::LENGTH);
-    out.push_str("att_");
-    out.push_str(webhook_id);
-    out.push('_');
-    out.push_str(uuid::Uuid::new_v4().simple().encode_lower(&mut hex));
-    out
+    prefixed_uuid(&["att_", webhook_id, "_"], uuid::Uuid::new_v4())
 }
 
 /// The webhook id inside an attempt id.
@@ -241,7 +236,7 @@ pub struct DeadLetter {
 }
 
 pub fn new_dead_letter_id() -> String {
-    prefixed_uuid("dl_", uuid::Uuid::new_v4())
+    prefixed_uuid(&["dl_"], uuid::Uuid::new_v4())
 }
 
 /// Where a bulk replay stands.
@@ -438,7 +433,7 @@ mod tests {
             assert!(hex(id.strip_prefix(prefix).unwrap()), "{id}");
         }
         let id = uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
-        assert_eq!(prefixed_uuid("x_", id), format!("x_{}", id.simple()),);
+        assert_eq!(prefixed_uuid(&["x_"], id), format!("x_{}", id.simple()));
         assert_ne!(new_job_id(), new_job_id());
     }
 }

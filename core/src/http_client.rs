@@ -333,7 +333,7 @@ pub fn message_id(event_id: &str, webhook_id: &str) -> String {
     name.extend_from_slice(event_id.as_bytes());
     name.push(0);
     name.extend_from_slice(webhook_id.as_bytes());
-    crate::delivery::prefixed_uuid("msg_", uuid::Uuid::new_v5(&NAMESPACE, &name))
+    crate::delivery::prefixed_uuid(&["msg_"], uuid::Uuid::new_v5(&NAMESPACE, &name))
 }
 
 fn method(m: Method) -> reqwest::Method {
